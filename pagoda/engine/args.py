@@ -1,0 +1,55 @@
+"""User-facing engine options, shared by ``LLM(...)``, ``pagoda generate/chat`` and ``pagoda serve``.
+
+``EngineArgs`` is what users write; the engine resolves it once into the frozen configs of
+``pagoda.config`` and passes each component only its part.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class EngineArgs:
+    model: str | None = None  # HF directory or .gguf file; None: the bundled SmolLM2-135M-Instruct
+    tokenizer: str | None = None  # defaults to the model's own
+    dtype: str = "auto"  # "auto" | "float32" | "bfloat16"
+    quantization: str | None = "auto"  # "auto": "gguf" for GGUF files; None: dequantize
+    max_model_len: int | None = None
+    block_size: int = 16
+    kv_cache_memory_gb: float = 1.0  # KV pool budget
+    num_kv_blocks: int | None = None  # overrides the budget (tests use tiny pools)
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    batching: str = "continuous"  # "continuous" | "static"
+    enable_prefix_caching: bool = False
+    seed: int = 0
+    num_threads: int | None = None
+    show_progress: bool = True
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("engine")
+        g.add_argument("--model", default=None,
+                       help="Hugging Face model directory or GGUF file (default: bundled SmolLM2-135M-Instruct)")
+        g.add_argument("--tokenizer", default=None)
+        g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+        g.add_argument("--quantization", default="auto", choices=["auto", "gguf", "none"])
+        g.add_argument("--max-model-len", type=int, default=None)
+        g.add_argument("--block-size", type=int, default=16)
+        g.add_argument("--kv-cache-memory-gb", type=float, default=1.0)
+        g.add_argument("--max-num-seqs", type=int, default=64)
+        g.add_argument("--max-num-batched-tokens", type=int, default=2048)
+        g.add_argument("--batching", default="continuous", choices=["continuous", "static"])
+        g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=False)
+        g.add_argument("--seed", type=int, default=0)
+        g.add_argument("--num-threads", type=int, default=None)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in vars(args).items() if k in names}
+        if kwargs.get("quantization") == "none":
+            kwargs["quantization"] = None
+        return cls(**kwargs)

