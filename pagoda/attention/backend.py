@@ -1,0 +1,49 @@
+"""The attention backend contract and the registry that picks an implementation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from pagoda.attention.metadata import AttentionMetadata
+
+
+class AttentionBackend(ABC):
+    """Paged attention over block tables.
+
+    Contract of ``forward``: first write the new tokens' ``k``/``v`` into ``k_cache``/``v_cache`` at
+    ``metadata.slot_mapping``; then, for every sequence, attend its new queries causally over all
+    of its context (cached tokens plus the new ones), reading K/V only through its block table.
+    Shapes: q [T, Hq, D], k/v [T, Hkv, D], caches [num_blocks, block_size, Hkv, D]; returns
+    [T, Hq, D]. Hq must be a multiple of Hkv (grouped-query attention). No padding between
+    sequences: the batch is flat.
+    """
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor: ...
+
+
+_REGISTRY: dict[str, type[AttentionBackend]] = {}
+
+
+def register_backend(name: str):
+    def wrap(cls: type[AttentionBackend]) -> type[AttentionBackend]:
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def get_backend(name: str = "torch") -> type[AttentionBackend]:
+    import pagoda.attention.torch_backend  # noqa: F401  (registers the portable backend)
+
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]

@@ -1,0 +1,284 @@
+"""The engine: requests in, one schedule -> execute -> update iteration per ``step()``, outputs out."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import torch
+
+from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
+from pagoda.detokenizer import IncrementalDetokenizer
+from pagoda.engine.args import EngineArgs
+from pagoda.engine.model_runner import ModelRunner, ModelRunnerOutput, kv_cache_bytes_per_block
+from pagoda.engine.request import Request, RequestStatus
+from pagoda.engine.scheduler import Scheduler
+from pagoda.engine.stats import EngineStats
+from pagoda.errors import InvalidRequestError
+from pagoda.kv_cache.kv_cache_manager import KVCacheManager
+from pagoda.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
+from pagoda.sample.sampler import RowLogprobs, Sampler
+from pagoda.sampling_params import SamplingParams
+from pagoda.tokenizer import Tokenizer
+from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Sample:
+    """One of a request's n samples: the scheduler's sequence plus its text state."""
+
+    request: Request
+    detokenizer: IncrementalDetokenizer
+    text: str = ""  # what has been released (safe to stream)
+
+
+@dataclass(eq=False)
+class _Group:
+    """A user request: its prompt and its n samples."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    samples: list[_Sample]
+    metrics: RequestMetrics
+
+    @property
+    def finished(self) -> bool:
+        return all(s.request.status.finished for s in self.samples)
+
+
+class LLMEngine:
+    """Continuous-batching LLM engine over a paged KV cache.
+
+    ``add_request`` validates and queues (raising ``InvalidRequestError`` for that request only);
+    ``step`` runs one iteration and returns the outputs of requests that made progress (fields
+    cumulative; text held back where a stop string might still match); ``abort_request`` ends a
+    request and returns its KV blocks at once.
+    """
+
+    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, scheduler_config: SchedulerConfig,
+                 runner: ModelRunner, tokenizer: Tokenizer, model_name: str) -> None:
+        self.model_config = model_config
+        self.cache_config = cache_config
+        self.scheduler_config = scheduler_config
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.runner = runner
+        self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size)
+        self.scheduler = Scheduler(scheduler_config, self.kv_cache)
+        self._groups: dict[str, _Group] = {}
+        self._sample_to_group: dict[str, _Group] = {}
+        self._num_finished = 0
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
+        if args.num_threads:
+            torch.set_num_threads(args.num_threads)
+        device = torch.device("cpu")
+        start = time.perf_counter()
+        if args.model is None:
+            from pagoda.weights.default_model import default_model_path
+
+            path = default_model_path()
+        else:
+            path = args.model
+        files = ModelFiles(path)
+        dtype = resolve_dtype(args.dtype, device)
+        hf_config = files.hf_config()
+        model_config = ModelConfig.from_hf_config(hf_config, dtype, args.max_model_len)
+        tokenizer = files.tokenizer(args.tokenizer)
+        model = load_model(files, model_config, device, show_progress=args.show_progress)
+
+        per_block = kv_cache_bytes_per_block(model_config, args.block_size)
+        num_blocks = args.num_kv_blocks or max(1, int(args.kv_cache_memory_gb * 2**30 // per_block))
+        capacity = num_blocks * args.block_size
+        if model_config.max_model_len > capacity:
+            # a lone request must always fit, or it could never finish
+            logger.warning("max_model_len %d exceeds the KV cache (%d tokens); capping it",
+                           model_config.max_model_len, capacity)
+            model_config = replace(model_config, max_model_len=capacity)
+        cache_config = CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching)
+        if args.batching not in ("continuous", "static"):
+            raise ValueError(f"batching must be 'continuous' or 'static', got {args.batching!r}")
+        scheduler_config = SchedulerConfig(
+            max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+            max_model_len=model_config.max_model_len, batching=args.batching)
+        sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
+        runner = ModelRunner(model, model_config, cache_config, sampler, device)
+        logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
+                    time.perf_counter() - start, num_blocks, args.block_size)
+        return cls(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)
+
+    # -- requests -----------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams, *,
+                    priority: int = 0, arrival_time: float | None = None) -> None:
+        if request_id in self._groups:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError("params must be a SamplingParams", "sampling_params")
+        prompt_text, prompt_ids = self._tokenize(prompt)
+        max_len = self.model_config.max_model_len
+        if len(prompt_ids) >= max_len:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt_ids)} tokens, but the model's context is {max_len} tokens "
+                f"(leaving no room to generate)", "prompt")
+        room = max_len - len(prompt_ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        stop_ids = set(params.stop_token_ids or ())
+        if not params.ignore_eos:
+            stop_ids |= self.tokenizer.eos_token_ids
+        metrics = RequestMetrics(arrival_time=arrival_time or time.monotonic())
+        samples = []
+        for i in range(params.n):
+            seed = None if params.seed is None else params.seed + i
+            request = Request(
+                request_id=request_id if params.n == 1 else f"{i}_{request_id}",
+                prompt_token_ids=prompt_ids, params=params, max_tokens=max_tokens,
+                stop_token_ids=frozenset(stop_ids), metrics=metrics if params.n == 1 else
+                RequestMetrics(arrival_time=metrics.arrival_time),
+                priority=priority,
+                generator=None if seed is None else torch.Generator().manual_seed(seed))
+            detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens,
+                                           list(params.stop), params.include_stop_str_in_output)
+            samples.append(_Sample(request, detok))
+        group = _Group(request_id, prompt_text, prompt_ids, params, samples, metrics)
+        self._groups[request_id] = group
+        for s in samples:
+            self._sample_to_group[s.request.request_id] = group
+            self.scheduler.add_request(s.request)
+
+    def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("the prompt must not be empty", "prompt")
+            return prompt, self.tokenizer.encode(prompt)
+        if not isinstance(prompt, (list, tuple)) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise InvalidRequestError("the prompt must be a string or a list of token ids", "prompt")
+        if not prompt:
+            raise InvalidRequestError("the prompt must not be empty", "prompt")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(f"token ids out of range [0, {vocab}): {bad[:5]}", "prompt")
+        return None, list(prompt)
+
+    def abort_request(self, request_ids: str | Iterable[str]) -> None:
+        for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
+            group = self._groups.pop(request_id, None)
+            if group is None:
+                continue
+            for s in group.samples:
+                self._sample_to_group.pop(s.request.request_id, None)
+                self.scheduler.finish_request(s.request.request_id, RequestStatus.FINISHED_ABORTED)
+            self._num_finished += 1
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._groups)
+
+    # -- one iteration ------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        scheduled = self.scheduler.schedule()
+        if scheduled.is_empty:
+            return []
+        try:
+            result = self.runner.execute(scheduled)
+        except Exception as exc:  # noqa: BLE001  (one bad step must not take the engine down)
+            logger.exception("engine step failed; failing the %d requests in it", len(scheduled.scheduled))
+            return self._fail([s.request for s in scheduled.scheduled], f"{type(exc).__name__}: {exc}")
+        self._record_logprobs(result)
+        progressed = self.scheduler.update(scheduled, result.sampled)
+        touched: dict[str, _Group] = {}
+        for request in progressed:
+            group = self._sample_to_group.get(request.request_id)
+            if group is None:
+                continue
+            sample = next(s for s in group.samples if s.request is request)
+            stop = sample.detokenizer.update(request.output_token_ids[-1:])
+            if stop is not None and not request.status.finished:
+                self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED, stop)
+            elif stop is not None:  # the same token also hit eos/length: the stop string wins
+                request.status, request.stop_reason = RequestStatus.FINISHED_STOPPED, stop
+            touched[group.request_id] = group
+        for rid in result.prompt_logprobs:
+            group = self._sample_to_group.get(rid)
+            if group is not None and group.params.prompt_logprobs is not None:
+                touched[group.request_id] = group
+        return [self._make_output(g) for g in touched.values()]
+
+    def _record_logprobs(self, result: ModelRunnerOutput) -> None:
+        for rid, row in result.logprobs.items():
+            request = self.scheduler.requests.get(rid)
+            if request is not None:
+                request.logprobs.append(self._position_logprobs(row, result.sampled[rid]))
+                request.cumulative_logprob += row.token_logprob
+        for rid, entries in result.prompt_logprobs.items():
+            request = self.scheduler.requests.get(rid)
+            if request is not None:
+                request.prompt_logprobs.extend(entries)
+
+    def _position_logprobs(self, row: RowLogprobs, token: int) -> PositionLogprobs:
+        decode = self.tokenizer.decode
+        entry = {token: Logprob(row.token_logprob, row.token_rank, decode([token], skip_special_tokens=False))}
+        for rank, (t, lp) in enumerate(row.top, 1):
+            if t not in entry:
+                entry[t] = Logprob(lp, rank, decode([t], skip_special_tokens=False))
+        return entry
+
+    def _fail(self, requests: list[Request], message: str) -> list[RequestOutput]:
+        groups: dict[str, _Group] = {}
+        for request in requests:
+            request.error = message
+            self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_ERROR)
+            group = self._sample_to_group.get(request.request_id)
+            if group is not None:
+                groups[group.request_id] = group
+        return [self._make_output(g) for g in groups.values()]
+
+    def _make_output(self, group: _Group) -> RequestOutput:
+        outputs = []
+        for i, s in enumerate(group.samples):
+            r = s.request
+            finished = r.status.finished
+            s.text += s.detokenizer.get_delta(finished)
+            want_logprobs = group.params.logprobs is not None
+            outputs.append(CompletionOutput(
+                index=i, text=s.text, token_ids=list(r.output_token_ids),
+                cumulative_logprob=r.cumulative_logprob if want_logprobs else None,
+                logprobs=list(r.logprobs) if want_logprobs else None,
+                finish_reason=r.finish_reason, stop_reason=r.stop_reason))
+        finished = group.finished
+        if finished:
+            self._groups.pop(group.request_id, None)
+            for s in group.samples:
+                self._sample_to_group.pop(s.request.request_id, None)
+            self._num_finished += 1
+        prompt_logprobs = None
+        if group.params.prompt_logprobs is not None:
+            prompt_logprobs = [None, *group.samples[0].request.prompt_logprobs]
+        errors = [s.request.error for s in group.samples if s.request.error]
+        return RequestOutput(
+            request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
+            outputs=outputs, finished=finished, prompt_logprobs=prompt_logprobs, metrics=group.metrics,
+            extra={"error": errors[0]} if errors else {})
+
+    # -- introspection ------------------------------------------------------------------
+    def get_stats(self) -> EngineStats:
+        c = self.scheduler.counters
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.kv_cache.usage, num_kv_blocks=self.cache_config.num_blocks,
+            num_free_kv_blocks=self.kv_cache.num_free_blocks, num_steps=c.num_steps,
+            prompt_tokens_total=c.prompt_tokens_computed, generation_tokens_total=c.generation_tokens,
+            num_preemptions_total=c.num_preemptions, num_requests_finished_total=self._num_finished)
+
+    def check_integrity(self) -> None:
+        self.kv_cache.check_integrity()
+

@@ -1,0 +1,133 @@
+"""Runs one scheduled step: flat inputs -> model over the paged KV cache -> sampled tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pagoda.attention.metadata import AttentionMetadata
+from pagoda.config import CacheConfig, ModelConfig
+from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagoda.outputs import PositionLogprobs
+from pagoda.sample.prompt_logprobs import position_logprobs
+from pagoda.sample.sampler import RowLogprobs, Sampler, SamplingBatch
+
+
+@dataclass
+class ModelRunnerOutput:
+    sampled: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, RowLogprobs] = field(default_factory=dict)
+    # prompt logprobs computed this step, for prompt positions in order (first prompt token excluded)
+    prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
+
+
+def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
+    elem = torch.empty(0, dtype=config.dtype).element_size()
+    return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * elem
+
+
+class ModelRunner:
+    """Owns the model and the KV cache tensors: one [num_blocks, block_size, Hkv, D] pair per layer."""
+
+    def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
+                 sampler: Sampler, device: torch.device) -> None:
+        self.model = model
+        self.config = model_config
+        self.block_size = cache_config.block_size
+        self.sampler = sampler
+        self.device = device
+        shape = (cache_config.num_blocks, cache_config.block_size, model_config.num_key_value_heads,
+                 model_config.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=model_config.dtype, device=device),
+                           torch.zeros(shape, dtype=model_config.dtype, device=device))
+                          for _ in range(model_config.num_hidden_layers)]
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        # decodes (one new token) first: attention runs them together
+        scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
+        input_ids, positions, metadata = self._prepare_inputs(scheduled)
+        hidden = self.model(input_ids, positions, self.kv_caches, metadata)
+
+        result = ModelRunnerOutput()
+        starts = metadata.query_start_loc_list
+        sample_rows = [i for i, s in enumerate(scheduled) if s.sample]
+        prompt_rows = [i for i, s in enumerate(scheduled) if self._wants_prompt_logprobs(s)]
+        if prompt_rows:
+            self._prompt_logprobs(scheduled, prompt_rows, hidden, starts, result)
+        if not sample_rows:
+            return result
+        last = torch.tensor([starts[i + 1] - 1 for i in sample_rows], device=self.device)
+        logits = self.model.compute_logits(hidden[last])
+        requests = [scheduled[i].request for i in sample_rows]
+        batch = SamplingBatch(
+            params=[r.params for r in requests],
+            prompt_token_ids=[r.prompt_token_ids for r in requests],
+            output_token_ids=[r.output_token_ids for r in requests],
+            generators=[r.generator for r in requests],
+        )
+        sampled = self.sampler(logits, batch)
+        for r, token, lp in zip(requests, sampled.token_ids, sampled.logprobs, strict=True):
+            result.sampled[r.request_id] = token
+            if lp is not None:
+                result.logprobs[r.request_id] = lp
+        return result
+
+    def _prepare_inputs(self, scheduled: list[ScheduledRequest]
+                        ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        bs = self.block_size
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        query_start = [0]
+        seq_lens: list[int] = []
+        num_decodes = 0
+        for s in scheduled:
+            end = s.start + s.num_new_tokens
+            ids.extend(s.request.all_token_ids[s.start:end])
+            table = s.block_table
+            for p in range(s.start, end):
+                pos.append(p)
+                slots.append(table[p // bs] * bs + p % bs)
+            query_start.append(query_start[-1] + s.num_new_tokens)
+            seq_lens.append(end)
+            num_decodes += s.num_new_tokens == 1
+        max_blocks = max(len(s.block_table) for s in scheduled)
+        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled]
+        dev = self.device
+        metadata = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            query_start_loc=torch.tensor(query_start, dtype=torch.int64, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int64, device=dev),
+            num_decodes=num_decodes,
+            max_seq_len=max(seq_lens),
+            query_start_loc_list=query_start,
+            seq_lens_list=seq_lens,
+        )
+        return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev),
+                metadata)
+
+    @staticmethod
+    def _wants_prompt_logprobs(s: ScheduledRequest) -> bool:
+        r = s.request
+        # positions p < prompt_len - 1 predict prompt token p + 1; skip what an earlier run already did
+        return (r.params.prompt_logprobs is not None
+                and len(r.prompt_logprobs) < r.num_prompt_tokens - 1
+                and s.start < r.num_prompt_tokens - 1)
+
+    def _prompt_logprobs(self, scheduled: list[ScheduledRequest], rows: list[int], hidden: torch.Tensor,
+                         starts: list[int], result: ModelRunnerOutput) -> None:
+        for i in rows:
+            s = scheduled[i]
+            r = s.request
+            first = max(s.start, len(r.prompt_logprobs))  # entries so far cover positions 0..len-1
+            last = min(s.start + s.num_new_tokens, r.num_prompt_tokens - 1)
+            if first >= last:
+                continue
+            h = hidden[starts[i] + (first - s.start): starts[i] + (last - s.start)]
+            logits = self.model.compute_logits(h)
+            targets = r.prompt_token_ids[first + 1: last + 1]
+            result.prompt_logprobs[r.request_id] = position_logprobs(logits, targets, r.params.prompt_logprobs)

@@ -1,0 +1,167 @@
+"""Iteration-level scheduler: every step decides how many new tokens each request gets.
+
+Prefill, chunked prefill, decode and resumption after preemption are one form: a request
+runs ``num_tokens - num_computed_tokens`` new tokens, cut to the step's token budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from pagoda.config import SchedulerConfig
+from pagoda.engine.request import Request, RequestStatus
+from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagoda.kv_cache.kv_cache_manager import KVCacheManager
+
+
+@dataclass
+class SchedulerCounters:
+    """Monotonic counters that metrics read."""
+
+    num_steps: int = 0
+    prompt_tokens_computed: int = 0
+    generation_tokens: int = 0
+    num_preemptions: int = 0
+
+
+class Scheduler:
+    """Running requests are served first, oldest first; when blocks run out the newest running
+    request is preempted (its blocks freed, recomputed later) until the older one fits. Waiting
+    requests join while the token budget, ``max_num_seqs`` and free blocks allow — except in
+    ``static`` batching, where a new batch is admitted only when the previous one has finished.
+    """
+
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+        self.config = config
+        self.kv_cache = kv_cache
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.counters = SchedulerCounters()
+
+    # -- queue management -------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def finish_request(self, request_id: str, status: RequestStatus, stop_reason: int | str | None = None) -> None:
+        """Ends a request (abort, stop string, error) and returns its blocks at once."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self._finish(request, status, stop_reason)
+
+    def _finish(self, request: Request, status: RequestStatus, stop_reason: int | str | None = None) -> None:
+        request.status = status
+        request.stop_reason = stop_reason
+        request.metrics.finished_time = time.monotonic()
+        self.kv_cache.free(request.request_id)
+        self.requests.pop(request.request_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- one step -----------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+
+        if self.config.batching == "static" and not self.running:
+            while self.waiting and len(self.running) < self.config.max_num_seqs:
+                self._admit(self.waiting.popleft())
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            table = self.kv_cache.allocate(request.request_id, request.num_computed_tokens + num_new)
+            while table is None:
+                victim = self.running.pop()
+                self._preempt(victim)
+                out.preempted_request_ids.append(victim.request_id)
+                if victim is request:
+                    break
+                table = self.kv_cache.allocate(request.request_id, request.num_computed_tokens + num_new)
+            if table is None:
+                break
+            out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, table))
+            budget -= num_new
+            i += 1
+
+        if self.config.batching == "continuous" and not out.preempted_request_ids:
+            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+                request = self.waiting[0]
+                remaining = request.num_tokens - request.num_computed_tokens
+                if remaining > budget and not self.config.enable_chunked_prefill:
+                    break
+                num_new = min(remaining, budget)
+                table = self.kv_cache.allocate(request.request_id, request.num_computed_tokens + num_new)
+                if table is None:
+                    break
+                self.waiting.popleft()
+                self._admit(request)
+                out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, table))
+                budget -= num_new
+
+        now = time.monotonic()
+        for s in out.scheduled:
+            if s.request.metrics.first_scheduled_time is None:
+                s.request.metrics.first_scheduled_time = now
+        return out
+
+    def _admit(self, request: Request) -> None:
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
+    def _preempt(self, request: Request) -> None:
+        # recompute: drop the K/V; prompt and generated tokens are kept and rerun on resumption
+        self.kv_cache.free(request.request_id)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.PREEMPTED
+        request.metrics.num_preemptions += 1
+        self.counters.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Advances the scheduled requests by the step's result; returns those that progressed
+        (got a token or finished). Finished ones have already given their blocks back."""
+        self.counters.num_steps += 1
+        progressed: list[Request] = []
+        now = time.monotonic()
+        for s in out.scheduled:
+            request = s.request
+            if request.status is not RequestStatus.RUNNING:
+                continue  # aborted while the step ran
+            request.num_computed_tokens += s.num_new_tokens
+            self.counters.prompt_tokens_computed += max(
+                0, min(request.num_prompt_tokens, s.start + s.num_new_tokens) - s.start)
+            token = sampled.get(request.request_id)
+            if token is None:
+                continue
+            request.append_output_token(token)
+            self.counters.generation_tokens += 1
+            if request.metrics.first_token_time is None:
+                request.metrics.first_token_time = now
+            request.metrics.last_token_time = now
+            self._check_stop(request, token)
+            progressed.append(request)
+        return progressed
+
+    def _check_stop(self, request: Request, token: int) -> None:
+        status, reason = None, None
+        n = request.num_output_tokens
+        if token in request.stop_token_ids and n >= request.params.min_tokens:
+            status = RequestStatus.FINISHED_STOPPED
+            # as vLLM: the eos token is not a "stop reason", an explicit stop token id is
+            reason = token if token in request.params.stop_token_ids else None
+        elif n >= request.max_tokens or request.num_tokens >= self.config.max_model_len:
+            status = RequestStatus.FINISHED_LENGTH
+        if status is not None:
+            self.running.remove(request)
+            self._finish(request, status, reason)

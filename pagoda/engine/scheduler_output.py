@@ -1,0 +1,43 @@
+"""The scheduler's decision for one step: how many new tokens each request runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagoda.engine.request import Request
+
+
+@dataclass
+class ScheduledRequest:
+    """``request`` runs tokens ``start .. start + num_new_tokens`` of its ``all_token_ids`` this step,
+    with K/V in ``block_table``. ``sample``: the step reaches its last known token, so a new token
+    is sampled from the final position."""
+
+    request: Request
+    start: int
+    num_new_tokens: int
+    block_table: list[int]
+
+    @property
+    def sample(self) -> bool:
+        return self.start + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    """A plain record keyed by request id; the model runner needs nothing else to run the step."""
+
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted_request_ids: list[str] = field(default_factory=list)
+
+    @property
+    def num_scheduled_tokens(self) -> dict[str, int]:
+        return {s.request.request_id: s.num_new_tokens for s in self.scheduled}
+
+    @property
+    def total_num_scheduled_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled

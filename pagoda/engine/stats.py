@@ -1,0 +1,21 @@
+"""A snapshot of the engine's counters and gauges, read by metrics and dashboards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of KV blocks in use, 0..1
+    num_kv_blocks: int
+    num_free_kv_blocks: int
+    num_steps: int
+    prompt_tokens_total: int  # prompt tokens computed (recomputation after preemption included)
+    generation_tokens_total: int
+    num_preemptions_total: int
+    num_requests_finished_total: int
+    prefix_cache_queries_total: int = 0  # tokens looked up in the prefix cache
+    prefix_cache_hits_total: int = 0  # tokens found there

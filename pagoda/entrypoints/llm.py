@@ -1,0 +1,96 @@
+"""The offline API: ``LLM(...).generate(prompts, params)`` and ``.chat(conversations, params)``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from pagoda.engine.args import EngineArgs
+from pagoda.engine.llm_engine import LLMEngine
+from pagoda.outputs import RequestOutput
+from pagoda.sampling_params import SamplingParams
+
+Prompt = str | list[int]
+Message = dict[str, Any]
+
+
+class LLM:
+    """An engine in this process, vLLM-shaped.
+
+    ``LLM()`` loads the bundled SmolLM2-135M-Instruct; ``LLM(model=path, **options)`` a Hugging Face
+    directory or a GGUF file, with the options of ``EngineArgs`` (dtype, max_model_len,
+    kv_cache_memory_gb, max_num_seqs, max_num_batched_tokens, batching, ...).
+    """
+
+    def __init__(self, model: str | None = None, **options: Any) -> None:
+        self.engine = LLMEngine.from_engine_args(EngineArgs(model=model, **options))
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams |
+                 Sequence[SamplingParams] | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+        """Generates for every prompt (a string or a list of token ids); outputs in input order.
+
+        Invalid input raises ``InvalidRequestError`` before anything runs.
+        """
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        params = _per_prompt(sampling_params, len(prompts))
+        request_ids = []
+        try:
+            for prompt, p in zip(prompts, params, strict=True):
+                request_id = f"llm-{next(self._ids)}"
+                self.engine.add_request(request_id, prompt, p)
+                request_ids.append(request_id)
+        except Exception:
+            self.engine.abort_request(request_ids)
+            raise
+        return self._run(request_ids, use_tqdm)
+
+    def chat(self, messages: list[Message] | Sequence[list[Message]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, use_tqdm: bool = True,
+             add_generation_prompt: bool = True, chat_template_kwargs: dict[str, Any] | None = None
+             ) -> list[RequestOutput]:
+        """Applies the model's chat template to one conversation or a list of them, then generates."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        tokenizer = self.engine.tokenizer
+        prompts: list[Prompt] = [
+            tokenizer.encode(tokenizer.apply_chat_template(
+                conv, add_generation_prompt=add_generation_prompt, tokenize=False, **(chat_template_kwargs or {})),
+                add_special_tokens=False)
+            for conv in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(request_ids), desc="Generating", unit=" req",
+                   disable=not use_tqdm or len(request_ids) < 8)
+        try:
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    if out.finished:
+                        finished[out.request_id] = out
+                        bar.update(1)
+        except BaseException:
+            self.engine.abort_request(request_ids)
+            raise
+        finally:
+            bar.close()
+        return [finished[r] for r in request_ids]
+
+
+def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams()] * n
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    params = list(params)
+    if len(params) != n:
+        raise ValueError(f"got {len(params)} SamplingParams for {n} prompts")
+    return params

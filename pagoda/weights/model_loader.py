@@ -1,0 +1,113 @@
+"""Turns a model path (Hugging Face directory or GGUF file) into a ModelConfig, weights and a tokenizer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pagoda.config import ModelConfig
+from pagoda.models.registry import get_model_class
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """"auto": bfloat16 where the hardware computes it natively, else float32."""
+    if dtype == "float32":
+        return torch.float32
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if dtype != "auto":
+        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def is_gguf(path: str) -> bool:
+    return os.path.isfile(path) and path.endswith(".gguf")
+
+
+class ModelFiles:
+    """A model on disk, either format, behind one small interface."""
+
+    def __init__(self, path: str) -> None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model path {path!r} does not exist (a Hugging Face directory or a .gguf file)")
+        self.path = path
+        self.gguf = None
+        if is_gguf(path):
+            from pagoda.weights.gguf_checkpoint import GGUFCheckpoint
+
+            self.gguf = GGUFCheckpoint(path)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.path))
+
+    def hf_config(self) -> dict[str, Any]:
+        if self.gguf is not None:
+            return self.gguf.hf_config()
+        from pagoda.weights.safetensors_dir import read_hf_config
+
+        return read_hf_config(self.path)
+
+    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        if self.gguf is not None:
+            return self.gguf.iter_weights(dequantize=True)
+        from pagoda.weights.safetensors_dir import iter_safetensors
+
+        return iter_safetensors(self.path)
+
+    def num_tensors(self) -> int | None:
+        if self.gguf is not None:
+            return len(self.gguf.reader.tensors) if hasattr(self.gguf, "reader") else None
+        return None
+
+    def tokenizer(self, tokenizer_path: str | None = None):
+        from pagoda.tokenizer import Tokenizer
+
+        if tokenizer_path is not None:
+            return Tokenizer.from_pretrained(tokenizer_path)
+        if self.gguf is not None:
+            return Tokenizer.from_gguf(self.gguf)
+        return Tokenizer.from_pretrained(self.path)
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, attention_backend: str = "torch",
+               show_progress: bool = True) -> nn.Module:
+    """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint."""
+    cls = get_model_class(config.architecture)
+    with _default_dtype(config.dtype), torch.device(device):
+        model = cls(config, attention_backend=attention_backend)
+    weights = tqdm(files.iter_weights(), desc=f"Loading {files.name}", unit=" tensors", total=files.num_tensors(),
+                   disable=not show_progress, leave=False)
+    loaded = model.load_weights(weights)
+    expected = {n for n, _ in model.named_parameters()}
+    missing = expected - loaded
+    if missing:
+        raise ValueError(f"checkpoint {files.path!r} lacks weights for: {sorted(missing)[:8]}")
+    return model.eval()
