@@ -194,8 +194,16 @@ class LLMEngine:
             logger.exception("engine step failed; failing the %d requests in it", len(scheduled.scheduled))
             return self._fail([s.request for s in scheduled.scheduled], f"{type(exc).__name__}: {exc}")
         self._record_logprobs(result)
+        failed = [s.request for s in scheduled.scheduled if s.request.request_id in result.failed]
+        for request in failed:
+            request.error = result.failed[request.request_id]
+            self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_ERROR)
         progressed = self.scheduler.update(scheduled, result.sampled)
         touched: dict[str, _Group] = {}
+        for request in failed:
+            group = self._sample_to_group.get(request.request_id)
+            if group is not None:
+                touched[group.request_id] = group
         for request in progressed:
             group = self._sample_to_group.get(request.request_id)
             if group is None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
+from pagoda.engine.request import Request
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagoda.outputs import PositionLogprobs
 from pagoda.sample.prompt_logprobs import position_logprobs
 from pagoda.sample.sampler import RowLogprobs, Sampler, SamplingBatch
+from pagoda.sampling_params import SamplingParams
 
 
 @dataclass
@@ -21,6 +23,8 @@ class ModelRunnerOutput:
     logprobs: dict[str, RowLogprobs] = field(default_factory=dict)
     # prompt logprobs computed this step, for prompt positions in order (first prompt token excluded)
     prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
+    # requests whose own code (a logits processor) raised: they fail, the others go on
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
@@ -63,17 +67,36 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[last])
         requests = [scheduled[i].request for i in sample_rows]
         batch = SamplingBatch(
-            params=[r.params for r in requests],
+            params=[self._guarded(r, result.failed) if r.params.logits_processors else r.params
+                    for r in requests],
             prompt_token_ids=[r.prompt_token_ids for r in requests],
             output_token_ids=[r.output_token_ids for r in requests],
             generators=[r.generator for r in requests],
         )
         sampled = self.sampler(logits, batch)
         for r, token, lp in zip(requests, sampled.token_ids, sampled.logprobs, strict=True):
+            if r.request_id in result.failed:
+                continue
             result.sampled[r.request_id] = token
             if lp is not None:
                 result.logprobs[r.request_id] = lp
         return result
+
+    @staticmethod
+    def _guarded(request: Request, failed: dict[str, str]) -> SamplingParams:
+        """The request's params with its logits processors wrapped, so one that raises fails only
+        its own request."""
+        processors = request.params.logits_processors
+
+        def run(token_ids, logits):
+            try:
+                for processor in processors:
+                    logits = processor(token_ids, logits)
+            except Exception as exc:  # noqa: BLE001  (user code: report, never crash the step)
+                failed[request.request_id] = f"logits processor failed: {type(exc).__name__}: {exc}"
+            return logits
+
+        return replace(request.params, logits_processors=[run])
 
     def _prepare_inputs(self, scheduled: list[ScheduledRequest]
                         ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
