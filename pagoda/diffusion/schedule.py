@@ -50,6 +50,8 @@ class Schedule:
 def make_schedule(kind: str, noise: NoiseSchedule, num_steps: int, ays_model: str = "sd15") -> Schedule:
     """Build the schedule of one named kind (see SCHEDULE_KINDS) for `num_steps` steps, ending at σ = 0."""
     T = noise.num_train_timesteps
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
     if kind in ("trailing", "linspace", "leading"):
         return Schedule.from_timesteps(noise, spaced_timesteps(kind, num_steps, T))
     if kind == "karras":
