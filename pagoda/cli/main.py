@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "generate": "pagoda.cli.generate",
     "chat": "pagoda.cli.chat",
+    "image": "pagoda.cli.image",
 }
 
 
