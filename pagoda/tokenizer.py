@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as FastTokenizer
 
 if TYPE_CHECKING:
@@ -81,10 +81,8 @@ class Tokenizer:
         special = {k: _token_content(v) for k, v in _read_json(root / "special_tokens_map.json").items()
                    if k in _NAMED_SPECIAL}
         special.update({k: _token_content(config[k]) for k in _NAMED_SPECIAL if config.get(k) is not None})
-        # As transformers does: an explicit add_bos/eos_token (or no post-processor) rebuilds it.
-        if "add_bos_token" in config or "add_eos_token" in config or backend.post_processor is None:
-            _set_post_processor(backend, special, config.get("add_bos_token", False),
-                                config.get("add_eos_token", False))
+        # tokenizer.json's post-processor alone decides what bos/eos encode() adds (transformers 5
+        # ignores tokenizer_config's add_bos_token once there is a tokenizer.json).
         eos = _read_json(root / "generation_config.json").get("eos_token_id")
         extra_eos = tuple(eos) if isinstance(eos, list) else (eos,) if isinstance(eos, int) else ()
         return cls(backend, special_tokens=special, extra_eos_token_ids=extra_eos,
@@ -200,7 +198,12 @@ def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str) -> FastToken
 
 def _sentencepiece_bpe(tokens: list[str], scores: list[float] | None, merges: list[str] | None,
                        unk_id: int | None, add_space_prefix: bool) -> FastTokenizer:
-    """llama.cpp's SPM tokenizer as a `tokenizers` BPE: merges ranked by the merged piece's score."""
+    """llama.cpp's SPM tokenizer as a `tokenizers` BPE: merges ranked by the merged piece's score.
+
+    Like sentencepiece and llama.cpp (and Llama 2's tokenizer.json), every run of text between
+    special tokens gets a "▁" prepended, even one that starts with a space. (A Metaspace
+    pre-tokenizer, which transformers' GGUF path uses, skips it there: " hi" would lose a piece.)
+    """
     vocab = {t: i for i, t in enumerate(tokens)}
     if merges:
         pairs = [tuple(m.split(" ", 1)) for m in merges]
@@ -208,8 +211,8 @@ def _sentencepiece_bpe(tokens: list[str], scores: list[float] | None, merges: li
         pairs = _merges_from_scores(vocab, scores or [0.0] * len(tokens))
     unk = tokens[unk_id] if unk_id is not None else None
     backend = FastTokenizer(models.BPE(vocab, pairs, unk_token=unk, fuse_unk=True, byte_fallback=True))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="▁", prepend_scheme="first" if add_space_prefix else "never", split=False)
+    replace = normalizers.Replace(" ", "▁")
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), replace]) if add_space_prefix else replace
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     if add_space_prefix:
         steps.append(decoders.Strip(content=" ", left=1, right=0))

@@ -129,3 +129,32 @@ def write_llama(path: str, weights: dict[str, np.ndarray], types: dict[str, Q], 
     w.write_tensors_to_file()
     w.close()
     return stored
+
+
+def write_tokenizer(path: str, *, model: str, tokens: list[str], token_types: list[int],
+                    merges: list[str] | None = None, scores: list[float] | None = None, pre: str | None = None,
+                    bos: int | None = None, eos: int | None = None, unk: int | None = None, pad: int | None = None,
+                    add_bos: bool | None = None, add_space_prefix: bool | None = None,
+                    chat_template: str | None = None) -> None:
+    """A GGUF holding only a tokenizer (llama architecture metadata, no tensors)."""
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(1)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model(model)
+    if pre is not None:
+        w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(token_types)
+    if merges is not None:
+        w.add_token_merges(merges)
+    if scores is not None:
+        w.add_token_scores(scores)
+    for value, add in ((bos, w.add_bos_token_id), (eos, w.add_eos_token_id), (unk, w.add_unk_token_id),
+                       (pad, w.add_pad_token_id), (add_bos, w.add_add_bos_token),
+                       (add_space_prefix, w.add_add_space_prefix), (chat_template, w.add_chat_template)):
+        if value is not None:
+            add(value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
