@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "generate": "pagoda.cli.generate",
     "chat": "pagoda.cli.chat",
     "image": "pagoda.cli.image",
+    "serve": "pagoda.cli.serve",
+    "bench": "pagoda.cli.bench",
 }
 
 

@@ -1,0 +1,29 @@
+"""`pagoda bench <name>`: a registry of benchmarks, one module per benchmark.
+
+Each module defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``, like the
+top-level subcommands. Adding a benchmark is adding one line to ``BENCH_COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+HELP = "benchmarks (serve: load-test an OpenAI-compatible server)"
+
+BENCH_COMMANDS: dict[str, str] = {
+    "serve": "pagoda.bench.serve",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", required=True)
+    for name, module_name in BENCH_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_bench_run=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._bench_run(args) or 0)

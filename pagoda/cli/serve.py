@@ -1,0 +1,39 @@
+"""`pagoda serve`: an OpenAI-compatible server on the bundled model (or --model)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "serve an OpenAI-compatible API (completions, chat, /metrics) on a model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pagoda.engine.args import EngineArgs
+
+    EngineArgs.add_cli_args(parser)
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--served-model-name", default=None,
+                   help="the model name clients pass (default: the model file or directory name)")
+    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>' on the API")
+    g.add_argument("--max-waiting", type=int, default=1024,
+                   help="requests allowed to wait for their first token; past it new ones get 503 + Retry-After")
+    g.add_argument("--image-model", default=None, help="also serve /v1/images/generations with this model")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
+                   help="log every HTTP request")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pagoda.engine.args import EngineArgs
+    from pagoda.server.api_server import run_server
+    from pagoda.server.config import ServerConfig
+
+    if args.max_waiting < 1:
+        raise SystemExit("--max-waiting must be at least 1")
+    config = ServerConfig(host=args.host, port=args.port, served_model_name=args.served_model_name,
+                          api_key=args.api_key, max_waiting=args.max_waiting, image_model=args.image_model,
+                          log_level=args.log_level)
+    run_server(EngineArgs.from_cli_args(args), config, access_log=args.access_log)
+    return 0

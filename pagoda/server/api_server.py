@@ -1,0 +1,30 @@
+"""Runs the whole server: the engine process, then uvicorn on the FastAPI app, until a signal."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from pagoda.engine.args import EngineArgs
+from pagoda.server.app import build_app
+from pagoda.server.config import ServerConfig
+from pagoda.server.engine_client import EngineClient
+
+logger = logging.getLogger(__name__)
+
+
+def run_server(engine_args: EngineArgs, config: ServerConfig, *, access_log: bool = False) -> None:
+    """Blocks until uvicorn exits (Ctrl-C / SIGTERM), then stops the engine process."""
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    client = EngineClient(engine_args)
+    info = client.start()
+    logger.info("engine ready: %s (max_model_len %d, pid %d)", info.model_name, info.max_model_len, info.pid)
+    try:
+        app = build_app(client, config)
+        server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
+                                               log_level=config.log_level, access_log=access_log,
+                                               timeout_graceful_shutdown=5))
+        server.run()
+    finally:
+        client.shutdown()

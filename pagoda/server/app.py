@@ -1,0 +1,98 @@
+"""The FastAPI application: routes, API-key check and error handlers over a running EngineClient."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import secrets
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pagoda.server.config import ServerConfig
+from pagoda.server.engine_client import EngineClient
+from pagoda.server.errors import APIError, install_error_handlers
+from pagoda.server.metrics import ServerMetrics
+from pagoda.server.openai_serving import ModelInfo, TokenizerLike
+from pagoda.server.protocol import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
+from pagoda.server.serving_chat import ChatServing
+from pagoda.server.serving_completion import CompletionServing
+from pagoda.server.serving_tokenization import TokenizationServing
+
+logger = logging.getLogger(__name__)
+
+_STATS_TIMEOUT_S = 2.0  # a scrape waits at most this long for the engine to finish its step
+
+
+def build_app(client: EngineClient, config: ServerConfig, tokenizer: TokenizerLike | None = None) -> FastAPI:
+    """The app for an engine that has started (``client.info`` is set)."""
+    assert client.info is not None, "start the EngineClient first"
+    tokenizer = tokenizer or client.info.tokenizer
+    model = ModelInfo(name=config.served_model_name or client.info.model_name,
+                      max_model_len=client.info.max_model_len, vocab_size=client.info.vocab_size)
+    metrics = ServerMetrics(model.name, lambda: client.latest_stats)
+    completions = CompletionServing(client, tokenizer, model, config, metrics)
+    chat = ChatServing(client, tokenizer, model, config, metrics)
+    tokenization = TokenizationServing(client, tokenizer, model, config, metrics)
+
+    app = FastAPI(title="Pagoda", description="OpenAI-compatible LLM server")
+    install_error_handlers(app)
+    bearer = HTTPBearer(auto_error=False)
+
+    async def check_api_key(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if config.api_key is None:
+            return
+        if creds is None or not secrets.compare_digest(creds.credentials.encode(), config.api_key.encode()):
+            raise APIError(401, "Incorrect API key provided." if creds else "Missing API key: send "
+                           "'Authorization: Bearer <key>'.", code="invalid_api_key")
+
+    api = APIRouter(dependencies=[Depends(check_api_key)])
+
+    @api.get("/v1/models")
+    async def list_models() -> ModelList:
+        return ModelList(data=[ModelCard(id=model.name, max_model_len=model.max_model_len)])
+
+    @api.post("/v1/completions")
+    async def create_completion(request: Request) -> Response:
+        return await completions.create(request)
+
+    @api.post("/v1/chat/completions")
+    async def create_chat_completion(request: Request) -> Response:
+        return await chat.create(request)
+
+    @api.post("/tokenize")
+    async def tokenize(request: Request) -> TokenizeResponse:
+        return await tokenization.tokenize(request)
+
+    @api.post("/detokenize")
+    async def detokenize(request: Request) -> DetokenizeResponse:
+        return await tokenization.detokenize(request)
+
+    if config.image_model is not None:
+        if importlib.util.find_spec("pagoda.server.images") is None:
+            raise RuntimeError("--image-model needs pagoda.server.images, which this build lacks")
+        from pagoda.server.images import make_router
+
+        api.include_router(make_router(config.image_model))
+
+    app.include_router(api)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not client.alive:
+            return APIError(503, f"engine is not running: {client.dead_reason or 'stopped'}",
+                            code="engine_dead").response()
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        if client.alive:
+            try:
+                await client.get_stats(timeout_s=_STATS_TIMEOUT_S)  # refreshes client.latest_stats
+            except Exception:  # noqa: BLE001 - a slow or dead engine: serve the last stats we have
+                logger.warning("metrics: engine stats are stale")
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

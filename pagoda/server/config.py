@@ -1,0 +1,17 @@
+"""Options of the HTTP layer, resolved once by ``pagoda serve`` (the engine has its own EngineArgs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None  # the name clients pass as `model`; default: the engine's
+    api_key: str | None = None  # when set, /v1/* and /tokenize need "Authorization: Bearer <key>"
+    max_waiting: int = 1024  # accepted requests with no output yet; past it new ones get 503
+    retry_after_s: int = 1  # the Retry-After header of a 503
+    image_model: str | None = None  # a diffusion model for /v1/images/generations, if any
+    log_level: str = "info"

@@ -1,0 +1,161 @@
+"""The engine process: owns an LLMEngine and runs it, as vLLM's engine core does.
+
+The loop drains the input queue between steps (so new requests join the very next step
+and aborts free their KV blocks at once), runs ``engine.step()`` while there is work,
+and sends one ``StepResult`` per iteration. It never dies because of one request: a
+rejected ``add_request`` answers that request only, and an exception inside a step fails
+the requests that were in flight while the engine goes on serving new ones.
+
+This module stays light (no FastAPI) because the spawned child imports it first.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from pagoda.engine.args import EngineArgs
+from pagoda.errors import InvalidRequestError
+from pagoda.server.delta_tracker import DeltaTracker
+from pagoda.server.messages import (
+    AbortRequest,
+    AddRequest,
+    EngineFailed,
+    EngineReady,
+    GetStats,
+    RequestDelta,
+    RequestRejected,
+    SampleDelta,
+    Shutdown,
+    StepResult,
+)
+
+logger = logging.getLogger(__name__)
+
+_IDLE_POLL_S = 1.0  # how often an idle engine checks that its parent still lives
+
+
+def make_llm_engine(engine_args: EngineArgs) -> Any:
+    from pagoda.engine.llm_engine import LLMEngine
+
+    return LLMEngine.from_engine_args(engine_args)
+
+
+def run_engine_process(engine_args: EngineArgs, in_q: Any, out_q: Any,
+                       make_engine: Callable[[EngineArgs], Any] = make_llm_engine) -> None:
+    """Entry point of the spawned process: build the engine, announce it, serve until Shutdown."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    try:
+        engine = make_engine(engine_args)
+    except BaseException:  # noqa: BLE001 - report any startup failure to the parent, then exit
+        out_q.put(EngineFailed("engine failed to start:\n" + traceback.format_exc()))
+        return
+    out_q.put(EngineReady(model_name=engine.model_name, max_model_len=engine.model_config.max_model_len,
+                          vocab_size=engine.model_config.vocab_size, pid=os.getpid(),
+                          tokenizer=engine.tokenizer))
+    EngineLoop(engine, in_q, out_q).run()
+
+
+class EngineLoop:
+    def __init__(self, engine: Any, in_q: Any, out_q: Any) -> None:
+        self.engine = engine
+        self.in_q = in_q
+        self.out_q = out_q
+        self.tracker = DeltaTracker()
+        self.in_flight: set[str] = set()
+
+    def run(self) -> None:
+        try:
+            while self.run_once():
+                pass
+        except BaseException:  # noqa: BLE001 - the loop itself broke: tell the parent before dying
+            self.out_q.put(EngineFailed("engine loop died:\n" + traceback.format_exc()))
+            raise
+
+    def run_once(self) -> bool:
+        """One iteration: handle pending messages, step if there is work. False after Shutdown."""
+        messages = self._drain(block=not self.engine.has_unfinished_requests())
+        if messages is None:
+            return False
+        result = StepResult()
+        for msg in messages:
+            if isinstance(msg, Shutdown):
+                return False
+            self._handle(msg, result)
+        if self.engine.has_unfinished_requests():
+            self._step(result)
+        if messages or result.deltas or result.rejected:
+            result.stats = self.engine.get_stats()
+            self.out_q.put(result)
+        return True
+
+    def _drain(self, block: bool) -> list[Any] | None:
+        messages: list[Any] = []
+        if block:
+            try:
+                messages.append(self.in_q.get(timeout=_IDLE_POLL_S))
+            except queue.Empty:
+                parent = multiprocessing.parent_process()
+                return None if parent is not None and not parent.is_alive() else []
+        while True:
+            try:
+                messages.append(self.in_q.get_nowait())
+            except queue.Empty:
+                return messages
+
+    def _handle(self, msg: Any, result: StepResult) -> None:
+        if isinstance(msg, AddRequest):
+            try:
+                self.engine.add_request(msg.request_id, msg.prompt_token_ids, msg.params,
+                                        priority=msg.priority, arrival_time=msg.arrival_time)
+            except InvalidRequestError as e:
+                result.rejected.append(RequestRejected(msg.request_id, e.message, e.param, 400))
+            except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine
+                logger.exception("add_request %s failed", msg.request_id)
+                result.rejected.append(RequestRejected(msg.request_id, f"internal error: {e}", None, 500))
+            else:
+                self.in_flight.add(msg.request_id)
+        elif isinstance(msg, AbortRequest):
+            if msg.request_id in self.in_flight:
+                self.in_flight.discard(msg.request_id)
+                self.tracker.forget(msg.request_id)
+                try:
+                    self.engine.abort_request(msg.request_id)
+                except Exception:  # noqa: BLE001
+                    logger.exception("abort_request %s failed", msg.request_id)
+        elif isinstance(msg, GetStats):
+            result.stats_token = msg.token
+        else:
+            logger.error("unknown message %r", msg)
+
+    def _step(self, result: StepResult) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as e:  # noqa: BLE001
+            # We cannot tell which request broke the step: fail those in flight, keep serving.
+            logger.exception("engine step failed; failing %d in-flight requests", len(self.in_flight))
+            message = f"internal engine error: {type(e).__name__}: {e}"
+            for request_id in sorted(self.in_flight):
+                try:
+                    self.engine.abort_request(request_id)
+                except Exception:  # noqa: BLE001
+                    logger.exception("abort_request %s failed", request_id)
+                self.tracker.forget(request_id)
+                result.deltas.append(RequestDelta(
+                    request_id=request_id, finished=True, error=message,
+                    samples=[SampleDelta(index=0, text="", token_ids=[], finish_reason="error")]))
+            self.in_flight.clear()
+            return
+        for out in outputs:
+            if out.request_id not in self.in_flight:
+                continue  # aborted while the step ran
+            delta = self.tracker.delta(out)
+            if delta is not None:
+                result.deltas.append(delta)
+            if out.finished:
+                self.in_flight.discard(out.request_id)

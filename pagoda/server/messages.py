@@ -1,0 +1,104 @@
+"""Typed messages between the HTTP process and the engine process.
+
+The HTTP process tokenizes and validates; the engine process only runs ``engine.step()``
+and sends back what changed. Everything here is a plain picklable record: no callables,
+no tensors. One ``StepResult`` goes back per engine-loop iteration (not one per request),
+so 200 concurrent streams cost one queue round trip per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagoda.outputs import PositionLogprobs, RequestMetrics
+from pagoda.sampling_params import SamplingParams
+
+# --- HTTP process -> engine process ---
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams  # validated already; logits_processors must be empty (not picklable)
+    arrival_time: float  # time.monotonic(), comparable across processes on one host
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class GetStats:
+    """Asks for a StepResult carrying fresh stats; answered after every message sent before it."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# --- engine process -> HTTP process ---
+
+
+@dataclass(frozen=True)
+class EngineReady:
+    model_name: str
+    max_model_len: int
+    vocab_size: int
+    pid: int
+    tokenizer: Any  # the engine's pagoda.tokenizer.Tokenizer (picklable): one source of truth for both sides
+
+
+@dataclass(frozen=True)
+class EngineFailed:
+    """The engine could not start, or its loop died; the HTTP process fails everything pending."""
+
+    message: str
+
+
+@dataclass
+class SampleDelta:
+    """What one sample produced since the previous delta (texts and ids are increments)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[PositionLogprobs] | None = None
+    cumulative_logprob: float | None = None
+    finish_reason: str | None = None  # 'stop' | 'length' | 'abort' | 'error'
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class RequestDelta:
+    request_id: str
+    samples: list[SampleDelta]
+    finished: bool
+    prompt_logprobs: list[PositionLogprobs | None] | None = None  # sent once, with the first delta
+    metrics: RequestMetrics | None = None  # sent with the last delta
+    num_cached_tokens: int = 0
+    error: str | None = None  # set when the engine failed this request (finish_reason 'error')
+
+
+@dataclass(frozen=True)
+class RequestRejected:
+    """engine.add_request refused the request; ``status`` is the HTTP code it maps to."""
+
+    request_id: str
+    message: str
+    param: str | None
+    status: int
+
+
+@dataclass
+class StepResult:
+    deltas: list[RequestDelta] = field(default_factory=list)
+    rejected: list[RequestRejected] = field(default_factory=list)
+    stats: Any = None  # the engine's EngineStats, taken after this iteration
+    stats_token: int | None = None  # echoes GetStats.token when this result answers one

@@ -1,0 +1,121 @@
+"""Prometheus metrics under the ``pagoda:`` prefix (vLLM's names with our prefix).
+
+Latency histograms are observed in the HTTP process, on the clock of the client's view:
+TTFT and E2E run from the moment the request was parsed, inter-token latency between the
+arrivals of successive deltas. Queue time comes from the engine's own timestamps
+(time.monotonic() is one clock for all processes of a host). Gauges and token counters
+are the engine's EngineStats, read at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pagoda.server.messages import RequestDelta
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                    10.0, 20.0, 40.0, 80.0, 160.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
+                0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
+
+
+class _EngineStatsCollector(Collector):
+    """Exposes the latest EngineStats; counters the engine keeps are reported as counters."""
+
+    def __init__(self, stats: Callable[[], Any], model_name: str) -> None:
+        self._stats = stats
+        self._model = model_name
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        if s is None:
+            return
+        labels = ["model_name"]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric([self._model], value)
+            return g
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric([self._model], value)
+            return c
+
+        yield gauge("pagoda:num_requests_running", "Requests in the running batch.", s.num_running)
+        yield gauge("pagoda:num_requests_waiting", "Requests waiting to be scheduled (preempted included).",
+                    s.num_waiting)
+        yield gauge("pagoda:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0 to 1).",
+                    s.kv_cache_usage)
+        queries = s.prefix_cache_queries_total
+        yield gauge("pagoda:prefix_cache_hit_rate", "Prefix cache hits / queries (tokens), since start.",
+                    s.prefix_cache_hits_total / queries if queries else 0.0)
+        yield counter("pagoda:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", queries)
+        yield counter("pagoda:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+                      s.prefix_cache_hits_total)
+        yield counter("pagoda:prompt_tokens", "Prefilled prompt tokens.", s.prompt_tokens_total)
+        yield counter("pagoda:generation_tokens", "Generated tokens.", s.generation_tokens_total)
+        yield counter("pagoda:num_preemptions", "Preemptions (recompute) of running requests.",
+                      s.num_preemptions_total)
+        yield counter("pagoda:engine_steps", "Engine iterations.", s.num_steps)
+
+
+class ServerMetrics:
+    def __init__(self, model_name: str, stats: Callable[[], Any]) -> None:
+        self.model_name = model_name
+        self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        self.ttft = Histogram("pagoda:time_to_first_token_seconds", "Time to first token.", labels,
+                              buckets=_LATENCY_BUCKETS, registry=self.registry).labels(model_name)
+        self.itl = Histogram("pagoda:inter_token_latency_seconds", "Time between successive outputs.", labels,
+                             buckets=_ITL_BUCKETS, registry=self.registry).labels(model_name)
+        self.e2e = Histogram("pagoda:e2e_request_latency_seconds", "End-to-end request latency.", labels,
+                             buckets=_LATENCY_BUCKETS, registry=self.registry).labels(model_name)
+        self.queue_time = Histogram("pagoda:request_queue_time_seconds", "Time spent waiting before the first "
+                                    "schedule.", labels, buckets=_LATENCY_BUCKETS,
+                                    registry=self.registry).labels(model_name)
+        self._success = Counter("pagoda:request_success", "Finished requests by finish reason.",
+                                labels + ["finished_reason"], registry=self.registry)
+        self._failed = Counter("pagoda:request_failure", "Requests that ended in an error.",
+                               labels + ["status"], registry=self.registry)
+        self.registry.register(_EngineStatsCollector(stats, model_name))
+
+    def track(self, arrival_time: float) -> RequestTimer:
+        return RequestTimer(self, arrival_time)
+
+    def count_success(self, finish_reason: str) -> None:
+        self._success.labels(self.model_name, finish_reason).inc()
+
+    def count_failure(self, status: int) -> None:
+        self._failed.labels(self.model_name, str(status)).inc()
+
+
+class RequestTimer:
+    """Observes one engine request's latencies as its deltas arrive."""
+
+    def __init__(self, metrics: ServerMetrics, arrival_time: float) -> None:
+        self._m = metrics
+        self.arrival_time = arrival_time
+        self._last: float | None = None
+
+    def on_delta(self, delta: RequestDelta) -> None:
+        now = time.monotonic()
+        if any(s.token_ids for s in delta.samples):
+            if self._last is None:
+                self._m.ttft.observe(now - self.arrival_time)
+            else:
+                self._m.itl.observe(now - self._last)
+            self._last = now
+        if delta.finished:
+            self._m.e2e.observe(now - self.arrival_time)
+            m = delta.metrics
+            if m is not None and m.first_scheduled_time is not None:
+                self._m.queue_time.observe(max(0.0, m.first_scheduled_time - m.arrival_time))
+            reason = next((s.finish_reason for s in delta.samples if s.finish_reason), None)
+            self._m.count_success(reason or "stop")
