@@ -1,0 +1,347 @@
+"""Sampler: each transformation against transformers' processors, draws against the processed
+softmax, seeds, min_tokens, logit_bias and logprobs."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import pytest
+import torch
+from transformers import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from pagoda.sample.sampler import (
+    Sampler,
+    SamplingBatch,
+    argmax,
+    sample_from_probs,
+    sampling_probs,
+    top_p_cut,
+    top_p_cut_sorted,
+)
+from pagoda.sampling_params import SamplingParams
+
+EOS = 2
+
+
+def make_batch(params: list[SamplingParams], prompts=None, outputs=None, generators=None) -> SamplingBatch:
+    n = len(params)
+    return SamplingBatch(params=params,
+                         prompt_token_ids=prompts or [[1, 5, 7]] * n,
+                         output_token_ids=outputs or [[]] * n,
+                         generators=generators or [None] * n)
+
+
+def hf_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The reference distribution: transformers' warpers in vLLM's order, then softmax."""
+    chain = LogitsProcessorList()
+    if p.temperature != 1.0:
+        chain.append(TemperatureLogitsWarper(p.temperature))
+    if p.min_p > 0:
+        chain.append(MinPLogitsWarper(p.min_p))
+    if p.top_k > 0:
+        chain.append(TopKLogitsWarper(p.top_k))
+    if p.top_p < 1.0:
+        chain.append(TopPLogitsWarper(p.top_p))
+    return chain(None, logits.clone()).softmax(-1)
+
+
+def normalise(probs: torch.Tensor) -> torch.Tensor:
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def chi2_critical(df: int, alpha: float) -> float:
+    """Upper-alpha chi-square quantile (Wilson-Hilferty; good to a few percent in the tail)."""
+    z = float(torch.special.ndtri(torch.tensor(1.0 - alpha, dtype=torch.float64)))
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+# ---- each transformation against transformers ----
+
+@pytest.mark.parametrize("penalty", [0.7, 1.3, 2.0])
+def test_repetition_penalty_matches_hf(penalty):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 300) * 4
+    prompts = [[5, 9, 9, 200], [0], [17, 18]]
+    outputs = [[9, 30, 30], [299, 0, 1], []]
+    params = [SamplingParams(repetition_penalty=penalty)] * 2 + [SamplingParams()]
+    ours = Sampler({EOS}).process_logits(logits, make_batch(params, prompts, outputs))
+    for i in range(2):
+        ids = torch.tensor([prompts[i] + outputs[i]])
+        ref = RepetitionPenaltyLogitsProcessor(penalty)(ids, logits[i:i + 1].clone())[0]
+        assert torch.equal(ours[i], ref)
+    assert torch.equal(ours[2], logits[2])  # a row without the penalty is untouched
+
+
+def test_frequency_and_presence_penalties_follow_openai():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 50)
+    prompts = [[3, 3, 4], [8]]
+    outputs = [[4, 4, 4, 7, 9, 9], [8, 1]]
+    params = [SamplingParams(frequency_penalty=0.5, presence_penalty=-0.25),
+              SamplingParams(presence_penalty=1.5)]
+    ours = Sampler({EOS}).process_logits(logits, make_batch(params, prompts, outputs))
+    for i, p in enumerate(params):
+        ref = logits[i].clone()
+        for tok, count in Counter(outputs[i]).items():  # output tokens only, never the prompt
+            ref[tok] -= count * p.frequency_penalty + p.presence_penalty
+        torch.testing.assert_close(ours[i], ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [
+    SamplingParams(temperature=0.6),
+    SamplingParams(temperature=1.7),
+    SamplingParams(min_p=0.05),
+    SamplingParams(top_k=7),
+    SamplingParams(top_k=150, temperature=0.8),
+    SamplingParams(top_p=0.9),
+    SamplingParams(top_p=0.5, temperature=1.3),
+    SamplingParams(top_p=0.97),
+    SamplingParams(top_k=40, top_p=0.8),  # top-p on the sorted top-k values
+    SamplingParams(top_k=3000, top_p=0.8),  # top-p by radix select
+    SamplingParams(temperature=0.7, min_p=0.02, top_k=100, top_p=0.9),
+    SamplingParams(top_p=1e-9),  # 1 - top_p rounds to 1: only the top token is left
+], ids=repr)
+def test_sampling_probs_match_hf_warpers(p):
+    torch.manual_seed(2)
+    logits = torch.randn(6, 5000) * 3
+    ours = sampling_probs(logits, [p] * 6)
+    for i in range(6):
+        ref = hf_probs(logits[i:i + 1], p)[0]
+        assert torch.equal(ours[i] > 0, ref > 0), f"kept set differs in row {i}"
+        torch.testing.assert_close(normalise(ours[i]), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_sampling_probs_mixed_rows_match_hf():
+    """Rows with different settings in one call: each matches its own reference."""
+    torch.manual_seed(3)
+    params = [SamplingParams(), SamplingParams(top_p=0.8), SamplingParams(top_k=5),
+              SamplingParams(min_p=0.1, temperature=0.5), SamplingParams(top_k=20, top_p=0.6)]
+    logits = torch.randn(len(params), 2000) * 2
+    ours = sampling_probs(logits, params)
+    for i, p in enumerate(params):
+        ref = hf_probs(logits[i:i + 1], p)[0]
+        assert torch.equal(ours[i] > 0, ref > 0)
+        torch.testing.assert_close(normalise(ours[i]), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_top_p_radix_select_equals_sorted_cut():
+    """The sort-free cut equals the cut read off a full sort, also with many exact ties
+    (bfloat16 logits) and on a vocabulary of a real model's size."""
+    torch.manual_seed(4)
+    for logits in (torch.randn(4, 49152) * 3, (torch.randn(4, 3000) * 2).bfloat16().float()):
+        probs = logits.softmax(-1)
+        top_p = torch.tensor([0.3, 0.9, 0.95, 0.999])
+        ours = top_p_cut(probs, top_p)
+        ref = top_p_cut_sorted(probs.sort(-1, descending=True).values, top_p)
+        assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("vocab", [20, 1000, 4224, 49152])
+def test_blocked_argmax_equals_torch_argmax(vocab):
+    torch.manual_seed(vocab)
+    x = (torch.randn(5, vocab) * 2).round()  # many ties: the first index of the maximum wins
+    x[1] = float("-inf")
+    x[2, -1] = 100.0
+    assert torch.equal(argmax(x), x.argmax(-1))
+
+
+# ---- draws ----
+
+def test_draws_follow_processed_softmax():
+    """20k draws (unseeded rows, shared generator) against the HF-processed distribution; the
+    same counts are far from the unprocessed softmax, so a sampler that skipped or misapplied a
+    warper would fail."""
+    torch.manual_seed(5)
+    logits = torch.randn(1, 30) * 2
+    p = SamplingParams(temperature=0.8, top_k=12, top_p=0.95, min_p=0.01)
+    expected = hf_probs(logits, p)[0].double()
+    n = 20000
+    sampler = Sampler({EOS}, torch.Generator().manual_seed(0))
+    ids = sampler(logits.expand(n, -1), make_batch([p] * n)).token_ids
+    observed = torch.bincount(torch.tensor(ids), minlength=30).double()
+    assert observed[expected == 0].sum() == 0  # nothing outside the kept set is ever drawn
+    keep = expected > 0
+    chi2 = ((observed[keep] - n * expected[keep]) ** 2 / (n * expected[keep])).sum().item()
+    assert chi2 < chi2_critical(int(keep.sum()) - 1, 1e-6)
+    tv = 0.5 * (observed / n - expected).abs().sum().item()
+    assert tv < 0.02
+    assert 0.5 * (logits[0].softmax(-1).double() - expected).abs().sum() > 0.1  # the test has power
+
+
+def test_seeded_draws_follow_processed_softmax_across_blocks():
+    """Seeded rows (one generator each) on a vocabulary of several inverse-CDF blocks, with the
+    mass spread over far-apart tokens."""
+    vocab = 1000
+    logits = torch.full((1, vocab), -4.0)
+    heavy = [3, 255, 256, 511, 700, 999]
+    logits[0, heavy] = torch.tensor([2.0, 1.0, 1.5, 0.5, 2.2, 1.2])
+    p = SamplingParams(temperature=1.2)
+    expected = hf_probs(logits, p)[0].double()
+    n = 4000
+    gens = [torch.Generator().manual_seed(1000 + i) for i in range(n)]
+    ids = Sampler({EOS})(logits.expand(n, -1), make_batch([p] * n, generators=gens)).token_ids
+    counts = Counter(ids)
+    obs = torch.tensor([counts[t] for t in heavy] + [n - sum(counts[t] for t in heavy)], dtype=torch.float64)
+    exp = torch.cat([expected[heavy], (1 - expected[heavy].sum()).reshape(1)]) * n
+    chi2 = ((obs - exp) ** 2 / exp).sum().item()
+    assert chi2 < chi2_critical(len(heavy), 1e-6)
+
+
+def test_inverse_cdf_never_draws_zero_probability_tokens():
+    probs = torch.zeros(3, 700)
+    probs[0, 0] = 1.0
+    probs[1, 699] = 1e-30
+    probs[2, [256, 257]] = 0.5
+    for u in (0.0, 0.5, 1 - 1e-16):
+        ids = sample_from_probs(probs, torch.full((3,), u, dtype=torch.float64)).tolist()
+        assert ids[0] == 0 and ids[1] == 699 and ids[2] in (256, 257)
+
+
+def test_greedy_is_argmax_of_processed_logits_in_any_dtype():
+    torch.manual_seed(6)
+    logits = torch.randn(4, 100).bfloat16()
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=0, repetition_penalty=5.0),
+              SamplingParams(temperature=0, logit_bias={42: 100}), SamplingParams(temperature=0)]
+    outputs = [[], [int(logits[1].float().argmax())], [], []]
+    sampler = Sampler({EOS})
+    ids = sampler(logits, make_batch(params, outputs=outputs)).token_ids
+    processed = sampler.process_logits(logits, make_batch(params, outputs=outputs))
+    assert ids == processed.argmax(-1).tolist()
+    assert ids[2] == 42
+    assert ids[1] != outputs[1][0]
+
+
+def test_seeded_rows_same_alone_and_in_shuffled_batch():
+    torch.manual_seed(7)
+    vocab = 3000
+    seeded = [SamplingParams(seed=s, **kw) for s, kw in enumerate([
+        {}, {"top_p": 0.9}, {"top_k": 30, "temperature": 0.7}, {"min_p": 0.05},
+        {"repetition_penalty": 1.3, "frequency_penalty": 0.4, "top_p": 0.8}, {"top_k": 2000, "top_p": 0.95}])]
+    others = [SamplingParams(), SamplingParams(temperature=0), SamplingParams(top_p=0.5, top_k=10)]
+    logits = {id(p): torch.randn(8, vocab) * 3 for p in seeded + others}  # 8 steps of logits per row
+    outputs = {id(p): [11, 12] for p in seeded + others}
+
+    def run(rows: list[SamplingParams], steps: int = 8) -> dict[int, list[int]]:
+        gens = {id(p): torch.Generator().manual_seed(p.seed) if p.seed is not None else None for p in rows}
+        sampler = Sampler({EOS}, torch.Generator().manual_seed(random.randrange(1 << 30)))
+        tokens: dict[int, list[int]] = {id(p): [] for p in rows}
+        for step in range(steps):
+            batch = make_batch(rows, outputs=[outputs[id(p)] + tokens[id(p)] for p in rows],
+                               generators=[gens[id(p)] for p in rows])
+            ids = sampler(torch.stack([logits[id(p)][step] for p in rows]), batch).token_ids
+            for p, t in zip(rows, ids, strict=True):
+                tokens[id(p)].append(t)
+        return tokens
+
+    alone = {}
+    for p in seeded:
+        alone.update(run([p]))
+    rng = random.Random(0)
+    for _ in range(3):
+        rows = seeded + others
+        rng.shuffle(rows)
+        together = run(rows)
+        for p in seeded:
+            assert together[id(p)] == alone[id(p)]
+    assert len({tuple(v) for v in alone.values()}) > 1
+
+
+def test_unseeded_rows_follow_the_sampler_generator():
+    logits = torch.zeros(16, 1000)
+    params = [SamplingParams()] * 16
+    a = Sampler({EOS}, torch.Generator().manual_seed(3))(logits, make_batch(params)).token_ids
+    b = Sampler({EOS}, torch.Generator().manual_seed(3))(logits, make_batch(params)).token_ids
+    c = Sampler({EOS}, torch.Generator().manual_seed(4))(logits, make_batch(params)).token_ids
+    assert a == b and a != c
+
+
+# ---- min_tokens, logit_bias, logits processors ----
+
+def test_min_tokens_masks_eos_and_stop_ids_until_reached():
+    logits = torch.zeros(4, 20)
+    logits[:, EOS] = 10.0
+    logits[:, 7] = 9.0
+    logits[:, 5] = 8.0
+    sampler = Sampler({EOS})
+    params = [SamplingParams(temperature=0, min_tokens=3),
+              SamplingParams(temperature=0, min_tokens=3, stop_token_ids=[7]),
+              SamplingParams(temperature=0, min_tokens=3, ignore_eos=True, stop_token_ids=[7]),
+              SamplingParams(min_tokens=3, stop_token_ids=[7])]
+    early = sampler(logits, make_batch(params, outputs=[[1]] * 4)).token_ids
+    assert early[:3] == [7, 5, EOS]  # eos masked; stop ids masked too; ignore_eos leaves eos alone
+    processed = sampler.process_logits(logits, make_batch(params, outputs=[[1]] * 4))
+    assert processed[3, EOS] == -math.inf and processed[3, 7] == -math.inf
+    late = sampler(logits[:3], make_batch(params[:3], outputs=[[1, 1, 1]] * 3)).token_ids
+    assert late == [EOS, EOS, EOS]
+
+
+def test_logit_bias_adds_to_the_logits():
+    torch.manual_seed(8)
+    logits = torch.randn(64, 2).t()  # not contiguous
+    before = logits.clone()
+    params = [SamplingParams(logit_bias={3: 5.0, 10: -100, 63: 0.5, 64: 9.0}), SamplingParams()]
+    out = Sampler({EOS}).process_logits(logits, make_batch(params))
+    ref = logits.clone()
+    ref[0, 3] += 5.0
+    ref[0, 10] -= 100
+    ref[0, 63] += 0.5  # id 64 is outside the vocabulary: ignored
+    assert torch.equal(out, ref)
+    assert torch.equal(logits, before)  # the caller's tensor is untouched
+
+
+def test_logits_processors_run_in_order_after_penalties():
+    seen = []
+
+    def allow_only(ids):
+        def proc(output_ids, row):
+            seen.append((list(output_ids), row.clone()))
+            mask = torch.full_like(row, -math.inf)
+            mask[ids] = 0
+            return row + mask
+        return proc
+
+    logits = torch.zeros(2, 50)
+    logits[:, 10] = 5.0
+    params = [SamplingParams(logit_bias={11: 1.0}, logits_processors=[allow_only([11, 12, 13]), allow_only([12, 13])]),
+              SamplingParams(temperature=0)]
+    ids = Sampler({EOS})(logits, make_batch(params, outputs=[[4, 4], []])).token_ids
+    assert ids[0] in (12, 13) and ids[1] == 10
+    assert seen[0][0] == [4, 4] and seen[0][1][11] == 1.0  # saw the biased row
+    assert seen[1][1][10] == -math.inf and seen[1][1][11] == 1.0  # the second saw the first's mask
+
+
+# ---- logprobs ----
+
+def test_logprobs_are_raw_log_softmax_with_ranks():
+    torch.manual_seed(9)
+    logits = torch.randn(4, 200) * 2
+    params = [SamplingParams(logprobs=5, temperature=0.5, repetition_penalty=2.0),
+              SamplingParams(),
+              SamplingParams(logprobs=0, top_k=3),
+              SamplingParams(logprobs=20, temperature=0, logit_bias={199: 100})]
+    out = Sampler({EOS}, torch.Generator().manual_seed(0))(logits, make_batch(params, outputs=[[1, 2]] * 4))
+    raw = torch.log_softmax(logits, -1)
+    assert out.logprobs[1] is None
+    for i in (0, 2, 3):
+        row, tok = out.logprobs[i], out.token_ids[i]
+        assert row.token_logprob == pytest.approx(raw[i, tok].item(), abs=1e-6)
+        assert row.token_rank == int((raw[i] > raw[i, tok]).sum()) + 1
+        ref_lp, ref_ids = raw[i].topk(params[i].logprobs)
+        assert [t for t, _ in row.top] == ref_ids.tolist()
+        assert [lp for _, lp in row.top] == pytest.approx(ref_lp.tolist(), abs=1e-6)
+    assert out.token_ids[3] == 199 and out.logprobs[3].token_rank > 1  # raw, not the biased logits
+    assert out.logprobs[2].top == []
+
+
+def test_batch_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        Sampler({EOS})(torch.zeros(3, 10), make_batch([SamplingParams()] * 2))
