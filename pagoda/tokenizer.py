@@ -9,6 +9,7 @@ same ids but takes ~8 s for a 49k vocabulary.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -22,23 +23,40 @@ from tokenizers import Tokenizer as FastTokenizer
 if TYPE_CHECKING:
     from pagoda.weights.gguf_checkpoint import GGUFCheckpoint
 
+logger = logging.getLogger(__name__)
+
 # llama.cpp token types (`tokenizer.ggml.token_type`).
 _CONTROL, _USER_DEFINED = 3, 4
 
-# Splits that llama.cpp applies before byte-level BPE, keyed by `tokenizer.ggml.pre`. Anything not
-# listed uses GPT-2's split (ByteLevel's own regex), as llama.cpp's "default" does.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_SPLITS = {
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"), _LLAMA3_SPLIT),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2_SPLIT),
+# How llama.cpp splits text before byte-level BPE, keyed by `tokenizer.ggml.pre` (llama-vocab.cpp):
+# each regex in turn cuts the pieces further, matches and gaps both kept ("isolated").
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+           r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+           r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+          r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+          r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_FAMILY = ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2")
+_PRE_SPLITS: dict[str, tuple[str, ...]] = {
+    # llama.cpp's "default", also what it falls back to for names it does not know
+    "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"),
+    **dict.fromkeys(("gpt-2", "phi-2", "mpt", "olmo", "jais"), (_GPT2,)),
+    **dict.fromkeys(_LLAMA3_FAMILY + ("dbrx", "smaug-bpe", "chatglm-bpe", "glm4"), (_LLAMA3,)),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez", "stablelm2"), (_QWEN2,)),
+    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"),
+                    (r"\p{N}", _GPT2)),
+    "tekken": (_TEKKEN,),
+    **dict.fromkeys(("gpt-4o", "llama4"), (_GPT4O,)),
 }
-# Vocabularies where llama.cpp (like their tokenizer.json) takes a whole word from the vocab before merging.
-_IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"}
-# Pre-tokenizers that isolate every digit first (SmolLM, StarCoder).
-_DIGIT_SPLIT = {"smollm", "starcoder", "refact"}
+# Where llama.cpp (like those models' tokenizer.json) takes a whole word from the vocabulary before merging.
+_IGNORE_MERGES = set(_LLAMA3_FAMILY) | {"tekken"}
+# Where llama.cpp adds BOS when the file does not say (`tokenizer.ggml.add_bos_token`).
+_ADD_BOS = set(_LLAMA3_FAMILY) | {"tekken", "chameleon"}
 
 _NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -119,7 +137,9 @@ class Tokenizer:
             token_id = get(f"tokenizer.ggml.{key}_token_id")
             if token_id is not None and 0 <= token_id < len(tokens):
                 special[name] = tokens[token_id]
-        _set_post_processor(backend, special, get("tokenizer.ggml.add_bos_token", kind == "llama"),
+        pre = get("tokenizer.ggml.pre", "default")
+        add_bos = get("tokenizer.ggml.add_bos_token", kind == "llama" or pre in _ADD_BOS)
+        _set_post_processor(backend, special, add_bos,
                             get("tokenizer.ggml.add_eos_token", False))
         eot = get("tokenizer.ggml.eot_token_id")  # end of turn, e.g. <|eot_id|>: also stops generation
         return cls(backend, special_tokens=special, extra_eos_token_ids=() if eot is None else (eot,),
@@ -183,15 +203,11 @@ def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str) -> FastToken
              for i, t in enumerate(tokens)}
     pairs = [tuple(m.split(" ", 1)) for m in merges]
     backend = FastTokenizer(models.BPE(vocab, pairs, ignore_merges=pre in _IGNORE_MERGES))
-    if pre in _SPLITS:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_SPLITS[pre]), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    elif pre in _DIGIT_SPLIT:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    else:
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pre not in _PRE_SPLITS:
+        logger.warning("GGUF pre-tokenizer %r is unknown here; splitting text as llama.cpp's 'default'", pre)
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _PRE_SPLITS.get(pre, _PRE_SPLITS["default"])]
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     return backend
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import time
 
 import jinja2
 import pytest
 import tiny_gguf
+from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as FastTokenizer
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from pagoda.tokenizer import Tokenizer
 from pagoda.weights.default_model import default_model_path
@@ -59,28 +60,57 @@ def transformers():
 
 # ---- byte-level BPE (tokenizer.ggml.model = gpt2) --------------------------------------------
 
-@pytest.fixture(scope="module")
-def trained_bpe():
-    """A byte-level BPE trained here, with ChatML special tokens, the way GPT-2-style models are."""
+# Pre-tokenizers as those models' own tokenizer.json files spell them (the regexes copied from there).
+_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _hf_pre_tokenizer(pre: str):
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return {
+        "gpt-2": pre_tokenizers.ByteLevel(add_prefix_space=False),
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                           pre_tokenizers.ByteLevel(add_prefix_space=False)]),
+        "llama-bpe": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_REGEX), "isolated"), byte_level]),
+        "qwen2": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_QWEN2_REGEX), "isolated"), byte_level]),
+    }[pre]
+
+
+def _train_bpe(pre: str) -> FastTokenizer:
+    """A byte-level BPE trained here with ChatML special tokens, pre-tokenized like model `pre`'s."""
     backend = FastTokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = _hf_pre_tokenizer(pre)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(CORPUS, trainer)
+    if pre == "llama-bpe":  # Llama 3's tokenizer.json looks whole words up before merging
+        config = json.loads(backend.to_str())
+        config["model"]["ignore_merges"] = True
+        backend = FastTokenizer.from_str(json.dumps(config))
     return backend
+
+
+def _write_bpe_gguf(backend: FastTokenizer, pre: str, path: str) -> str:
+    model = json.loads(backend.to_str())["model"]
+    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    tiny_gguf.write_tokenizer(
+        path, model="gpt2", pre=pre, tokens=tokens, token_types=[3 if t in SPECIALS else 1 for t in tokens],
+        merges=[" ".join(m) if isinstance(m, list) else m for m in model["merges"]],
+        bos=1, eos=2, pad=0, chat_template=_chatml_template())
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_bpe():
+    return _train_bpe("gpt-2")
 
 
 @pytest.fixture(scope="module")
 def bpe_gguf(trained_bpe, tmp_path_factory):
-    model = json.loads(trained_bpe.to_str())["model"]
-    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
-    path = str(tmp_path_factory.mktemp("tok") / "bpe.gguf")
-    tiny_gguf.write_tokenizer(
-        path, model="gpt2", pre="gpt2", tokens=tokens, token_types=[3 if t in SPECIALS else 1 for t in tokens],
-        merges=[" ".join(m) if isinstance(m, list) else m for m in model["merges"]],
-        bos=1, eos=2, pad=0, add_bos=False, chat_template=_chatml_template())
-    return path
+    return _write_bpe_gguf(trained_bpe, "gpt-2", str(tmp_path_factory.mktemp("tok") / "bpe.gguf"))
 
 
 def _chatml_template() -> str:
@@ -90,16 +120,20 @@ def _chatml_template() -> str:
             "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
-def test_gguf_byte_level_bpe_matches_the_trained_tokenizer(trained_bpe, bpe_gguf):
-    tok = Tokenizer.from_gguf(bpe_gguf)
-    for text in TEXTS + [f"{SPECIALS[1]}user\n{TEXTS[4]}{SPECIALS[2]}\n"]:
-        ids = tok.encode(text)
-        assert ids == trained_bpe.encode(text).ids, text
-        assert tok.decode(ids, skip_special_tokens=False) == trained_bpe.decode(ids, skip_special_tokens=False)
-        assert tok.decode(ids) == trained_bpe.decode(ids)
+@pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
+def test_gguf_byte_level_bpe_matches_the_trained_tokenizer(pre, tmp_path):
+    trained = _train_bpe(pre)
+    tok = Tokenizer.from_gguf(_write_bpe_gguf(trained, pre, str(tmp_path / "bpe.gguf")))
+    for text in TEXTS + [f"{SPECIALS[1]}user\n{TEXTS[4]}{SPECIALS[2]}\n", "x1y22 333 4444 " * 3]:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == trained.encode(text).ids, (pre, text)
+        assert tok.decode(ids, skip_special_tokens=False) == trained.decode(ids, skip_special_tokens=False)
+        assert tok.decode(ids) == trained.decode(ids)
+    # llama.cpp adds BOS by default for Llama 3 vocabularies only (the file has no add_bos_token here).
+    assert (tok.encode("hi")[0] == 1) == (pre == "llama-bpe")
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 0)
     assert tok.eos_token_ids == frozenset({2}) and tok.all_special_ids == [0, 1, 2]
-    assert tok.vocab_size == trained_bpe.get_vocab_size()
+    assert tok.vocab_size == trained.get_vocab_size()
 
 
 def test_gguf_byte_level_bpe_matches_transformers(bpe_gguf, transformers):
@@ -266,3 +300,13 @@ def _assert_same_chat(tok: Tokenizer, ref, conversation: list[dict], **kwargs) -
         expected = ref.apply_chat_template(conversation, add_generation_prompt=add, tokenize=True, **kwargs)
         expected = expected["input_ids"] if not isinstance(expected, list) else expected
         assert ids == expected
+
+
+def test_tokenizer_pickles(bpe_gguf):
+    """The server ships the engine's tokenizer to the API process."""
+    tok = Tokenizer.from_gguf(bpe_gguf)
+    copy = pickle.loads(pickle.dumps(tok))
+    text = f"{SPECIALS[1]}user\n{TEXTS[9]}{SPECIALS[2]}"
+    assert copy.encode(text) == tok.encode(text) and copy.decode(tok.encode(text)) == tok.decode(tok.encode(text))
+    assert copy.eos_token_ids == tok.eos_token_ids and copy.all_special_ids == tok.all_special_ids
+    assert copy.apply_chat_template(CONVERSATIONS[1]) == tok.apply_chat_template(CONVERSATIONS[1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +237,23 @@ def unpermute_rows(w: Any, n_head: int) -> Any:
 
 def dequantize_blocks(data: np.ndarray, ggml_type: GGMLQuantizationType, shape: tuple[int, ...]) -> torch.Tensor:
     """Float32 torch tensor of `shape` from GGUF tensor data (dense values or packed blocks)."""
+    with _single_threaded():
+        return _dequantize(data, ggml_type, shape)
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    # These elementwise ops are memory-bound, and torch's OpenMP workers spin: on a busy 2-core machine
+    # the default model took 4-9 s with 2 threads against 0.4 s with one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _dequantize(data: np.ndarray, ggml_type: GGMLQuantizationType, shape: tuple[int, ...]) -> torch.Tensor:
     if ggml_type == GGMLQuantizationType.F32:
         return torch.from_numpy(np.array(data, dtype=np.float32)).reshape(shape)
     if ggml_type == GGMLQuantizationType.F16:
@@ -251,26 +269,30 @@ def dequantize_blocks(data: np.ndarray, ggml_type: GGMLQuantizationType, shape: 
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
 
 
-# Torch versions of the three common block formats: ~3x faster than gguf's numpy ones on 2 cores.
+# Torch versions of the three common block formats, ~2x faster than gguf's numpy ones. They write
+# into one float32 output in place: fresh memory costs page faults, so few temporaries.
 def _scale(blocks: torch.Tensor, start: int) -> torch.Tensor:
-    return blocks[:, start:start + 2].contiguous().view(torch.float16).float()
+    return blocks[:, start:start + 2].contiguous().view(torch.float16)
 
 
 def _nibbles(qs: torch.Tensor) -> torch.Tensor:
     # Byte j holds weight j in its low nibble and weight j + 16 in its high nibble.
-    return torch.cat([qs & 0x0F, qs >> 4], dim=1)
+    out = torch.empty(qs.shape[0], 2 * qs.shape[1])
+    out[:, :qs.shape[1]] = qs & 0x0F
+    out[:, qs.shape[1]:] = qs >> 4
+    return out
 
 
-def _dequantize_q8_0(blocks: torch.Tensor) -> torch.Tensor:
-    return _scale(blocks, 0) * blocks[:, 2:].view(torch.int8).float()
+def _dequantize_q8_0(blocks: torch.Tensor) -> torch.Tensor:  # w = d * q, q int8
+    return blocks[:, 2:].view(torch.int8).float().mul_(_scale(blocks, 0))
 
 
-def _dequantize_q4_0(blocks: torch.Tensor) -> torch.Tensor:
-    return _scale(blocks, 0) * (_nibbles(blocks[:, 2:]).float() - 8.0)
+def _dequantize_q4_0(blocks: torch.Tensor) -> torch.Tensor:  # w = d * (q - 8)
+    return _nibbles(blocks[:, 2:]).sub_(8.0).mul_(_scale(blocks, 0))
 
 
-def _dequantize_q4_1(blocks: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(_scale(blocks, 2), _scale(blocks, 0), _nibbles(blocks[:, 4:]).float())
+def _dequantize_q4_1(blocks: torch.Tensor) -> torch.Tensor:  # w = d * q + m
+    return _nibbles(blocks[:, 4:]).mul_(_scale(blocks, 0)).add_(_scale(blocks, 2))
 
 
 _TORCH_DEQUANTIZERS = {
