@@ -83,6 +83,7 @@ def main() -> None:
         print(f"| {name} | {' | '.join(f'{e:.4f}' for e in sw[name])} |")
 
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,6 +100,7 @@ def main() -> None:
            title="Distribution distance")
     for ax in (a1, a2):
         ax.set_xticks(STEPS, [str(s) for s in STEPS])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
