@@ -119,7 +119,7 @@ class Tokenizer:
         tokens: list[str] = get("tokenizer.ggml.tokens")
         token_types: list[int] = get("tokenizer.ggml.token_type") or [1] * len(tokens)
         if kind == "gpt2":
-            backend = _byte_level_bpe(tokens, get("tokenizer.ggml.merges"), get("tokenizer.ggml.pre", "default"))
+            backend = _byte_level_bpe(tokens, get("tokenizer.ggml.merges") or [], get("tokenizer.ggml.pre", "default"))
         elif kind == "llama":
             backend = _sentencepiece_bpe(tokens, get("tokenizer.ggml.scores"), get("tokenizer.ggml.merges"),
                                          get("tokenizer.ggml.unknown_token_id"),

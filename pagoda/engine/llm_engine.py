@@ -23,7 +23,7 @@ from pagoda.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestM
 from pagoda.sample.sampler import RowLogprobs, Sampler
 from pagoda.sampling_params import SamplingParams
 from pagoda.tokenizer import Tokenizer
-from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype
+from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype, resolve_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class LLMEngine:
         hf_config = files.hf_config()
         model_config = ModelConfig.from_hf_config(hf_config, dtype, args.max_model_len)
         tokenizer = files.tokenizer(args.tokenizer)
-        model = load_model(files, model_config, device, show_progress=args.show_progress)
+        quantization = resolve_quantization(args.quantization, files, device)
+        model = load_model(files, model_config, device, quantization=quantization, show_progress=args.show_progress)
 
         per_block = kv_cache_bytes_per_block(model_config, args.block_size)
         num_blocks = args.num_kv_blocks or max(1, int(args.kv_cache_memory_gb * 2**30 // per_block))

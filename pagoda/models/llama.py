@@ -127,8 +127,13 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head.compute_logits(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Loads Hugging Face-named tensors; returns the names of the parameters that were set."""
+        """Loads Hugging Face-named tensors; returns the names of the parameters that were set.
+
+        A tensor may also be a packed quantized one (anything with ``dequantize()``): a module that
+        can keep it packed (``load_quantized``) takes it as is, any other gets it dequantized.
+        """
         params = dict(self.named_parameters())
+        modules = dict(self.named_modules())
         loaded: set[str] = set()
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name:
@@ -141,6 +146,13 @@ class LlamaForCausalLM(nn.Module):
                     break
             else:
                 target, shard_id = name, None
+            if hasattr(tensor, "dequantize"):
+                module = modules.get(target.rpartition(".")[0])
+                if hasattr(module, "load_quantized"):
+                    module.load_quantized(tensor.ggml_type, tensor.data, tensor.shape, shard_id)
+                    loaded.add(target)
+                    continue
+                tensor = tensor.dequantize()
             if target not in params:
                 raise KeyError(f"checkpoint tensor {name!r} has no matching parameter")
             param = params[target]

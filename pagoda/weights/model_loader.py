@@ -65,17 +65,25 @@ class ModelFiles:
 
         return read_hf_config(self.path)
 
-    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_weights(self, keep_quantized: bool = False) -> Iterator[tuple[str, Any]]:
+        """(HF name, tensor) pairs; with ``keep_quantized`` GGUF's quantized tensors come packed."""
         if self.gguf is not None:
-            return self.gguf.iter_weights(dequantize=True)
+            return self.gguf.iter_weights(dequantize=not keep_quantized)
         from pagoda.weights.safetensors_dir import iter_safetensors
 
         return iter_safetensors(self.path)
 
     def num_tensors(self) -> int | None:
-        if self.gguf is not None:
-            return len(self.gguf.reader.tensors) if hasattr(self.gguf, "reader") else None
-        return None
+        return self.gguf.num_weights if self.gguf is not None else None
+
+    def tensor_types(self) -> dict[str, Any]:
+        """HF name -> GGML type of each GGUF tensor (empty for safetensors)."""
+        if self.gguf is None:
+            return {}
+        from pagoda.weights.gguf_checkpoint import hf_tensor_name
+
+        return {hf_tensor_name(t.name): t.tensor_type for t in self.gguf.reader.tensors
+                if t.name != "rope_freqs.weight"}
 
     def tokenizer(self, tokenizer_path: str | None = None):
         from pagoda.tokenizer import Tokenizer
@@ -97,16 +105,39 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
+def resolve_quantization(quantization: str | None, files: ModelFiles, device: torch.device) -> str | None:
+    """"auto": "gguf" for GGUF files on CPU (the int4 kernel is a CPU one), else None (dense)."""
+    if quantization == "auto":
+        return "gguf" if files.gguf is not None and device.type == "cpu" else None
+    if quantization == "gguf" and files.gguf is None:
+        raise ValueError("quantization='gguf' needs a GGUF model file")
+    if quantization not in (None, "gguf"):
+        raise ValueError(f"quantization must be 'auto', 'gguf' or None, got {quantization!r}")
+    return quantization
+
+
 def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, attention_backend: str = "torch",
-               show_progress: bool = True) -> nn.Module:
-    """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint."""
+               quantization: str | None = None, show_progress: bool = True) -> nn.Module:
+    """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint.
+
+    ``quantization="gguf"`` keeps Q4_0 / Q4_1 matrices packed (see ``pagoda.quantization``).
+    """
     cls = get_model_class(config.architecture)
     with _default_dtype(config.dtype), torch.device(device):
         model = cls(config, attention_backend=attention_backend)
-    weights = tqdm(files.iter_weights(), desc=f"Loading {files.name}", unit=" tensors", total=files.num_tensors(),
-                   disable=not show_progress, leave=False)
+    keep = quantization == "gguf"
+    if keep:
+        from pagoda.quantization.gguf_swap import swap_int4_linears
+
+        swap_int4_linears(model, files.tensor_types(), config.dtype)
+    weights = tqdm(files.iter_weights(keep_quantized=keep), desc=f"Loading {files.name}", unit=" tensors",
+                   total=files.num_tensors(), disable=not show_progress, leave=False)
     loaded = model.load_weights(weights)
-    expected = {n for n, _ in model.named_parameters()}
+    if keep:
+        from pagoda.quantization.gguf_swap import finalize_int4_linears
+
+        finalize_int4_linears(model)
+    expected = {n for n, _ in model.named_parameters()}  # packed layers have none left
     missing = expected - loaded
     if missing:
         raise ValueError(f"checkpoint {files.path!r} lacks weights for: {sorted(missing)[:8]}")

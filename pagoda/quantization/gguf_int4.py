@@ -1,0 +1,95 @@
+"""GGUF Q4_0 / Q4_1 weights kept packed, multiplied with torch's int4 CPU kernel.
+
+torch's ``_weight_int4pack_mm_for_cpu`` computes w = (q - 8) * scale + zero per group of 32
+input weights. Both formats map onto it exactly: Q4_0 (w = d (q - 8)) with scale d, zero 0;
+Q4_1 (w = d q + m) with scale d, zero m + 8 d.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+from torch import nn
+
+from pagoda.layers.linear import LinearBase
+
+GROUP = 32
+PACKABLE = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1}
+
+
+def unpack_q4(ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[int, int]
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw Q4 blocks of a [rows, cols] matrix -> (q uint8 [rows, cols] in 0..15, scale and zero
+    float32 [rows, cols / 32]) in the kernel's convention."""
+    rows, cols = shape
+    blocks = torch.from_numpy(np.ascontiguousarray(data)).view(rows * cols // GROUP, -1)
+    d = blocks[:, 0:2].contiguous().view(torch.float16).float()
+    if ggml_type == GGMLQuantizationType.Q4_0:
+        qs, zero = blocks[:, 2:], torch.zeros_like(d)
+    elif ggml_type == GGMLQuantizationType.Q4_1:
+        m = blocks[:, 2:4].contiguous().view(torch.float16).float()
+        qs, zero = blocks[:, 4:], m + 8 * d
+    else:
+        raise ValueError(f"{ggml_type.name} is not a 4-bit type the int4 kernel can take")
+    # byte j holds weight j (low nibble) and weight j + 16 (high nibble) of its block
+    q = torch.cat([qs & 0x0F, qs >> 4], dim=1)
+    return q.reshape(rows, cols), d.reshape(rows, -1), zero.reshape(rows, -1)
+
+
+class Int4Linear(nn.Module):
+    """Replaces a (possibly fused, possibly TP-sharded) linear layer by its packed 4-bit form.
+
+    Loading reuses the replaced layer's ``weight_loader`` on staging tensors (codes, scales,
+    zeros), so fused shards and tensor-parallel slices land in the same rows as they would
+    densely; ``finalize`` then packs them for the kernel.
+    """
+
+    def __init__(self, base: LinearBase, dtype: torch.dtype) -> None:
+        super().__init__()
+        if base.in_features % GROUP:
+            raise ValueError(f"in_features {base.in_features} is not a multiple of {GROUP}")
+        self.base_loader = base.weight_loader
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.tp = base.tp
+        self.dtype = dtype
+        self.bias = base.bias
+        groups = base.in_features // GROUP
+        self._codes = torch.zeros(base.out_features, base.in_features, dtype=torch.uint8)
+        self._scale = torch.zeros(base.out_features, groups)
+        self._zero = torch.zeros(base.out_features, groups)
+        self.register_buffer("packed", torch.empty(0, dtype=torch.uint8), persistent=False)
+        self.register_buffer("scales_and_zeros", torch.empty(0, dtype=dtype), persistent=False)
+        self.reduce = type(base).__name__ == "RowParallelLinear"
+
+    def load_quantized(self, ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[int, int],
+                       shard_id: object) -> None:
+        codes, scale, zero = unpack_q4(ggml_type, data, shape)
+        for staging, loaded in ((self._codes, codes), (self._scale, scale), (self._zero, zero)):
+            self.base_loader(_Staging(staging), loaded, shard_id)
+
+    def finalize(self) -> None:
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self._codes.to(torch.int32), 1)
+        # [groups, out, 2] as the kernel wants, in the activation dtype
+        self.scales_and_zeros = torch.stack([self._scale.t(), self._zero.t()], dim=-1).contiguous().to(self.dtype)
+        del self._codes, self._scale, self._zero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.reshape(-1, self.in_features), self.packed, GROUP, self.scales_and_zeros)
+        y = y.reshape(*shape[:-1], self.out_features)
+        if self.reduce:
+            y = self.tp.all_reduce(y)
+        return y if self.bias is None else y + self.bias
+
+
+class _Staging:
+    """Lets a layer's ``weight_loader`` (which writes ``param.data``) fill a staging tensor."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data
+        self.shape = data.shape
+
+    def dim(self) -> int:
+        return self.data.dim()
