@@ -102,6 +102,23 @@ def test_matches_transformers_gguf_loader(mixed):
     assert transformers.LlamaConfig(**config).num_key_value_heads == model.config.num_key_value_heads
 
 
+def test_qwen2_with_qkv_biases_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    path = str(tmp_path / "qwen2.gguf")
+    tiny_gguf.write_llama(path, tiny_gguf.hf_weights(tied=False, qkv_bias=True), {"proj.weight": Q.Q8_0},
+                          arch="qwen2")
+    ckpt = GGUFCheckpoint(path)
+    config = ckpt.hf_config()
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and config["attention_bias"] is True
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="qwen2.gguf",
+                                                              dtype=torch.float32)
+    reference = model.state_dict()
+    ours = dict(ckpt.iter_weights())
+    assert ours.keys() == reference.keys() and "model.layers.1.self_attn.k_proj.bias" in ours
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, reference[name]), name
+
+
 def test_tied_embeddings_and_llama3_rope_tensor(tmp_path):
     t = tiny_gguf.TINY
     factors = llama3_rope_factors(500000.0, t["head_dim"], 8.0, 1.0, 4.0, 8192)

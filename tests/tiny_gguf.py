@@ -16,6 +16,9 @@ LAYER_PARTS = {  # HF name suffix -> GGUF part
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
 }
 
 # Small, but 256 wide so that K-quants (256-weight super-blocks) fit every matrix.
@@ -27,7 +30,7 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def hf_weights(seed: int = 0, tied: bool = True) -> dict[str, np.ndarray]:
+def hf_weights(seed: int = 0, tied: bool = True, qkv_bias: bool = False) -> dict[str, np.ndarray]:
     t = TINY
     rng = np.random.default_rng(seed)
     q, kv = t["heads"] * t["head_dim"], t["kv_heads"] * t["head_dim"]
@@ -40,6 +43,9 @@ def hf_weights(seed: int = 0, tied: bool = True) -> dict[str, np.ndarray]:
                    p + "mlp.gate_proj.weight": (t["inter"], t["hidden"]),
                    p + "mlp.up_proj.weight": (t["inter"], t["hidden"]),
                    p + "mlp.down_proj.weight": (t["hidden"], t["inter"])}
+        if qkv_bias:  # Qwen2
+            shapes |= {p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                       p + "self_attn.v_proj.bias": (kv,)}
     shapes["model.norm.weight"] = (t["hidden"],)
     if not tied:
         shapes["lm_head.weight"] = (t["vocab"], t["hidden"])
@@ -83,15 +89,15 @@ def unpack(packed: np.ndarray, kind: Q, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def write_llama(path: str, weights: dict[str, np.ndarray], types: dict[str, Q], *, default_type: Q = Q.F32,
-                rope_freqs: np.ndarray | None = None, tokenizer: bool = True,
-                seed: int = 0) -> dict[str, tuple[Q, np.ndarray, np.ndarray]]:
-    """Write `weights` (HF names, float32) as a llama GGUF; `types` picks a GGML type per HF name suffix.
+                rope_freqs: np.ndarray | None = None, tokenizer: bool = True, seed: int = 0,
+                arch: str = "llama") -> dict[str, tuple[Q, np.ndarray, np.ndarray]]:
+    """Write `weights` (HF names, float32) as a llama (or qwen2) GGUF; `types` picks a GGML type per name suffix.
 
     Returns {HF name: (type, packed data in HF row order, float32 weights after the round trip)}.
     """
     t = TINY
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(path, "llama")
+    w = gguf.GGUFWriter(path, arch)
     w.add_block_count(t["layers"])
     w.add_context_length(2048)
     w.add_embedding_length(t["hidden"])
@@ -116,7 +122,8 @@ def write_llama(path: str, weights: dict[str, np.ndarray], types: dict[str, Q], 
         kind = Q.F32 if value.ndim == 1 else kind
         packed = pack(value, kind, rng)
         stored[name] = (kind, packed, unpack(packed, kind, value.shape))
-        if name.endswith(("q_proj.weight", "k_proj.weight")):  # rows of blocks permute like rows of weights
+        # llama.cpp permutes Llama's Q/K rows (not Qwen2's); rows of blocks permute like rows of weights.
+        if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias")):
             packed = llama_cpp_permute(packed, t["heads"] if "q_proj" in name else t["kv_heads"])
         if packed.dtype == np.uint8:
             w.add_tensor(gguf_name(name), packed, raw_shape=packed.shape, raw_dtype=kind)

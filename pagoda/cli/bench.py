@@ -13,6 +13,7 @@ HELP = "benchmarks (serve: load-test an OpenAI-compatible server)"
 
 BENCH_COMMANDS: dict[str, str] = {
     "serve": "pagoda.bench.serve",
+    "throughput": "pagoda.bench.throughput",
 }
 
 

@@ -126,6 +126,13 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
 
+    def _fused_target(self, name: str) -> tuple[str, object]:
+        """Checkpoint name -> (parameter name, shard id within a fused parameter or None)."""
+        for ckpt_part, param_part, shard_id in self.stacked_params:
+            if ckpt_part in name:
+                return name.replace(ckpt_part, param_part), shard_id
+        return name, None
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Loads Hugging Face-named tensors; returns the names of the parameters that were set.
 
@@ -140,12 +147,7 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
-            for ckpt_part, param_part, shard_id in self.stacked_params:
-                if ckpt_part in name:
-                    target = name.replace(ckpt_part, param_part)
-                    break
-            else:
-                target, shard_id = name, None
+            target, shard_id = self._fused_target(name)
             if hasattr(tensor, "dequantize"):
                 module = modules.get(target.rpartition(".")[0])
                 if hasattr(module, "load_quantized"):

@@ -84,6 +84,8 @@ class ServerMetrics:
                                 labels + ["finished_reason"], registry=self.registry)
         self._failed = Counter("pagoda:request_failure", "Requests that ended in an error.",
                                labels + ["status"], registry=self.registry)
+        for reason in ("stop", "length"):  # so dashboards see zeros before the first request
+            self._success.labels(model_name, reason)
         self.registry.register(_EngineStatsCollector(stats, model_name))
 
     def track(self, arrival_time: float) -> RequestTimer:
