@@ -90,17 +90,19 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, model_dir: str) -> Tokenizer:
-        """From a Hugging Face model directory (needs tokenizer.json)."""
+        """From a Hugging Face model directory (its tokenizer.json, tokenizer_config.json,
+        special_tokens_map.json, chat_template.jinja and generation_config.json)."""
         root = Path(model_dir)
         if not (root / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"{model_dir}: no tokenizer.json (only fast tokenizers are supported)")
+            raise FileNotFoundError(f"{model_dir}: no tokenizer.json (only fast tokenizers are supported; "
+                                    "save one with transformers' tokenizer.save_pretrained)")
+        # Its post-processor alone decides what bos/eos encode() adds (transformers 5 ignores
+        # tokenizer_config's add_bos_token once there is a tokenizer.json).
         backend = FastTokenizer.from_file(str(root / "tokenizer.json"))
         config = _read_json(root / "tokenizer_config.json")
         special = {k: _token_content(v) for k, v in _read_json(root / "special_tokens_map.json").items()
                    if k in _NAMED_SPECIAL}
         special.update({k: _token_content(config[k]) for k in _NAMED_SPECIAL if config.get(k) is not None})
-        # tokenizer.json's post-processor alone decides what bos/eos encode() adds (transformers 5
-        # ignores tokenizer_config's add_bos_token once there is a tokenizer.json).
         eos = _read_json(root / "generation_config.json").get("eos_token_id")
         extra_eos = tuple(eos) if isinstance(eos, list) else (eos,) if isinstance(eos, int) else ()
         return cls(backend, special_tokens=special, extra_eos_token_ids=extra_eos,

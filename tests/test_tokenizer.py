@@ -256,6 +256,11 @@ def test_chat_template_file_and_sandbox(hf_dir, tmp_path):
                                 chat_template="{{ messages.__class__.__subclasses__() }}")
 
 
+def test_from_pretrained_needs_tokenizer_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        Tokenizer.from_pretrained(str(tmp_path))
+
+
 # ---- the bundled model -----------------------------------------------------------------------
 
 @pytest.mark.slow
