@@ -120,8 +120,9 @@ class Tokenizer:
         kind = get("tokenizer.ggml.model")
         tokens: list[str] = get("tokenizer.ggml.tokens")
         token_types: list[int] = get("tokenizer.ggml.token_type") or [1] * len(tokens)
+        pre = get("tokenizer.ggml.pre", "default")
         if kind == "gpt2":
-            backend = _byte_level_bpe(tokens, get("tokenizer.ggml.merges") or [], get("tokenizer.ggml.pre", "default"))
+            backend = _byte_level_bpe(tokens, get("tokenizer.ggml.merges") or [], pre)
         elif kind == "llama":
             backend = _sentencepiece_bpe(tokens, get("tokenizer.ggml.scores"), get("tokenizer.ggml.merges"),
                                          get("tokenizer.ggml.unknown_token_id"),
@@ -139,12 +140,12 @@ class Tokenizer:
             token_id = get(f"tokenizer.ggml.{key}_token_id")
             if token_id is not None and 0 <= token_id < len(tokens):
                 special[name] = tokens[token_id]
-        pre = get("tokenizer.ggml.pre", "default")
         add_bos = get("tokenizer.ggml.add_bos_token", kind == "llama" or pre in _ADD_BOS)
-        _set_post_processor(backend, special, add_bos,
-                            get("tokenizer.ggml.add_eos_token", False))
-        eot = get("tokenizer.ggml.eot_token_id")  # end of turn, e.g. <|eot_id|>: also stops generation
-        return cls(backend, special_tokens=special, extra_eos_token_ids=() if eot is None else (eot,),
+        _set_post_processor(backend, special, add_bos, get("tokenizer.ggml.add_eos_token", False))
+        # End of turn / end of message (Llama 3's <|eot_id|>, <|eom_id|>) also end generation.
+        ends = tuple(i for i in (get("tokenizer.ggml.eot_token_id"), get("tokenizer.ggml.eom_token_id"))
+                     if i is not None)
+        return cls(backend, special_tokens=special, extra_eos_token_ids=ends,
                    chat_template=get("tokenizer.chat_template"))
 
     # ---- encode / decode ------------------------------------------------------------------

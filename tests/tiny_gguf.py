@@ -142,7 +142,7 @@ def write_tokenizer(path: str, *, model: str, tokens: list[str], token_types: li
                     merges: list[str] | None = None, scores: list[float] | None = None, pre: str | None = None,
                     bos: int | None = None, eos: int | None = None, unk: int | None = None, pad: int | None = None,
                     add_bos: bool | None = None, add_space_prefix: bool | None = None,
-                    chat_template: str | None = None) -> None:
+                    chat_template: str | None = None, eot: int | None = None) -> None:
     """A GGUF holding only a tokenizer (llama architecture metadata, no tensors)."""
     w = gguf.GGUFWriter(path, "llama")
     w.add_block_count(1)
@@ -158,7 +158,8 @@ def write_tokenizer(path: str, *, model: str, tokens: list[str], token_types: li
         w.add_token_scores(scores)
     for value, add in ((bos, w.add_bos_token_id), (eos, w.add_eos_token_id), (unk, w.add_unk_token_id),
                        (pad, w.add_pad_token_id), (add_bos, w.add_add_bos_token),
-                       (add_space_prefix, w.add_add_space_prefix), (chat_template, w.add_chat_template)):
+                       (add_space_prefix, w.add_add_space_prefix), (chat_template, w.add_chat_template),
+                       (eot, w.add_eot_token_id)):
         if value is not None:
             add(value)
     w.write_header_to_file()
