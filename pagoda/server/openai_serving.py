@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
 
+_MAX_N = 128  # OpenAI's limit on samples per request
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # torch generators take 64-bit seeds
+
 
 class TokenizerLike(Protocol):
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
@@ -170,6 +173,10 @@ class OpenAIServing:
     def sampling_params(req: Any, max_tokens: int | None, logprobs: int | None,
                         prompt_logprobs: int | None = None) -> SamplingParams:
         """SamplingParams from the fields both endpoints share; raises InvalidRequestError (400)."""
+        if not 1 <= req.n <= _MAX_N:
+            raise InvalidRequestError(f"n must be in [1, {_MAX_N}], got {req.n}", "n")
+        if req.seed is not None and not _INT64_MIN <= req.seed <= _INT64_MAX - req.n:
+            raise InvalidRequestError("seed must be a 64-bit signed integer", "seed")
         if req.logit_bias is not None:
             bias: dict[int, float] | None = {}
             for k, v in req.logit_bias.items():

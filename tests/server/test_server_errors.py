@@ -88,6 +88,7 @@ def test_chat_wrong_types(server, body, param):
     ("temperature", -1.0), ("top_p", 1.5), ("top_p", 0.0), ("n", 0), ("max_tokens", 0), ("logprobs", 50),
     ("presence_penalty", 3.0), ("frequency_penalty", -2.5), ("top_k", -5), ("min_p", 2.0),
     ("repetition_penalty", 0.0), ("logit_bias", {"x": 1.0}), ("logit_bias", {"5": 1000.0}), ("stop", [""]),
+    ("n", 129), ("seed", 2**64),
 ])
 def test_out_of_range_values(server, field, value):
     err = assert_error(server.post("/v1/completions", json={"prompt": PROMPT, field: value}), 400, param=field)

@@ -200,3 +200,37 @@ def test_tokenize_detokenize(server):
 def test_health(server):
     r = httpx.get(server.url + "/health")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_sse_bytes_on_the_wire(server):
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 5, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}, "ignore_eos": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body,
+                      headers={"Authorization": "Bearer test-key"}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"  # every event ends with a blank line
+    import json
+
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: {") for e in events[:-2])
+    assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "text_completion" for c in chunks)
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 2) + ["length"]
+    assert "usage" not in chunks[0] and chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+
+
+def test_async_chat(server):
+    async def main():
+        client = server.async_openai()
+        kw = dict(model=MODEL, messages=MESSAGES, max_tokens=10, temperature=0)
+        full = await client.chat.completions.create(**kw)
+        parts = [c.choices[0].delta.content or "" async for c in await client.chat.completions.create(
+            stream=True, **kw)]
+        await client.close()
+        return full.choices[0].message.content, "".join(parts)
+
+    full, streamed = asyncio.run(main())
+    assert full == streamed

@@ -1,0 +1,86 @@
+"""/metrics: Prometheus text under the pagoda: prefix, moving with the traffic."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import httpx
+from live_server import MODEL, LiveServer
+
+from pagoda.server.config import ServerConfig
+
+PROMPT = "Metrics are counted here"
+
+EXPECTED = [
+    "pagoda:time_to_first_token_seconds_bucket", "pagoda:time_to_first_token_seconds_count",
+    "pagoda:inter_token_latency_seconds_count", "pagoda:e2e_request_latency_seconds_count",
+    "pagoda:request_queue_time_seconds_count", "pagoda:num_requests_running", "pagoda:num_requests_waiting",
+    "pagoda:kv_cache_usage_perc", "pagoda:prefix_cache_hit_rate", "pagoda:prefix_cache_queries_total",
+    "pagoda:prefix_cache_hits_total", "pagoda:prompt_tokens_total", "pagoda:generation_tokens_total",
+    "pagoda:num_preemptions_total", "pagoda:request_success_total",
+]
+
+
+def test_metrics_exposition_and_counts(server):
+    r = httpx.get(server.url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    for name in EXPECTED:
+        assert f"\n{name}" in r.text, name
+    assert f'model_name="{MODEL}"' in r.text
+
+    before = server.metrics()
+    client = server.openai()
+    usage = [client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0,
+                                       extra_body={"ignore_eos": True}).usage for _ in range(2)]
+    for chunk in client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}],
+                                                max_tokens=6, stream=True, stream_options={"include_usage": True},
+                                                extra_body={"ignore_eos": True}):
+        if chunk.usage:
+            usage.append(chunk.usage)
+    after = server.wait_idle()
+
+    def delta(name: str) -> float:
+        return sum(v for k, v in after.items() if k.split("{")[0] == name) - \
+            sum(v for k, v in before.items() if k.split("{")[0] == name)
+
+    for hist in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"):
+        assert delta(f"pagoda:{hist}_count") == 3, hist
+        assert delta(f"pagoda:{hist}_sum") > 0
+    assert delta("pagoda:inter_token_latency_seconds_count") >= 3 * 4  # deltas after the first of each
+    assert delta("pagoda:generation_tokens_total") == sum(u.completion_tokens for u in usage) == 18
+    assert delta("pagoda:prompt_tokens_total") == sum(u.prompt_tokens for u in usage)
+    assert after[f'pagoda:request_success_total{{finished_reason="length",model_name="{MODEL}"}}'] - before.get(
+        f'pagoda:request_success_total{{finished_reason="length",model_name="{MODEL}"}}', 0) == 3
+    assert delta("pagoda:engine_steps_total") >= 6
+
+
+def test_gauges_follow_running_requests(server):
+    """With the engine paused mid-request the gauges show it running and holding blocks."""
+    body = {"prompt": PROMPT, "max_tokens": 300, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60,
+                      headers={"Authorization": "Bearer test-key"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break
+        os.kill(server.client.pid, signal.SIGSTOP)  # a scrape then serves the last stats it got
+        try:
+            m = server.metrics()
+        finally:
+            os.kill(server.client.pid, signal.SIGCONT)
+    assert m[f'pagoda:num_requests_running{{model_name="{MODEL}"}}'] == 1
+    assert m[f'pagoda:kv_cache_usage_perc{{model_name="{MODEL}"}}'] > 0
+
+
+def test_images_router_is_mounted_when_configured(live_server, tmp_path):
+    """The image router (pagoda.server.images) sits behind the same API key; its model loads lazily,
+    so a request it refuses before generating shows the route without building a diffusion model."""
+    server = LiveServer(live_server.client, {"main": ServerConfig(served_model_name=MODEL, api_key="test-key",
+                                                                  image_model=str(tmp_path / "unused"))})
+    try:
+        r = server.post("/v1/images/generations", json={"prompt": "a fox", "sampler": "Nope"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "sampler"
+        assert httpx.post(server.url + "/v1/images/generations", json={"prompt": "x"}).status_code == 401
+        assert server.openai().models.list().data[0].id == MODEL
+    finally:
+        server.stop()
