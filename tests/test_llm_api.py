@@ -153,3 +153,44 @@ def test_prompt_logprobs(llm, tiny_llama_dir):
         entry = out.prompt_logprobs[j]
         assert abs(entry[prompt[j]].logprob - float(lp[j - 1, prompt[j]])) < 1e-4
         assert len(entry) >= 2
+
+
+class ForcePhrase:
+    """A constraint: after the first free token, the output must spell ``phrase`` token by token."""
+
+    def __init__(self, phrase: list[int], jump: bool) -> None:
+        self.phrase = phrase
+        if jump:
+            self.forced_tokens = self._forced
+
+    def __call__(self, token_ids, logits):
+        k = len(token_ids) - 1
+        if 0 <= k < len(self.phrase):
+            masked = logits.clone().fill_(float("-inf"))
+            masked[self.phrase[k]] = logits[self.phrase[k]]
+            return masked
+        return logits
+
+    def _forced(self, token_ids):
+        k = len(token_ids) - 1
+        return self.phrase[k:] if 0 <= k < len(self.phrase) else []
+
+    def clone(self):
+        return ForcePhrase(self.phrase, hasattr(self, "forced_tokens"))
+
+
+def test_jump_forward_equals_step_by_step(llm):
+    phrase = [40, 41, 42, 43, 44, 45]
+    outs = {}
+    for jump in (False, True):
+        before = llm.engine.get_stats().jump_forward_tokens_total
+        steps_before = llm.engine.get_stats().num_steps
+        params = SamplingParams(n=2, temperature=0.8, seed=3, max_tokens=14, ignore_eos=True,
+                                logits_processors=[ForcePhrase(phrase, jump)])
+        outs[jump] = [c.token_ids for c in llm.generate("Hello world", params)[0].outputs]
+        saved = llm.engine.get_stats().jump_forward_tokens_total - before
+        steps = llm.engine.get_stats().num_steps - steps_before
+        assert saved == (2 * len(phrase) if jump else 0)
+    assert outs[True] == outs[False]
+    assert all(o[1:7] == phrase for o in outs[True])
+    assert steps < 14  # fewer model steps than tokens

@@ -139,13 +139,14 @@ class LLMEngine:
         samples = []
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
+            sample_params = params if i == 0 else _fresh_processors(params)
             request = Request(
                 request_id=request_id if params.n == 1 else f"{i}_{request_id}",
-                prompt_token_ids=prompt_ids, params=params, max_tokens=max_tokens,
+                prompt_token_ids=prompt_ids, params=sample_params, max_tokens=max_tokens,
                 stop_token_ids=frozenset(stop_ids), metrics=metrics if params.n == 1 else
                 RequestMetrics(arrival_time=metrics.arrival_time),
-                priority=priority,
-                generator=None if seed is None else torch.Generator().manual_seed(seed))
+                priority=priority, seed=seed,
+                generator=None if seed is None else torch.Generator())
             detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens,
                                            list(params.stop), params.include_stop_str_in_output)
             samples.append(_Sample(request, detok))
@@ -210,7 +211,8 @@ class LLMEngine:
             if group is None:
                 continue
             sample = next(s for s in group.samples if s.request is request)
-            stop = sample.detokenizer.update(request.output_token_ids[-1:])
+            num_new = 1 + self._jump_forward(request)
+            stop = sample.detokenizer.update(request.output_token_ids[-num_new:])
             if stop is not None and not request.status.finished:
                 self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED, stop)
             elif stop is not None:  # the same token also hit eos/length: the stop string wins
@@ -221,6 +223,20 @@ class LLMEngine:
             if group is not None and group.params.prompt_logprobs is not None:
                 touched[group.request_id] = group
         return [self._make_output(g) for g in touched.values()]
+
+    def _jump_forward(self, request: Request) -> int:
+        """Appends the tokens a request's grammar forces next, without a model step (they run as one
+        chunk in the next step); returns how many. Skipped when logprobs are asked for, since the
+        model's raw logprobs of forced tokens are not computed."""
+        if request.status.finished or request.params.logprobs is not None:
+            return 0
+        forced: list[int] = []
+        for processor in request.params.logits_processors:
+            if hasattr(processor, "forced_tokens"):
+                forced = processor.forced_tokens(request.output_token_ids)
+                if forced:
+                    break
+        return self.scheduler.append_forced_tokens(request, forced) if forced else 0
 
     def _record_logprobs(self, result: ModelRunnerOutput) -> None:
         for rid, row in result.logprobs.items():
@@ -286,8 +302,18 @@ class LLMEngine:
             kv_cache_usage=self.kv_cache.usage, num_kv_blocks=self.cache_config.num_blocks,
             num_free_kv_blocks=self.kv_cache.num_free_blocks, num_steps=c.num_steps,
             prompt_tokens_total=c.prompt_tokens_computed, generation_tokens_total=c.generation_tokens,
-            num_preemptions_total=c.num_preemptions, num_requests_finished_total=self._num_finished)
+            num_preemptions_total=c.num_preemptions, num_requests_finished_total=self._num_finished,
+            jump_forward_tokens_total=c.jump_forward_tokens)
 
     def check_integrity(self) -> None:
         self.kv_cache.check_integrity()
 
+
+
+def _fresh_processors(params: SamplingParams) -> SamplingParams:
+    """Params for another of n samples: stateful logits processors (grammar matchers) get their own
+    copy through their ``clone()``."""
+    if not params.logits_processors:
+        return params
+    return replace(params, logits_processors=[p.clone() if hasattr(p, "clone") else p
+                                              for p in params.logits_processors])

@@ -71,7 +71,7 @@ class ModelRunner:
                     for r in requests],
             prompt_token_ids=[r.prompt_token_ids for r in requests],
             output_token_ids=[r.output_token_ids for r in requests],
-            generators=[r.generator for r in requests],
+            generators=[_positioned_generator(r) for r in requests],
         )
         sampled = self.sampler(logits, batch)
         for r, token, lp in zip(requests, sampled.token_ids, sampled.logprobs, strict=True):
@@ -154,3 +154,11 @@ class ModelRunner:
             logits = self.model.compute_logits(h)
             targets = r.prompt_token_ids[first + 1: last + 1]
             result.prompt_logprobs[r.request_id] = position_logprobs(logits, targets, r.params.prompt_logprobs)
+
+
+def _positioned_generator(request: Request) -> torch.Generator | None:
+    """A seeded request's draw for output position k depends only on (seed, k): the same whether it
+    runs alone or batched, after a preemption, or after grammar-forced tokens skipped draws."""
+    if request.generator is None:
+        return None
+    return request.generator.manual_seed((request.seed * 1_000_003 + request.num_output_tokens) % (1 << 63))

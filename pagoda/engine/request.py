@@ -41,7 +41,8 @@ class Request:
     stop_token_ids: frozenset[int]  # eos (unless ignore_eos) and params.stop_token_ids
     metrics: RequestMetrics
     priority: int = 0
-    generator: torch.Generator | None = None
+    seed: int | None = None
+    generator: torch.Generator | None = None  # for seeded requests: re-seeded by position each draw
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0
     output_token_ids: list[int] = field(default_factory=list)

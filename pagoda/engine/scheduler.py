@@ -24,6 +24,7 @@ class SchedulerCounters:
     prompt_tokens_computed: int = 0
     generation_tokens: int = 0
     num_preemptions: int = 0
+    jump_forward_tokens: int = 0  # tokens appended without a model step (grammar-forced)
 
 
 class Scheduler:
@@ -152,6 +153,19 @@ class Scheduler:
             self._check_stop(request, token)
             progressed.append(request)
         return progressed
+
+    def append_forced_tokens(self, request: Request, tokens: list[int]) -> int:
+        """Appends tokens decided without sampling (jump-forward); they are computed with the next
+        step's chunk. Stops at a stop condition; returns how many were appended."""
+        appended = 0
+        for token in tokens:
+            if request.status.finished:
+                break
+            request.append_output_token(token)
+            self.counters.jump_forward_tokens += 1
+            appended += 1
+            self._check_stop(request, token)
+        return appended
 
     def _check_stop(self, request: Request, token: int) -> None:
         status, reason = None, None

@@ -17,5 +17,6 @@ class EngineStats:
     generation_tokens_total: int
     num_preemptions_total: int
     num_requests_finished_total: int
+    jump_forward_tokens_total: int = 0  # grammar-forced tokens appended without a model step
     prefix_cache_queries_total: int = 0  # tokens looked up in the prefix cache
     prefix_cache_hits_total: int = 0  # tokens found there
