@@ -150,6 +150,32 @@ def test_llama3_rope_factors_match_transformers(factor, high, original):
     assert _llama3_rope_scaling(reference.astype(np.float32), 500000.0, 128) == pytest.approx(scaling)
 
 
+def test_metadata_reads_like_the_stock_gguf_reader(tmp_path):
+    path = str(tmp_path / "meta.gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_array("test.strings", ["", "a", "héllo 😀", "x" * 300])
+    writer.add_array("test.ints", [1, -2, 3])
+    writer.add_array("test.floats", [0.5, -1.25])
+    writer.add_array("test.bools", [True, False])
+    writer.add_array("test.nested", [[1, 2], [3]])
+    writer.add_array("test.empty", [])
+    writer.add_string("test.string", "ok")
+    writer.add_uint32("test.u32", 7)
+    writer.add_tensor("token_embd.weight", np.ones((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ours, stock = GGUFCheckpoint(path).reader, gguf.GGUFReader(path)
+    assert ours.fields.keys() == stock.fields.keys()
+    for key, field in stock.fields.items():
+        assert ours.fields[key].contents() == field.contents(), key
+        assert ours.fields[key].types == field.types, key
+    assert ours.fields["test.strings"].contents() == ["", "a", "héllo 😀", "x" * 300]
+    assert [t.name for t in ours.tensors] == ["token_embd.weight"]
+    assert np.array_equal(ours.tensors[0].data, stock.tensors[0].data)
+
+
 def test_unpermute_inverts_llama_cpp_permute():
     w = np.arange(8 * 32 * 3, dtype=np.float32).reshape(8 * 32, 3)
     np.testing.assert_array_equal(unpermute_rows(tiny_gguf.llama_cpp_permute(w, 8), 8), w)
@@ -210,6 +236,9 @@ def test_default_model_matches_transformers():
 @pytest.mark.slow
 def test_default_model_raw_layout():
     ckpt = GGUFCheckpoint(default_model_path())
+    stock = gguf.GGUFReader(default_model_path())
+    for key, field in stock.fields.items():
+        assert ckpt.reader.fields[key].contents() == field.contents(), key
     raw = dict(ckpt.iter_weights(dequantize=False))
     embed = raw["model.embed_tokens.weight"]
     assert isinstance(embed, QuantizedTensor) and embed.ggml_type == Q.Q8_0 and embed.shape == (49152, 576)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import gguf
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 if TYPE_CHECKING:
     from pagoda.tokenizer import Tokenizer
@@ -79,10 +79,11 @@ class QuantizedTensor:
 
 
 class _FastReader(gguf.GGUFReader):
-    """GGUFReader whose small reads go through a plain ndarray view of the memory map.
+    """GGUFReader that parses metadata arrays in bulk, through a plain ndarray view of the memory map.
 
-    The stock reader slices the `np.memmap` once per metadata value; with ~100k vocabulary strings
-    the memmap subclass bookkeeping alone costs ~1.5 s. A base-class view maps the same pages.
+    The stock reader makes a few `np.memmap` slices per array element: for a 49k vocabulary (tokens,
+    token types, merges) that took 2 s here, and 0.1 s this way. Fields keep the stock layout, except
+    that a numeric array is one part holding all its values (`contents()` returns the same list).
     """
 
     def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
@@ -93,6 +94,24 @@ class _FastReader(gguf.GGUFReader):
         count = int(count)
         arr = plain[offset:offset + dtype.itemsize * count].view(dtype)[:count]
         return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
+        if raw_type != GGUFValueType.ARRAY or self.byte_order != "I":
+            return super()._get_field_parts(orig_offs, raw_type)
+        raw_itype, count = self._get(orig_offs, np.uint32), self._get(orig_offs + 4, np.uint64)
+        item_type, n, start = GGUFValueType(int(raw_itype[0])), int(count[0]), orig_offs + 12
+        parts: list[np.ndarray] = [raw_itype, count]
+        if item_type in self.gguf_scalar_to_np:
+            values = self._get(start, self.gguf_scalar_to_np[item_type], n)
+            return 12 + values.nbytes, [*parts, values], [2], [GGUFValueType.ARRAY, item_type]
+        if item_type != GGUFValueType.STRING:  # arrays of arrays: rare and small
+            return super()._get_field_parts(orig_offs, raw_type)
+        plain, pos = self._plain, start
+        for _ in range(n):  # each string: uint64 length, then its bytes
+            length = int.from_bytes(plain[pos:pos + 8].tobytes(), "little")
+            parts.append(plain[pos + 8:pos + 8 + length])
+            pos += 8 + length
+        return pos - orig_offs, parts, list(range(2, 2 + n)), [GGUFValueType.ARRAY, item_type]
 
 
 class GGUFCheckpoint:
