@@ -112,3 +112,5 @@ class SchedulerConfig:
     max_model_len: int
     batching: str = "continuous"
     enable_chunked_prefill: bool = True
+    policy: str = "fcfs"  # "fcfs" | "priority" | "lpm"
+    max_wait_s: float = 60.0  # past this wait a request is admitted before newer ones, whatever the policy

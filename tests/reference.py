@@ -47,3 +47,13 @@ def assert_logprobs_match(model, prompt_ids: list[int], output_ids: list[int], l
             assert abs(lp.logprob - float(ref[k, tok])) < atol, (k, tok, lp.logprob, float(ref[k, tok]))
             assert lp.rank == int((ref[k] > ref[k, tok]).sum()) + 1 or abs(
                 float(ref[k].sort(descending=True).values[lp.rank - 1]) - float(ref[k, tok])) < atol
+
+
+def assert_all_blocks_returned(engine) -> None:
+    """No request holds a block; every block is free or held only by the prefix cache."""
+    engine.check_integrity()
+    kv = engine.kv_cache
+    assert not kv.block_tables
+    cached = len(kv.cache.blocks()) if kv.cache is not None else 0
+    assert kv.num_free_blocks + cached == engine.cache_config.num_blocks
+    assert kv.usage == 0.0

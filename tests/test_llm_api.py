@@ -1,6 +1,7 @@
 """The offline API: shapes of outputs, sampling options end to end, and bad input."""
 
 import pytest
+from reference import assert_all_blocks_returned
 
 from pagoda import LLM, InvalidRequestError, SamplingParams
 
@@ -105,7 +106,7 @@ def test_bad_prompts_fail_alone_and_the_engine_goes_on(llm):
         done += [o for o in engine.step() if o.finished]
     assert [o.request_id for o in done] == ["good"] and len(done[0].outputs[0].token_ids) == 5
     engine.check_integrity()
-    assert engine.kv_cache.num_free_blocks == engine.cache_config.num_blocks
+    assert_all_blocks_returned(engine)
 
 
 def test_abort_returns_blocks_at_once(llm):
@@ -121,7 +122,7 @@ def test_abort_returns_blocks_at_once(llm):
     while engine.has_unfinished_requests():
         outs = engine.step()
         assert all(o.request_id == "b" for o in outs)
-    assert engine.kv_cache.num_free_blocks == engine.cache_config.num_blocks
+    assert_all_blocks_returned(engine)
 
 
 def test_a_failing_logits_processor_fails_only_its_request(llm):
@@ -136,7 +137,7 @@ def test_a_failing_logits_processor_fails_only_its_request(llm):
     again = llm.generate("Hello world", SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
     assert len(again[0].outputs[0].token_ids) == 3
     llm.engine.check_integrity()
-    assert llm.engine.kv_cache.num_free_blocks == llm.engine.cache_config.num_blocks
+    assert_all_blocks_returned(llm.engine)
 
 
 def test_prompt_logprobs(llm, tiny_llama_dir):

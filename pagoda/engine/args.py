@@ -23,7 +23,9 @@ class EngineArgs:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     batching: str = "continuous"  # "continuous" | "static"
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = True
+    scheduling_policy: str = "fcfs"  # "fcfs" | "priority" | "lpm"
+    max_wait_s: float = 60.0  # starvation guard: older waiting requests go first, whatever the policy
     seed: int = 0
     num_threads: int | None = None
     show_progress: bool = True
@@ -42,7 +44,11 @@ class EngineArgs:
         g.add_argument("--max-num-seqs", type=int, default=64)
         g.add_argument("--max-num-batched-tokens", type=int, default=2048)
         g.add_argument("--batching", default="continuous", choices=["continuous", "static"])
-        g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=False)
+        g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                       help="reuse the KV of cached prompt prefixes (radix tree; on by default)")
+        g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority", "lpm"])
+        g.add_argument("--max-wait-s", type=float, default=60.0,
+                       help="a request waiting longer is admitted before newer ones, whatever the policy")
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--num-threads", type=int, default=None)
 

@@ -18,7 +18,7 @@ from pagoda.engine.request import Request, RequestStatus
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.stats import EngineStats
 from pagoda.errors import InvalidRequestError
-from pagoda.kv_cache.kv_cache_manager import KVCacheManager
+from pagoda.kv_cache.kv_cache_manager import BlockMapSnapshot, KVCacheManager
 from pagoda.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from pagoda.sample.sampler import RowLogprobs, Sampler
 from pagoda.sampling_params import SamplingParams
@@ -70,7 +70,8 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.runner = runner
-        self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size)
+        self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
+                                       cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(scheduler_config, self.kv_cache)
         self._groups: dict[str, _Group] = {}
         self._sample_to_group: dict[str, _Group] = {}
@@ -110,7 +111,8 @@ class LLMEngine:
             raise ValueError(f"batching must be 'continuous' or 'static', got {args.batching!r}")
         scheduler_config = SchedulerConfig(
             max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-            max_model_len=model_config.max_model_len, batching=args.batching)
+            max_model_len=model_config.max_model_len, batching=args.batching, policy=args.scheduling_policy,
+            max_wait_s=args.max_wait_s)
         sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
         runner = ModelRunner(model, model_config, cache_config, sampler, device)
         logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
@@ -119,7 +121,7 @@ class LLMEngine:
 
     # -- requests -----------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams, *,
-                    priority: int = 0, arrival_time: float | None = None) -> None:
+                    priority: int = 0, arrival_time: float | None = None, cache_salt: str | None = None) -> None:
         if request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         if not isinstance(params, SamplingParams):
@@ -145,7 +147,7 @@ class LLMEngine:
                 prompt_token_ids=prompt_ids, params=sample_params, max_tokens=max_tokens,
                 stop_token_ids=frozenset(stop_ids), metrics=metrics if params.n == 1 else
                 RequestMetrics(arrival_time=metrics.arrival_time),
-                priority=priority, seed=seed,
+                priority=priority, seed=seed, cache_salt=cache_salt,
                 generator=None if seed is None else torch.Generator())
             detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens,
                                            list(params.stop), params.include_stop_str_in_output)
@@ -154,7 +156,10 @@ class LLMEngine:
         self._groups[request_id] = group
         for s in samples:
             self._sample_to_group[s.request.request_id] = group
-            self.scheduler.add_request(s.request)
+        # the other samples fork from the first once its prompt is computed, sharing its blocks
+        first = samples[0].request
+        first.pending_forks = [s.request for s in samples[1:]]
+        self.scheduler.add_request(first)
 
     def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -292,6 +297,7 @@ class LLMEngine:
         return RequestOutput(
             request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
             outputs=outputs, finished=finished, prompt_logprobs=prompt_logprobs, metrics=group.metrics,
+            num_cached_tokens=group.samples[0].request.num_cached_tokens,
             extra={"error": errors[0]} if errors else {})
 
     # -- introspection ------------------------------------------------------------------
@@ -303,7 +309,14 @@ class LLMEngine:
             num_free_kv_blocks=self.kv_cache.num_free_blocks, num_steps=c.num_steps,
             prompt_tokens_total=c.prompt_tokens_computed, generation_tokens_total=c.generation_tokens,
             num_preemptions_total=c.num_preemptions, num_requests_finished_total=self._num_finished,
-            jump_forward_tokens_total=c.jump_forward_tokens)
+            jump_forward_tokens_total=c.jump_forward_tokens,
+            prefix_cache_queries_total=self.kv_cache.counters.queried_tokens,
+            prefix_cache_hits_total=self.kv_cache.counters.hit_tokens,
+            prefix_cache_evictions_total=self.kv_cache.cache.num_evictions if self.kv_cache.cache else 0)
+
+    def get_block_map(self) -> BlockMapSnapshot:
+        """Which request or cache node owns each KV block, and which are free (for dashboards)."""
+        return self.kv_cache.snapshot()
 
     def check_integrity(self) -> None:
         self.kv_cache.check_integrity()

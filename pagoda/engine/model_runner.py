@@ -51,6 +51,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         # decodes (one new token) first: attention runs them together
+        self._copy_blocks(out.block_copies)
         scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
         input_ids, positions, metadata = self._prepare_inputs(scheduled)
         hidden = self.model(input_ids, positions, self.kv_caches, metadata)
@@ -81,6 +82,15 @@ class ModelRunner:
             if lp is not None:
                 result.logprobs[r.request_id] = lp
         return result
+
+    def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        if not copies:
+            return
+        src = torch.tensor([s for s, _ in copies], device=self.device)
+        dst = torch.tensor([d for _, d in copies], device=self.device)
+        for k_cache, v_cache in self.kv_caches:
+            k_cache[dst] = k_cache[src]
+            v_cache[dst] = v_cache[src]
 
     @staticmethod
     def _guarded(request: Request, failed: dict[str, str]) -> SamplingParams:

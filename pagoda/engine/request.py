@@ -47,6 +47,9 @@ class Request:
     num_computed_tokens: int = 0
     output_token_ids: list[int] = field(default_factory=list)
     all_token_ids: list[int] = field(default_factory=list)
+    cache_salt: str | None = None  # requests with different salts never share cached prefixes
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache (or shared by a fork)
+    pending_forks: list[Request] = field(default_factory=list)  # other samples, forked after the prompt
     stop_reason: int | str | None = None
     error: str | None = None
     # filled when params.logprobs / params.prompt_logprobs ask for them

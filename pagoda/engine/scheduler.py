@@ -1,7 +1,8 @@
 """Iteration-level scheduler: every step decides how many new tokens each request gets.
 
-Prefill, chunked prefill, decode and resumption after preemption are one form: a request
-runs ``num_tokens - num_computed_tokens`` new tokens, cut to the step's token budget.
+Prefill, chunked prefill, decode, prefix-cache hits, forks and resumption after preemption are
+one form: a request runs ``num_tokens - num_computed_tokens`` new tokens, cut to the step's
+token budget.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from pagoda.config import SchedulerConfig
+from pagoda.engine.policy import FCFSPolicy, LongestPrefixMatchPolicy, PriorityPolicy, SchedulingPolicy
 from pagoda.engine.request import Request, RequestStatus
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagoda.kv_cache.kv_cache_manager import KVCacheManager
@@ -27,16 +29,29 @@ class SchedulerCounters:
     jump_forward_tokens: int = 0  # tokens appended without a model step (grammar-forced)
 
 
+def make_policy(config: SchedulerConfig, kv_cache: KVCacheManager) -> SchedulingPolicy:
+    if config.policy == "fcfs":
+        return FCFSPolicy(config.max_wait_s)
+    if config.policy == "priority":
+        return PriorityPolicy(config.max_wait_s)
+    if config.policy == "lpm":
+        return LongestPrefixMatchPolicy(
+            config.max_wait_s, lambda r: len(kv_cache.match_prefix(r.all_token_ids, r.cache_salt)))
+    raise ValueError(f"unknown scheduling policy {config.policy!r}; choose fcfs, priority or lpm")
+
+
 class Scheduler:
-    """Running requests are served first, oldest first; when blocks run out the newest running
-    request is preempted (its blocks freed, recomputed later) until the older one fits. Waiting
-    requests join while the token budget, ``max_num_seqs`` and free blocks allow — except in
-    ``static`` batching, where a new batch is admitted only when the previous one has finished.
+    """Running requests are served first, in the policy's order; when blocks run out the last of
+    them is preempted (its blocks freed, recomputed later) until the earlier one fits. Waiting
+    requests join, in the policy's order, while the token budget, ``max_num_seqs`` and free
+    blocks allow — except in ``static`` batching, where a new batch is admitted only when the
+    previous one has finished.
     """
 
     def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
         self.config = config
         self.kv_cache = kv_cache
+        self.policy = make_policy(config, kv_cache)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -49,7 +64,7 @@ class Scheduler:
 
     def finish_request(self, request_id: str, status: RequestStatus, stop_reason: int | str | None = None) -> None:
         """Ends a request (abort, stop string, error) and returns its blocks at once."""
-        request = self.requests.pop(request_id, None)
+        request = self.requests.get(request_id)
         if request is None:
             return
         if request in self.running:
@@ -62,6 +77,10 @@ class Scheduler:
         request.status = status
         request.stop_reason = stop_reason
         request.metrics.finished_time = time.monotonic()
+        for child in request.pending_forks:  # never forked: they end with their parent
+            child.status = status
+            child.metrics.finished_time = request.metrics.finished_time
+        request.pending_forks = []
         self.kv_cache.free(request.request_id)
         self.requests.pop(request.request_id, None)
 
@@ -74,53 +93,80 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
 
         if self.config.batching == "static" and not self.running:
-            while self.waiting and len(self.running) < self.config.max_num_seqs:
-                self._admit(self.waiting.popleft())
+            for request in self._waiting_in_order()[: self.config.max_num_seqs]:
+                self.waiting.remove(request)
+                self._admit(request)
 
+        self.running = self.policy.order_running(self.running)
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            table = self.kv_cache.allocate(request.request_id, request.num_computed_tokens + num_new)
-            while table is None:
-                victim = self.running.pop()
-                self._preempt(victim)
-                out.preempted_request_ids.append(victim.request_id)
-                if victim is request:
+            if not self._schedule_one(request, budget, out):
+                # out of blocks: preempt from the back until this one fits (or is itself preempted)
+                while self.running[-1] is not request:
+                    self._preempt(self.running.pop(), out)
+                    if self._schedule_one(request, budget, out):
+                        break
+                else:
+                    self._preempt(self.running.pop(), out)
                     break
-                table = self.kv_cache.allocate(request.request_id, request.num_computed_tokens + num_new)
-            if table is None:
-                break
-            out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, table))
-            budget -= num_new
+            budget -= out.scheduled[-1].num_new_tokens
             i += 1
 
         if self.config.batching == "continuous" and not out.preempted_request_ids:
-            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-                request = self.waiting[0]
-                remaining = request.num_tokens - request.num_computed_tokens
-                if remaining > budget and not self.config.enable_chunked_prefill:
+            for request in self._waiting_in_order():
+                if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                     break
-                num_new = min(remaining, budget)
-                table = self.kv_cache.allocate(request.request_id, request.num_computed_tokens + num_new)
-                if table is None:
-                    break
-                self.waiting.popleft()
-                self._admit(request)
-                out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, table))
-                budget -= num_new
+                if not self._admit_one(request, budget, out):
+                    break  # head of line: keep the policy's order
+                budget -= out.scheduled[-1].num_new_tokens
 
+        out.block_copies = self.kv_cache.take_block_copies()
         now = time.monotonic()
         for s in out.scheduled:
             if s.request.metrics.first_scheduled_time is None:
                 s.request.metrics.first_scheduled_time = now
         return out
 
+    def _waiting_in_order(self) -> list[Request]:
+        if isinstance(self.policy, FCFSPolicy):
+            return list(self.waiting)
+        return self.policy.order(self.waiting)
+
+    def _schedule_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool:
+        num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+        table = self.kv_cache.allocate(request.request_id, request.num_computed_tokens + num_new,
+                                       request.num_computed_tokens)
+        if table is None:
+            return False
+        out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, table))
+        return True
+
+    def _admit_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool:
+        """Admits a waiting request, reusing its longest cached prefix."""
+        rid = request.request_id
+        prefix = [] if rid in self.kv_cache.block_tables else self.kv_cache.match_prefix(
+            request.all_token_ids, request.cache_salt)
+        start = max(request.num_computed_tokens, len(prefix) * self.kv_cache.block_size)
+        remaining = request.num_tokens - start
+        if remaining > budget and not self.config.enable_chunked_prefill:
+            return False
+        num_new = min(remaining, budget)
+        table = self.kv_cache.allocate(rid, start + num_new, start, prefix, request.cache_salt)
+        if table is None:
+            return False
+        request.num_computed_tokens = start
+        request.num_cached_tokens = max(request.num_cached_tokens, len(prefix) * self.kv_cache.block_size)
+        self.waiting.remove(request)
+        self._admit(request)
+        out.scheduled.append(ScheduledRequest(request, start, num_new, table))
+        return True
+
     def _admit(self, request: Request) -> None:
         request.status = RequestStatus.RUNNING
         self.running.append(request)
 
-    def _preempt(self, request: Request) -> None:
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         # recompute: drop the K/V; prompt and generated tokens are kept and rerun on resumption
         self.kv_cache.free(request.request_id)
         request.num_computed_tokens = 0
@@ -128,6 +174,7 @@ class Scheduler:
         request.metrics.num_preemptions += 1
         self.counters.num_preemptions += 1
         self.waiting.appendleft(request)
+        out.preempted_request_ids.append(request.request_id)
 
     def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
         """Advances the scheduled requests by the step's result; returns those that progressed
@@ -142,6 +189,7 @@ class Scheduler:
             request.num_computed_tokens += s.num_new_tokens
             self.counters.prompt_tokens_computed += max(
                 0, min(request.num_prompt_tokens, s.start + s.num_new_tokens) - s.start)
+            self.kv_cache.cache_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens)
             token = sampled.get(request.request_id)
             if token is None:
                 continue
@@ -150,9 +198,25 @@ class Scheduler:
             if request.metrics.first_token_time is None:
                 request.metrics.first_token_time = now
             request.metrics.last_token_time = now
+            if request.pending_forks:
+                self._fork(request)
             self._check_stop(request, token)
             progressed.append(request)
         return progressed
+
+    def _fork(self, parent: Request) -> None:
+        """The parent's prompt is computed: its other samples share the prompt's blocks and start
+        from its last token (whose block they copy on write), to sample their own first token."""
+        for child in parent.pending_forks:
+            self.kv_cache.fork(parent.request_id, child.request_id, parent.num_prompt_tokens)
+            child.num_computed_tokens = parent.num_prompt_tokens - 1
+            child.num_cached_tokens = child.num_computed_tokens
+            self.requests[child.request_id] = child
+            if self.config.batching == "static":
+                self._admit(child)  # part of its parent's batch
+            else:
+                self.waiting.appendleft(child)
+        parent.pending_forks = []
 
     def append_forced_tokens(self, request: Request, tokens: list[int]) -> int:
         """Appends tokens decided without sampling (jump-forward); they are computed with the next

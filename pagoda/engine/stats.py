@@ -20,3 +20,4 @@ class EngineStats:
     jump_forward_tokens_total: int = 0  # grammar-forced tokens appended without a model step
     prefix_cache_queries_total: int = 0  # tokens looked up in the prefix cache
     prefix_cache_hits_total: int = 0  # tokens found there
+    prefix_cache_evictions_total: int = 0  # blocks
