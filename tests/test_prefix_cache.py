@@ -1,7 +1,6 @@
 """Radix-tree prefix caching, copy-on-write forks and scheduling policies."""
 
 import random
-import time
 
 import pytest
 import torch
@@ -70,9 +69,9 @@ def test_random_shared_prefix_workloads_under_pressure(groups, per_group, prefix
     kv = KVCacheManager(num_blocks, bs, enable_prefix_caching=True)
     sched = Scheduler(SchedulerConfig(32, 4, num_blocks * bs, policy=policy, max_wait_s=0.05), kv)
     reqs = []
-    for g in range(groups):
+    for _ in range(groups):
         system = [rng.randrange(1, 49) for _ in range(prefix_len)]
-        for q in range(per_group):
+        for _ in range(per_group):
             r = make_request(len(reqs), 1, rng.randint(1, 12))
             r.prompt_token_ids = system + [rng.randrange(1, 49) for _ in range(rng.randint(1, 8))]
             r.prompt_token_ids = r.prompt_token_ids[: num_blocks * bs - 1]
