@@ -14,6 +14,7 @@ HELP = "benchmarks (serve: load-test an OpenAI-compatible server)"
 BENCH_COMMANDS: dict[str, str] = {
     "serve": "pagoda.bench.serve",
     "throughput": "pagoda.bench.throughput",
+    "prefix": "pagoda.bench.prefix_cache",
 }
 
 

@@ -117,7 +117,10 @@ class Scheduler:
             for request in self._waiting_in_order():
                 if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                     break
-                if not self._admit_one(request, budget, out):
+                admitted = self._admit_one(request, budget, out)
+                if admitted is None:
+                    continue  # its next blocks are being computed by another request: wait for them
+                if not admitted:
                     break  # head of line: keep the policy's order
                 budget -= out.scheduled[-1].num_new_tokens
 
@@ -142,11 +145,14 @@ class Scheduler:
         out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, table))
         return True
 
-    def _admit_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool:
-        """Admits a waiting request, reusing its longest cached prefix."""
+    def _admit_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool | None:
+        """Admits a waiting request, reusing its longest cached prefix. Returns None (deferred)
+        when a running request is still prefilling the very blocks this one would compute next."""
         rid = request.request_id
         prefix = [] if rid in self.kv_cache.block_tables else self.kv_cache.match_prefix(
             request.all_token_ids, request.cache_salt)
+        if self.kv_cache.cache is not None and self._prefix_in_flight(request, len(prefix)):
+            return None
         start = max(request.num_computed_tokens, len(prefix) * self.kv_cache.block_size)
         remaining = request.num_tokens - start
         if remaining > budget and not self.config.enable_chunked_prefill:
@@ -161,6 +167,17 @@ class Scheduler:
         self._admit(request)
         out.scheduled.append(ScheduledRequest(request, start, num_new, table))
         return True
+
+    def _prefix_in_flight(self, request: Request, num_cached_blocks: int) -> bool:
+        """Whether a running request shares this one's next uncached block and has not computed it
+        yet: admitting now would compute that prefix twice; a step later it is a cache hit."""
+        bs = self.kv_cache.block_size
+        end = (num_cached_blocks + 1) * bs
+        if end >= request.num_tokens:
+            return False
+        head = request.all_token_ids[:end]
+        return any(r.num_computed_tokens < end <= r.num_prompt_tokens and r.cache_salt == request.cache_salt
+                   and r.all_token_ids[:end] == head for r in self.running)
 
     def _admit(self, request: Request) -> None:
         request.status = RequestStatus.RUNNING
