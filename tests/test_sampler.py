@@ -21,11 +21,11 @@ from transformers import (
 from pagoda.sample.sampler import (
     Sampler,
     SamplingBatch,
+    Truncation,
     argmax,
+    mass_above,
     sample_from_probs,
-    sampling_probs,
-    top_p_cut,
-    top_p_cut_sorted,
+    topk,
 )
 from pagoda.sampling_params import SamplingParams
 
@@ -58,6 +58,22 @@ def normalise(probs: torch.Tensor) -> torch.Tensor:
     return probs / probs.sum(-1, keepdim=True)
 
 
+def our_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The distribution our sampler draws each row from: softmax after temperature, zero wherever
+    its Truncation does not keep the token (asked of every token of the vocabulary)."""
+    probs = (logits / p.temperature).softmax(-1)
+    truncation = Truncation.of(probs, [p] * len(probs))
+    if truncation is None:
+        return probs
+    out = torch.empty_like(probs)
+    vocab = probs.shape[1]
+    for i in range(len(probs)):
+        row = Truncation(truncation.floor[i].expand(vocab),
+                         None if truncation.need is None else truncation.need[i].expand(vocab))
+        out[i] = probs[i] * row.keeps(probs[i].expand(vocab, -1), probs[i])
+    return normalise(out)
+
+
 def chi2_critical(df: int, alpha: float) -> float:
     """Upper-alpha chi-square quantile (Wilson-Hilferty; good to a few percent in the tail)."""
     z = float(torch.special.ndtri(torch.tensor(1.0 - alpha, dtype=torch.float64)))
@@ -70,7 +86,7 @@ def chi2_critical(df: int, alpha: float) -> float:
 def test_repetition_penalty_matches_hf(penalty):
     torch.manual_seed(0)
     logits = torch.randn(3, 300) * 4
-    prompts = [[5, 9, 9, 200], [0], [17, 18]]
+    prompts = [[5, 9, 9, 200], [0, 300, 301], [17, 18]]  # 300, 301: past the head, ignored
     outputs = [[9, 30, 30], [299, 0, 1], []]
     params = [SamplingParams(repetition_penalty=penalty)] * 2 + [SamplingParams()]
     ours = Sampler({EOS}).process_logits(logits, make_batch(params, prompts, outputs))
@@ -105,44 +121,54 @@ def test_frequency_and_presence_penalties_follow_openai():
     SamplingParams(top_p=0.9),
     SamplingParams(top_p=0.5, temperature=1.3),
     SamplingParams(top_p=0.97),
-    SamplingParams(top_k=40, top_p=0.8),  # top-p on the sorted top-k values
-    SamplingParams(top_k=3000, top_p=0.8),  # top-p by radix select
+    SamplingParams(top_k=40, top_p=0.8),
     SamplingParams(temperature=0.7, min_p=0.02, top_k=100, top_p=0.9),
-    SamplingParams(top_p=1e-9),  # 1 - top_p rounds to 1: only the top token is left
+    SamplingParams(top_p=1e-9),  # 1 - top_p rounds to 1 in HF: only the top token is left
 ], ids=lambda p: ",".join(f"{k}={v}" for k, v in vars(p).items() if v != getattr(SamplingParams(), k)))
-def test_sampling_probs_match_hf_warpers(p):
+def test_truncation_matches_hf_warpers(p):
     torch.manual_seed(2)
-    logits = torch.randn(6, 5000) * 3
-    ours = sampling_probs(logits, [p] * 6)
-    for i in range(6):
+    logits = torch.randn(4, 1500) * 3
+    ours = our_probs(logits, p)
+    for i in range(4):
         ref = hf_probs(logits[i:i + 1], p)[0]
         assert torch.equal(ours[i] > 0, ref > 0), f"kept set differs in row {i}"
-        assert torch.allclose(normalise(ours[i]), ref, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(ours[i], ref, rtol=1e-5, atol=1e-7)
 
 
-def test_sampling_probs_mixed_rows_match_hf():
+def test_truncation_of_mixed_rows_matches_hf():
     """Rows with different settings in one call: each matches its own reference."""
     torch.manual_seed(3)
     params = [SamplingParams(), SamplingParams(top_p=0.8), SamplingParams(top_k=5),
               SamplingParams(min_p=0.1, temperature=0.5), SamplingParams(top_k=20, top_p=0.6)]
     logits = torch.randn(len(params), 2000) * 2
-    ours = sampling_probs(logits, params)
+    probs = (logits / torch.tensor([p.temperature for p in params])[:, None]).softmax(-1)
+    truncation = Truncation.of(probs, params)
     for i, p in enumerate(params):
-        ref = hf_probs(logits[i:i + 1], p)[0]
-        assert torch.equal(ours[i] > 0, ref > 0)
-        assert torch.allclose(normalise(ours[i]), ref, rtol=1e-5, atol=1e-7)
+        ref = hf_probs(logits[i:i + 1], p)[0] > 0
+        row = Truncation(truncation.floor[i].expand(2000), truncation.need[i].expand(2000))
+        assert torch.equal(row.keeps(probs[i].expand(2000, -1), probs[i]), ref)
 
 
-def test_top_p_radix_select_equals_sorted_cut():
-    """The sort-free cut equals the cut read off a full sort, also with many exact ties
-    (bfloat16 logits) and on a vocabulary of a real model's size."""
+def test_truncation_keeps_every_token_tied_at_the_cut():
+    """bfloat16 logits tie often: HF keeps an arbitrary part of a tie at the cut, we keep all of it."""
     torch.manual_seed(4)
-    for logits in (torch.randn(4, 49152) * 3, (torch.randn(4, 3000) * 2).bfloat16().float()):
-        probs = logits.softmax(-1)
-        top_p = torch.tensor([0.3, 0.9, 0.95, 0.999])
-        ours = top_p_cut(probs, top_p)
-        ref = top_p_cut_sorted(probs.sort(-1, descending=True).values, top_p)
-        assert torch.equal(ours, ref)
+    logits = (torch.randn(1, 3000) * 2).bfloat16().float()
+    for p in (SamplingParams(top_p=0.9), SamplingParams(top_k=100), SamplingParams(min_p=0.1, top_p=0.7)):
+        ref = hf_probs(logits, p)[0]
+        ours = our_probs(logits, p)[0]
+        assert torch.all(ours[ref > 0] > 0)
+        extra = (ours > 0) & (ref == 0)
+        smallest = logits[0][ref > 0].min()
+        assert torch.all(logits[0][extra] == smallest)
+
+
+def test_mass_above_equals_sorted_reference():
+    torch.manual_seed(5)
+    probs = (torch.randn(4, 49152) * 3).softmax(-1)
+    level = probs.gather(1, torch.tensor([[0], [10], [100], [1000]])).squeeze(1)
+    ref = torch.stack([probs[i][probs[i] > level[i]].double().sum() for i in range(4)])
+    assert torch.allclose(mass_above(probs, level).double(), ref, rtol=1e-5)
+    assert torch.allclose(mass_above(probs, torch.zeros(4)), probs.sum(-1))
 
 
 @pytest.mark.parametrize("vocab", [20, 1000, 4224, 49152])
@@ -152,6 +178,16 @@ def test_blocked_argmax_equals_torch_argmax(vocab):
     x[1] = float("-inf")
     x[2, -1] = 100.0
     assert torch.equal(argmax(x), x.argmax(-1))
+
+
+@pytest.mark.parametrize("k", [1, 5, 50, 3000])
+def test_blocked_topk_equals_torch_topk(k):
+    torch.manual_seed(k)
+    x = torch.randn(3, 49152) * 3
+    values, ids = topk(x, k)
+    ref_values, ref_ids = x.topk(k)
+    assert torch.equal(values, ref_values) and torch.equal(ids, ref_ids)
+    assert torch.equal(x.gather(1, ids), values)
 
 
 # ---- draws ----
@@ -175,6 +211,24 @@ def test_draws_follow_processed_softmax():
     tv = 0.5 * (observed / n - expected).abs().sum().item()
     assert tv < 0.02
     assert 0.5 * (logits[0].softmax(-1).double() - expected).abs().sum() > 0.1  # the test has power
+
+
+@pytest.mark.parametrize("p", [SamplingParams(top_k=5), SamplingParams(top_p=0.2, temperature=0.9),
+                               SamplingParams(min_p=0.5, top_p=0.6)], ids=["top_k", "top_p", "min_p+top_p"])
+def test_draws_that_are_mostly_rejected_still_follow_the_kept_set(p):
+    """A flat distribution puts most of the mass outside what is kept, so most rows draw again
+    (often several times): the result must still be the kept set's renormalised distribution."""
+    torch.manual_seed(6)
+    vocab, n = 200, 20000
+    logits = torch.randn(1, vocab) * 0.5
+    expected = hf_probs(logits, p)[0].double()
+    assert expected[expected > 0].numel() < vocab // 2
+    ids = Sampler({EOS}, torch.Generator().manual_seed(1))(logits.expand(n, -1), make_batch([p] * n)).token_ids
+    observed = torch.bincount(torch.tensor(ids), minlength=vocab).double()
+    keep = expected > 0
+    assert observed[~keep].sum() == 0
+    chi2 = ((observed[keep] - n * expected[keep]) ** 2 / (n * expected[keep])).sum().item()
+    assert chi2 < chi2_critical(int(keep.sum()) - 1, 1e-6)
 
 
 def test_seeded_draws_follow_processed_softmax_across_blocks():

@@ -7,15 +7,15 @@
 3. Greedy rows take the argmax. The others: temperature, then min_p, top_k, top_p, then one draw.
 
 CPU cost shapes the code. Every stage works on all rows at once and is skipped when no row asks
-for it; penalties touch only the (row, token) pairs that occur; top-p finds its cut by a radix
-select instead of sorting the vocabulary (a sort of 64 × 49152 takes >100 ms here); and a draw
-uses one uniform per row (inverse CDF) because torch's CPU ``exponential_`` and ``multinomial``
-cost ~20 ns per vocabulary entry (60 ms at 64 × 49152).
-"""
+for it; penalties touch only the (row, token) pairs that occur; truncation is a test put to the
+drawn token (rejection) rather than a sorted or masked vocabulary (a sort of 64 × 49152 takes
+over 100 ms here); and a draw uses one uniform per row (inverse CDF), because torch's CPU
+``exponential_`` and ``multinomial`` cost ~20 ns per vocabulary entry (60 ms at 64 × 49152)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,7 @@ from pagoda.sampling_params import SamplingParams
 
 __all__ = ["RowLogprobs", "Sampler", "SamplerOutput", "SamplingBatch"]
 
-_DIGIT_BITS = 15  # top-p radix select: two passes of 15-bit digits cover a probability's 30 bits
-_SORTED_TOP_P_MAX_K = 1024  # with top_k at most this, top-p reads the (sorted) top-k values
+_MAX_DRAWS = 32  # a row still rejecting after this many draws (only NaN rows, in practice) takes its top token
 
 
 class Sampler:
@@ -39,6 +38,7 @@ class Sampler:
         self.generator = generator
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+        """One token per row of ``logits`` [rows, vocab] (any float dtype; computed in float32)."""
         if logits.dim() != 2 or logits.shape[0] != len(batch):
             raise ValueError(f"logits {tuple(logits.shape)} do not match a batch of {len(batch)} rows")
         params, n = batch.params, len(batch)
@@ -52,9 +52,12 @@ class Sampler:
             token_ids[greedy] = argmax(logits[_rows(greedy, n)])
         sampled = [i for i, p in enumerate(params) if not p.greedy]
         if sampled:
-            probs = sampling_probs(logits[_rows(sampled, n)], [params[i] for i in sampled])
-            u = self._uniforms([batch.generators[i] for i in sampled], logits.device)
-            token_ids[sampled] = sample_from_probs(probs, u)
+            rows = logits[_rows(sampled, n)]
+            if any(params[i].temperature != 1.0 for i in sampled):
+                rows = rows / _per_row([params[i].temperature for i in sampled], rows.device)[:, None]
+            probs = rows.softmax(-1)
+            truncation = Truncation.of(probs, [params[i] for i in sampled])
+            token_ids[sampled] = self.draw(probs, truncation, [batch.generators[i] for i in sampled])
 
         ids = token_ids.tolist()
         logprobs: list[RowLogprobs | None] = [None] * n
@@ -112,6 +115,34 @@ class Sampler:
         ids = set(params.stop_token_ids or ())
         return ids if params.ignore_eos else ids | self.eos_token_ids
 
+    def draw(self, probs: torch.Tensor, truncation: Truncation | None,
+             generators: list[torch.Generator | None]) -> torch.Tensor:
+        """One token per row from ``probs`` restricted to what ``truncation`` keeps, by rejection
+        (as FlashInfer samples top-p without sorting): draw from the tokens above a floor; a draw the
+        truncation keeps is a draw from the kept set; otherwise no token as likely as it or less is
+        kept either, so the floor rises to it and the row draws again. The first draw ignores the
+        floor (min_p and top_k usually keep most of the mass), so a row that keeps its first draw
+        costs one pass over the vocabulary, plus top-p's test on the few blocks above the token."""
+        tokens = sample_from_probs(probs, self._uniforms(generators, probs.device))
+        if truncation is None:
+            return tokens
+        pending = torch.arange(probs.shape[0], device=probs.device)
+        candidates, drawn = probs, tokens
+        for _ in range(_MAX_DRAWS):
+            token_probs = candidates.gather(1, drawn[:, None]).squeeze(1)
+            rejected = ~truncation.keeps(candidates, token_probs, pending)
+            if not rejected.any():
+                return tokens
+            pending = pending[rejected]
+            floor = torch.maximum(token_probs[rejected], truncation.floor[pending])
+            candidates = probs[pending]
+            candidates = torch.where(candidates > floor[:, None], candidates, 0.0)
+            drawn = sample_from_probs(candidates, self._uniforms([generators[i] for i in pending.tolist()],
+                                                                 probs.device))
+            tokens[pending] = drawn
+        tokens[pending] = argmax(candidates)
+        return tokens
+
     def _uniforms(self, generators: list[torch.Generator | None], device: torch.device) -> torch.Tensor:
         """One U[0, 1) float64 per row: seeded rows from their own generator, the rest from ours."""
         u = torch.empty(len(generators), dtype=torch.float64, device=device)
@@ -131,7 +162,7 @@ def apply_repetition_penalty(logits: torch.Tensor, rows: torch.Tensor, tokens: t
     """HF/CTRL: for every (row, token) pair seen (duplicates are fine), a positive logit is divided
     by the row's penalty and a negative one multiplied by it. ``penalty`` is per row."""
     vocab = logits.shape[1]
-    keys = torch.unique(rows * vocab + tokens)
+    keys = torch.unique(_keys(rows, tokens, vocab))
     flat = logits.view(-1)
     scores, p = flat[keys], penalty[keys // vocab]
     flat[keys] = torch.where(scores < 0, scores * p, scores / p)
@@ -141,98 +172,75 @@ def apply_frequency_presence_penalties(logits: torch.Tensor, rows: torch.Tensor,
                                        frequency: torch.Tensor, presence: torch.Tensor) -> None:
     """OpenAI: logit -= count * frequency + (count > 0) * presence, counting the (row, token) pairs."""
     vocab = logits.shape[1]
-    keys, counts = torch.unique(rows * vocab + tokens, return_counts=True)
+    keys, counts = torch.unique(_keys(rows, tokens, vocab), return_counts=True)
     row = keys // vocab
     logits.view(-1).index_add_(0, keys, -(counts * frequency[row] + presence[row]))
 
 
-# ---- truncation and the draw (on probabilities) ----
+# ---- truncation (min_p, top_k, top_p) as a test on tokens ----
 
-def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-    """Temperature, then min_p, top_k, top_p (vLLM's order): the unnormalised distribution each row
-    draws from, zero outside what is kept. ``logits`` is not modified."""
-    device = logits.device
-    if any(p.temperature != 1.0 for p in params):
-        logits = logits / _per_row([p.temperature for p in params], device)[:, None]
-    probs = logits.softmax(-1)
-    n, vocab = probs.shape
+@dataclass
+class Truncation:
+    """What min_p, top_k and top_p keep, as a test a drawn token can be put to, so the kept set is
+    never built (that would take a sort or a mask over the vocabulary). A token is kept when its
+    probability is above ``floor`` (min_p and top_k: every token at least as likely as the k-th and
+    at least min_p times the top one) and the mass strictly above it is below ``need`` (top_p of the
+    mass that min_p and top_k keep; HF's TopPLogitsWarper rule). The kept set is therefore always the
+    most likely tokens, and the top token is always in it. Tokens tied at a cut are all kept."""
 
-    # min_p and top_k are cuts on the same ordering, so they apply together as one threshold
-    cut = torch.zeros(n, device=device)
-    if any(p.min_p > 0 for p in params):
-        cut = _per_row([p.min_p for p in params], device) * probs.amax(-1)
-    top_k = [i for i, p in enumerate(params) if 0 < p.top_k < vocab]
-    sorted_top = None
-    if top_k:
-        k = torch.tensor([params[i].top_k for i in top_k], device=device)
-        sorted_top = probs[top_k].topk(int(k.max())).values
-        kth = sorted_top.gather(1, (k - 1)[:, None]).squeeze(1)
-        cut[top_k] = torch.maximum(cut[top_k], kth)
-        sorted_top[torch.arange(sorted_top.shape[1], device=device) >= k[:, None]] = 0
-    if top_k or any(p.min_p > 0 for p in params):
-        probs.masked_fill_(probs < cut[:, None], 0)
+    floor: torch.Tensor  # [rows]
+    need: torch.Tensor | None  # [rows]; None when no row uses top_p
 
-    top_p = [i for i, p in enumerate(params) if p.top_p < 1.0]
-    if top_p:
-        k_of = {i: j for j, i in enumerate(top_k)}
-        if all(i in k_of and params[i].top_k <= _SORTED_TOP_P_MAX_K for i in top_p):
-            # the nucleus lies inside the top-k values we already hold, sorted
-            top = sorted_top[[k_of[i] for i in top_p]]
-            top.masked_fill_(top < cut[top_p][:, None], 0)
-            cut[top_p] = top_p_cut_sorted(top, _per_row([params[i].top_p for i in top_p], device))
-        else:
-            cut[top_p] = top_p_cut(probs[_rows(top_p, n)], _per_row([params[i].top_p for i in top_p], device))
-        probs.masked_fill_(probs < cut[:, None], 0)
-    return probs
+    @classmethod
+    def of(cls, probs: torch.Tensor, params: list[SamplingParams]) -> Truncation | None:
+        """The truncation of each row of ``probs`` (after temperature), or None if no row truncates."""
+        n, vocab = probs.shape
+        device = probs.device
+        top_k = [i for i, p in enumerate(params) if 0 < p.top_k < vocab]
+        use_min_p = any(p.min_p > 0 for p in params)
+        use_top_p = any(p.top_p < 1.0 for p in params)
+        if not (top_k or use_min_p or use_top_p):
+            return None
+        cut = torch.zeros(n, device=device)
+        if use_min_p:
+            cut = _per_row([p.min_p for p in params], device) * probs.amax(-1)
+        if top_k:
+            k = torch.tensor([params[i].top_k for i in top_k], device=device)
+            kth = topk(probs[_rows(top_k, n)], int(k.max()))[0].gather(1, (k - 1)[:, None]).squeeze(1)
+            cut[top_k] = torch.maximum(cut[top_k], kth)
+        floor = torch.nextafter(cut, torch.zeros_like(cut))  # p > floor  <=>  p >= cut
+        need = None
+        if use_top_p:
+            kept_mass = mass_above(probs, floor) if top_k or use_min_p else probs.sum(-1)
+            need = _per_row([p.top_p for p in params], device) * kept_mass
+            need[[i for i, p in enumerate(params) if p.top_p >= 1.0]] = float("inf")
+        return cls(floor, need)
 
-
-def top_p_cut_sorted(sorted_probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """The smallest probability top-p keeps, from each row's probabilities sorted descending (all of
-    the row's mass). A token is kept while the mass strictly before it is below top_p of the total,
-    as in HF's TopPLogitsWarper; the top token is always kept."""
-    cum = sorted_probs.double().cumsum(-1)
-    need = top_p.double() * cum[:, -1]
-    kept = ((cum - sorted_probs) < need[:, None]).sum(-1).clamp_min(1)
-    return sorted_probs.gather(1, (kept - 1)[:, None]).squeeze(1)
-
-
-def top_p_cut(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """``top_p_cut_sorted`` without sorting: a radix select on the float bits. Non-negative float32s
-    order like their int32 bit patterns, and probabilities (<= 1.0 = 0x3F800000) use 30 bits. One
-    pass histograms the probability mass by the high 15 bits and finds the bin holding the cut; a
-    second histograms that bin's tokens by the low 15 bits. As in HF, a token is dropped when the
-    mass at or below it in ascending order is at most (1 - top_p) of the total: summing from the
-    small end keeps the tail exact in float32. Tokens tied with the cut are all kept."""
-    n = probs.shape[0]
-    keys = probs.view(torch.int32)
-    bins = 1 << _DIGIT_BITS
-    high = torch.zeros(n, bins, device=probs.device).scatter_add_(1, (keys >> _DIGIT_BITS).long(), probs)
-    drop = (1 - top_p) * high.sum(-1)
-    d_high = _first_bin_over(high, drop)
-    # the cut bin's tokens by their low bits; lighter tokens land in bin 0, heavier in the last
-    offset = (keys - (d_high << _DIGIT_BITS).int()[:, None]).clamp_(-1, bins) + 1
-    low = torch.zeros(n, bins + 2, device=probs.device).scatter_add_(1, offset.long(), probs)
-    d_low = _first_bin_over(low[:, 1:-1], drop - low[:, 0])
-    return ((d_high << _DIGIT_BITS) | d_low).int().view(torch.float32)
+    def keeps(self, probs: torch.Tensor, token_probs: torch.Tensor, rows: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Whether each row keeps the token whose probability is ``token_probs``; ``rows`` selects
+        this truncation's rows that ``probs`` holds (all of them when None)."""
+        floor, need = (self.floor, self.need) if rows is None else (
+            self.floor[rows], None if self.need is None else self.need[rows])
+        kept = token_probs > floor
+        if need is not None:
+            kept &= mass_above(probs, token_probs) < need
+        return kept
 
 
-def _first_bin_over(hist: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-    """Per row, the first bin where the running sum of ``hist`` exceeds ``drop`` (block sums first,
-    then inside one block, so no cumsum runs over all bins). Where rounding leaves no bin over
-    (top_p so small that 1 - top_p rounds to 1) it is the last non-empty bin: the top token."""
-    n = hist.shape[0]
-    blocks = _blocks(hist, 0.0)
-    block_cum = blocks.sum(-1).cumsum(-1)
-    b = _first_over(block_cum, drop, blocks.amax(-1) > 0)
-    start = torch.where(b > 0, block_cum.gather(1, (b - 1).clamp_min(0)[:, None]).squeeze(1), 0.0)
-    block = blocks[torch.arange(n, device=hist.device), b]
-    return b * blocks.shape[2] + _first_over(start[:, None] + block.cumsum(-1), drop, block > 0)
-
-
-def _first_over(cum: torch.Tensor, drop: torch.Tensor, nonempty: torch.Tensor) -> torch.Tensor:
-    first = torch.searchsorted(cum, drop[:, None], right=True).squeeze(1)
-    last = (nonempty.int() * torch.arange(cum.shape[1], device=cum.device)).argmax(-1)
-    return torch.where(first < cum.shape[1], first, last)
+def mass_above(probs: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """Per row, the probability mass strictly above ``level`` [rows]. Only blocks whose maximum
+    exceeds the level can contribute, and with a language model's peaked distributions those are
+    few, so just they are summed. (threshold on probs / level keeps what exceeds 1: one fused pass,
+    about twice as fast as a boolean mask.)"""
+    level = level.clamp_min(torch.finfo(probs.dtype).tiny)[:, None]
+    blocks = _blocks(probs, 0.0)
+    block_max = blocks.amax(-1)
+    num_over = int((block_max > level).sum(-1).max())
+    if 2 * num_over < block_max.shape[1]:
+        chosen = block_max.topk(num_over).indices  # every block over the level, and maybe others
+        blocks = _take_blocks(blocks, chosen)
+    return F.threshold(blocks / level[:, :, None], 1.0, 0.0).sum((1, 2)) * level.squeeze(1)
 
 
 def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -247,7 +255,7 @@ def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     b = torch.searchsorted(block_cum, target, right=True).clamp_max(block_cum.shape[1] - 1)
     start = torch.where(b > 0, block_cum.gather(1, (b - 1).clamp_min(0)), 0.0)
     frac = ((target - start) / (block_cum.gather(1, b) - start)).clamp(0, 1 - 1e-12)
-    inner = blocks[torch.arange(n, device=probs.device), b.squeeze(1)].double().cumsum(-1)
+    inner = _take_blocks(blocks, b).squeeze(1).double().cumsum(-1)
     j = torch.searchsorted(inner, frac * inner[:, -1:], right=True).clamp_max(blocks.shape[2] - 1)
     return (b * blocks.shape[2] + j).squeeze(1).clamp_max(vocab - 1)
 
@@ -258,7 +266,20 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
     holding the maximum, then the index inside it."""
     blocks = _blocks(logits, float("-inf"))
     b = blocks.amax(-1).argmax(-1)
-    return b * blocks.shape[2] + blocks[torch.arange(logits.shape[0], device=logits.device), b].argmax(-1)
+    return b * blocks.shape[2] + _take_blocks(blocks, b[:, None]).squeeze(1).argmax(-1)
+
+
+def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.topk(k)`` per row (values descending, and their indices). Only the k blocks with the
+    largest maxima can hold a row's k largest values, so when those blocks are a small part of the
+    row, topk runs on them alone (it costs ~1 ns per element scanned)."""
+    blocks = _blocks(x, float("-inf"))
+    num_blocks, size = blocks.shape[1:]
+    if 2 * k > num_blocks:
+        return x.topk(k)
+    chosen = blocks.amax(-1).topk(k).indices
+    values, pos = _take_blocks(blocks, chosen).flatten(1).topk(k)
+    return values, chosen.gather(1, pos // size) * size + pos % size
 
 
 # ---- helpers ----
@@ -268,7 +289,7 @@ def _row_logprobs(raw: torch.Tensor, tokens: list[int], counts: list[int]) -> li
     token_lp = raw.gather(1, token[:, None]).squeeze(1)
     ranks = ((raw > token_lp[:, None]).sum(-1) + 1).tolist()
     k = max(counts)
-    top_lp, top_ids = raw.topk(k, dim=-1) if k else (raw[:, :0], raw[:, :0].long())
+    top_lp, top_ids = topk(raw, k) if k else (raw[:, :0], raw[:, :0].long())
     top_lp, top_ids, token_lp = top_lp.tolist(), top_ids.tolist(), token_lp.tolist()
     return [RowLogprobs(token_lp[j], ranks[j], list(zip(top_ids[j][:c], top_lp[j][:c], strict=True)))
             for j, c in enumerate(counts)]
@@ -283,6 +304,13 @@ def _token_pairs(rows: list[int], seqs: list[Sequence[int]], device: torch.devic
     return row_ids.to(device), torch.cat(tensors).to(device)
 
 
+def _keys(rows: torch.Tensor, tokens: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Flat indices into [rows, vocab] logits; ids outside the vocabulary (a tokenizer's added
+    tokens past the model's head) are left out, as HF does."""
+    inside = (tokens >= 0) & (tokens < vocab)
+    return rows[inside] * vocab + tokens[inside]
+
+
 def _blocks(x: torch.Tensor, pad_value: float) -> torch.Tensor:
     """``x`` [rows, n] as [rows, n / size, size]: a view when a power of two from 256 down to 32
     divides n, else padded with ``pad_value`` to a multiple of 256."""
@@ -291,6 +319,14 @@ def _blocks(x: torch.Tensor, pad_value: float) -> torch.Tensor:
         if n % size == 0:
             return x.reshape(rows, -1, size)
     return F.pad(x, (0, -n % 256), value=pad_value).view(rows, -1, 256)
+
+
+def _take_blocks(blocks: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """``blocks`` [rows, n, size] at block indices ``chosen`` [rows, m] -> [rows, m, size].
+    (index_select on the flattened blocks is ~8x faster than gather with an expanded index.)"""
+    rows, n, size = blocks.shape
+    flat = chosen + n * torch.arange(rows, device=chosen.device)[:, None]
+    return blocks.reshape(rows * n, size).index_select(0, flat.view(-1)).view(rows, -1, size)
 
 
 def _per_row(values: list[float], device: torch.device) -> torch.Tensor:
