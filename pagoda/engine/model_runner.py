@@ -27,6 +27,18 @@ class ModelRunnerOutput:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class StepInputs:
+    """The flat tensors of one step (what every tensor-parallel rank needs), plus the driver's
+    view of which request each row belongs to."""
+
+    scheduled: list[ScheduledRequest]
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    metadata: AttentionMetadata
+    block_copies: list[tuple[int, int]]
+
+
 def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
     elem = torch.empty(0, dtype=config.dtype).element_size()
     return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * elem
@@ -50,12 +62,27 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        """One step on this process: ``prepare`` -> ``forward`` -> ``sample``. A multi-process
+        executor runs ``prepare`` and ``sample`` on the driver and ``forward`` on every rank."""
+        inputs = self.prepare(out)
+        hidden = self.forward(inputs)
+        return self.sample(inputs, hidden)
+
+    def prepare(self, out: SchedulerOutput) -> StepInputs:
         # decodes (one new token) first: attention runs them together
-        self._copy_blocks(out.block_copies)
         scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
         input_ids, positions, metadata = self._prepare_inputs(scheduled)
-        hidden = self.model(input_ids, positions, self.kv_caches, metadata)
+        return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies)
 
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Block copies, then the model over the flat batch; returns hidden states [tokens, hidden]."""
+        self._copy_blocks(inputs.block_copies)
+        return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
+
+    @torch.inference_mode()
+    def sample(self, inputs: StepInputs, hidden: torch.Tensor) -> ModelRunnerOutput:
+        scheduled, metadata = inputs.scheduled, inputs.metadata
         result = ModelRunnerOutput()
         starts = metadata.query_start_loc_list
         sample_rows = [i for i, s in enumerate(scheduled) if s.sample]
