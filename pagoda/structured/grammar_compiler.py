@@ -1,0 +1,61 @@
+"""Compiles specs through a backend, once per (tokenizer, backend, spec): an LRU cache per tokenizer."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+
+from pagoda.structured.backend_registry import backend_factory
+from pagoda.structured.grammar_backend import CompiledGrammar, GrammarBackend
+from pagoda.structured.guided_decoding_params import GuidedDecodingParams
+from pagoda.tokenizer import Tokenizer
+
+_CACHE_SIZE = 256
+
+
+class GrammarCompiler:
+    """One tokenizer's compiled grammars, by spec. Thread-safe: the server compiles in its request
+    handlers, off the engine loop; a spec compiled once is a dictionary hit afterwards."""
+
+    def __init__(self, tokenizer: Tokenizer, cache_size: int = _CACHE_SIZE) -> None:
+        self.tokenizer = tokenizer
+        self.cache_size = cache_size
+        self._backends: dict[str, GrammarBackend] = {}
+        self._cache: OrderedDict[GuidedDecodingParams, CompiledGrammar] = OrderedDict()
+        self._lock = threading.Lock()
+        self.num_compiled = 0  # cache misses that compiled (hits are free)
+
+    def backend(self, name: str) -> GrammarBackend:
+        with self._lock:
+            if name not in self._backends:
+                self._backends[name] = backend_factory(name)(self.tokenizer)
+            return self._backends[name]
+
+    def compile(self, spec: GuidedDecodingParams) -> CompiledGrammar:
+        with self._lock:
+            hit = self._cache.get(spec)
+            if hit is not None:
+                self._cache.move_to_end(spec)
+                return hit
+        backend = self.backend(spec.backend)
+        compiled = backend.compile(spec)  # outside the lock: compiles of different specs overlap
+        with self._lock:
+            self.num_compiled += 1
+            self._cache[spec] = compiled
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return compiled
+
+
+_compilers: weakref.WeakKeyDictionary[Tokenizer, GrammarCompiler] = weakref.WeakKeyDictionary()
+_compilers_lock = threading.Lock()
+
+
+def compiler_for(tokenizer: Tokenizer) -> GrammarCompiler:
+    """The tokenizer's compiler (its backends hold per-tokenizer tables that take ~0.5 s to build)."""
+    with _compilers_lock:
+        compiler = _compilers.get(tokenizer)
+        if compiler is None:
+            compiler = _compilers[tokenizer] = GrammarCompiler(tokenizer)
+        return compiler

@@ -1,0 +1,149 @@
+"""A constrained request's logits processor: grammar masks each step, forced tokens jump forward."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pagoda.structured.grammar_backend import CompiledGrammar, GrammarMatcher
+from pagoda.structured.grammar_compiler import compiler_for
+from pagoda.structured.guided_decoding_params import GuidedDecodingParams
+from pagoda.structured.token_bitmask import allow_only_, apply_token_bitmask_, bitmask_words
+from pagoda.tokenizer import Tokenizer
+
+_MAX_FORCED_PER_CALL = 256  # bounds one jump; the rest follows after the next step
+
+
+@dataclass
+class MaskStats:
+    """Shared by a processor and its clones (the benchmark reads mean mask time per token)."""
+
+    mask_seconds: float = 0.0
+    num_masks: int = 0  # logits rows masked (one per sampled token)
+    num_forced: int = 0  # tokens returned for jump-forward
+
+    @property
+    def mean_mask_seconds(self) -> float:
+        return self.mask_seconds / self.num_masks if self.num_masks else 0.0
+
+
+@dataclass(eq=False)
+class _Sequence:
+    token_ids: Sequence[int]  # the engine's list (held so its id() is not reused while we key on it)
+    matcher: GrammarMatcher
+    bitmask: np.ndarray
+    num_accepted: int = 0
+    forced_at: int = -1  # num_accepted when `forced` was computed
+    forced: list[int] = field(default_factory=list)
+
+
+class GuidedLogitsProcessor:
+    """``proc(output_token_ids, logits_row) -> logits_row`` for the engine's logits-processor hook.
+
+    State per sequence is keyed by the identity of its output-token list (the engine passes each
+    sequence's own list, appended in place), so one processor may serve several prompts; on each
+    call the matcher catches up on the tokens it has not seen (several after a jump-forward) and
+    rolls back any it accepted that the engine did not keep.
+
+    Masking policy, the same stepwise and with jump-forward (so outputs are identical): when the
+    grammar has terminated only eos is allowed; when it forces text, only the first token of its
+    canonical tokenization is; otherwise the grammar's bitmask applies (eos allowed where it
+    accepts). ``forced_tokens`` returns exactly the tokens this policy leaves no choice about.
+    """
+
+    def __init__(self, compiled: CompiledGrammar, eos_token_id: int, *, jump_forward: bool = True,
+                 stats: MaskStats | None = None) -> None:
+        self.compiled = compiled
+        self.eos_token_id = eos_token_id
+        self.jump_forward = jump_forward
+        self.stats = stats or MaskStats()
+        self._sequences: dict[int, _Sequence] = {}
+
+    @property
+    def spec(self) -> GuidedDecodingParams:
+        return self.compiled.spec
+
+    def clone(self) -> GuidedLogitsProcessor:
+        return GuidedLogitsProcessor(self.compiled, self.eos_token_id, jump_forward=self.jump_forward,
+                                     stats=self.stats)
+
+    # -- the engine's hooks -------------------------------------------------------------
+    def __call__(self, output_token_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        seq = self._sync(output_token_ids)
+        only = self._only_choice(seq)
+        if only is not None:
+            allow_only_(logits, only)
+        else:
+            seq.matcher.fill_bitmask(seq.bitmask)
+            apply_token_bitmask_(logits, seq.bitmask)
+        self.stats.mask_seconds += time.perf_counter() - start
+        self.stats.num_masks += 1
+        return logits
+
+    def forced_tokens(self, output_token_ids: Sequence[int]) -> list[int]:
+        """The tokens stepwise decoding would have no choice about, accepted into the matcher (rolled
+        back on the next call if the engine keeps fewer). Never raises: a broken sequence fails in
+        ``__call__``, where the engine reports it for that request."""
+        if not self.jump_forward:
+            return []
+        try:
+            seq = self._sync(output_token_ids)
+            forced: list[int] = []
+            while len(forced) < _MAX_FORCED_PER_CALL:
+                only = self._only_choice(seq)
+                if only is None:
+                    break
+                forced.append(only)
+                if only == self.eos_token_id:
+                    self._sequences.pop(id(output_token_ids), None)  # finished: nothing more to track
+                    break
+                self._accept(seq, [only])
+        except (ValueError, RuntimeError):
+            return []
+        self.stats.num_forced += len(forced)
+        return forced
+
+    # -- state ------------------------------------------------------------------------------
+    def _sync(self, token_ids: Sequence[int]) -> _Sequence:
+        seq = self._sequences.get(id(token_ids))
+        if seq is None or seq.token_ids is not token_ids:
+            matcher = self.compiled.new_matcher()
+            seq = _Sequence(token_ids, matcher, np.zeros(bitmask_words(matcher.vocab_size), dtype=np.int32))
+            self._sequences[id(token_ids)] = seq
+        if len(token_ids) < seq.num_accepted:  # jump-forward tokens the engine did not append
+            seq.matcher.rollback(seq.num_accepted - len(token_ids))
+            seq.num_accepted = len(token_ids)
+        if len(token_ids) > seq.num_accepted:
+            self._accept(seq, list(token_ids[seq.num_accepted:]))
+        return seq
+
+    @staticmethod
+    def _accept(seq: _Sequence, tokens: list[int]) -> None:
+        if not seq.matcher.accept_tokens(tokens):
+            raise ValueError(f"generated tokens {tokens} break the {seq.matcher.__class__.__name__} "
+                             f"grammar: {seq.matcher.error}")
+        seq.num_accepted += len(tokens)
+
+    def _only_choice(self, seq: _Sequence) -> int | None:
+        """The single token the policy allows next, or None when the bitmask decides."""
+        if seq.matcher.is_terminated():
+            return self.eos_token_id
+        if seq.forced_at != seq.num_accepted:
+            seq.forced = seq.matcher.forced_tokens()
+            seq.forced_at = seq.num_accepted
+        return seq.forced[0] if seq.forced else None
+
+
+def guided_logits_processor(spec: GuidedDecodingParams, tokenizer: Tokenizer, *,
+                            jump_forward: bool = True) -> GuidedLogitsProcessor:
+    """Compiles ``spec`` for ``tokenizer`` (cached by spec; raises InvalidRequestError naming the
+    problem) and returns a fresh processor. Call it where the request is built, not in the engine loop."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("constrained decoding needs a tokenizer with an eos token")
+    compiled = compiler_for(tokenizer).compile(spec)
+    return GuidedLogitsProcessor(compiled, tokenizer.eos_token_id, jump_forward=jump_forward)

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    """The bundled default model's tokenizer (49k byte-level BPE): the realistic vocabulary for masks."""
+    from pagoda.weights.default_model import default_model_path
+    from pagoda.weights.model_loader import ModelFiles
+
+    return ModelFiles(default_model_path()).tokenizer(None)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_llama_dir):
+    from pagoda import LLM
+
+    return LLM(tiny_llama_dir, dtype="float32", num_kv_blocks=256, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_llm():
+    from pagoda import LLM
+
+    return LLM(show_progress=False)
