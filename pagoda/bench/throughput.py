@@ -142,6 +142,9 @@ class BenchReport:
     fixed_shape: list[FixedShapeResult] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # system -> why it was not measured
     mix: list[MixResult] = field(default_factory=list)
+    # other processes on the machine skew every figure: the 1-minute load average says how much
+    load_average: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
 
 
 # -- workloads ------------------------------------------------------------------------------------
@@ -492,10 +495,12 @@ def benchmark(args: argparse.Namespace) -> BenchReport:
     from pagoda.weights.default_model import default_model_path
 
     args = _resolve(args)
+    started = time.perf_counter()
     progress = not args.no_progress
     model = args.model or default_model_path()
     report = BenchReport(datetime.datetime.now().isoformat(timespec="seconds"), _machine(),
-                         os.path.basename(os.path.normpath(model)), args.num_threads)
+                         os.path.basename(os.path.normpath(model)), args.num_threads,
+                         load_average={"start": os.getloadavg()[0]})
     batch_sizes = sorted(args.batch_sizes)
     vocab_size = 0
     for q in args.quantizations:
@@ -528,6 +533,8 @@ def benchmark(args: argparse.Namespace) -> BenchReport:
 
     if args.num_requests > 0:
         report.mix = benchmark_mix(args, progress)
+    report.load_average["end"] = os.getloadavg()[0]
+    report.wall_s = time.perf_counter() - started
     return report
 
 
@@ -578,7 +585,7 @@ def write_outputs(report: BenchReport, batch_sizes: Sequence[int], out_dir: str)
     os.makedirs(out_dir, exist_ok=True)
     record = {
         "date": report.date, "machine": report.machine, "model": report.model,
-        "num_threads": report.num_threads,
+        "num_threads": report.num_threads, "load_average": report.load_average, "wall_s": report.wall_s,
         "fixed_shape": [dict(asdict(r), tokens_per_s=r.tokens_per_s) for r in report.fixed_shape],
         "unavailable": report.unavailable, "published_peers": PEERS, "targets": TARGETS,
         "mix": [{"batching": m.batching, "summary": m.summary(),
@@ -602,7 +609,9 @@ def write_outputs(report: BenchReport, batch_sizes: Sequence[int], out_dir: str)
 
 def run(args: argparse.Namespace) -> int:
     report = benchmark(args)
-    print(f"\n{report.date} · {report.machine} · {report.model}")
+    load = report.load_average
+    print(f"\n{report.date} · {report.machine} · {report.model} · {report.wall_s / 60:.1f} min · "
+          f"1-min load average {load['start']:.1f} at the start, {load['end']:.1f} at the end")
     for path in write_outputs(report, sorted(args.batch_sizes), args.out):
         print(f"wrote {path}")
     return 0
