@@ -1,8 +1,10 @@
 """Portable PyTorch paged attention (any device).
 
-Decode sequences (one query each) run together as two batched matmuls over query groups with a
-float32 softmax: torch's CPU SDPA is several times slower for single-token queries. Prefill
-sequences run one by one through SDPA, which is flash-style on CPU.
+The cache is head-major, [Hkv, num_blocks, block_size, D], so that gathering a batch's blocks
+gives each head's keys as contiguous [seqs, tokens, D] matrices that the matmuls read without
+transposing copies. Decode sequences (one query each) run together as two batched matmuls over
+query groups with a float32 softmax: torch's CPU SDPA is several times slower for single-token
+queries. Prefill sequences run one by one through SDPA, which is flash-style on CPU.
 """
 
 from __future__ import annotations
@@ -16,11 +18,21 @@ from pagoda.attention.metadata import AttentionMetadata
 
 @register_backend("torch")
 class TorchAttentionBackend(AttentionBackend):
+    @staticmethod
+    def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, ...]:
+        return (num_kv_heads, num_blocks, block_size, head_dim)
+
+    @staticmethod
+    def copy_blocks(kv_caches: list[tuple[torch.Tensor, torch.Tensor]], src: torch.Tensor, dst: torch.Tensor) -> None:
+        for k_cache, v_cache in kv_caches:
+            k_cache[:, dst] = k_cache[:, src]
+            v_cache[:, dst] = v_cache[:, src]
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
         hkv, d = self.num_kv_heads, self.head_dim
-        k_cache.view(-1, hkv, d).index_copy_(0, metadata.slot_mapping, k)
-        v_cache.view(-1, hkv, d).index_copy_(0, metadata.slot_mapping, v)
+        k_cache.view(hkv, -1, d).index_copy_(1, metadata.slot_mapping, k.transpose(0, 1))
+        v_cache.view(hkv, -1, d).index_copy_(1, metadata.slot_mapping, v.transpose(0, 1))
 
         out = torch.empty_like(q)
         nd = metadata.num_decodes
@@ -36,34 +48,31 @@ class TorchAttentionBackend(AttentionBackend):
 
     def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 block_tables: torch.Tensor, seq_lens: torch.Tensor, max_len: int) -> torch.Tensor:
-        num_seqs, block_size = q.shape[0], k_cache.shape[1]
+        num_seqs, block_size = q.shape[0], k_cache.shape[2]
         hkv, d = self.num_kv_heads, self.head_dim
         group = self.num_heads // hkv
-        num_blocks = -(-max_len // block_size)
-        tables = block_tables[:, :num_blocks]
-        # [S, L, Hkv, D] -> [S, Hkv, L, D]
-        keys = k_cache[tables].view(num_seqs, -1, hkv, d).transpose(1, 2)
-        values = v_cache[tables].view(num_seqs, -1, hkv, d).transpose(1, 2)
-        qg = q.view(num_seqs, hkv, group, d)
-        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * self.scale  # [S, Hkv, G, L]
-        length = keys.shape[2]
-        pad = torch.arange(length, device=q.device).unsqueeze(0) >= seq_lens.unsqueeze(1)  # [S, L]
-        scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+        blocks = block_tables[:, : -(-max_len // block_size)].reshape(-1)
+        keys = k_cache.index_select(1, blocks).view(hkv, num_seqs, -1, d)  # [Hkv, S, L, D]
+        values = v_cache.index_select(1, blocks).view(hkv, num_seqs, -1, d)
+        qg = q.view(num_seqs, hkv, group, d).transpose(0, 1)  # [Hkv, S, G, D]
+        scores = torch.matmul(qg, keys.transpose(-1, -2)).float()  # [Hkv, S, G, L]
+        pad = torch.arange(keys.shape[2], device=q.device) >= seq_lens.unsqueeze(1)  # [S, L]
+        scores.mul_(self.scale).masked_fill_(pad[None, :, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(q.dtype)
-        return torch.matmul(probs, values).reshape(num_seqs, self.num_heads, d)
+        return torch.matmul(probs, values).transpose(0, 1).reshape(num_seqs, self.num_heads, d)
 
     def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
         q_len = q.shape[0]
         hkv, d = self.num_kv_heads, self.head_dim
         if q_len == seq_len:  # nothing cached before this chunk: the new K/V are the whole context
-            keys, values = k, v
+            keys, values = k.transpose(0, 1), v.transpose(0, 1)
         else:
-            block_size = k_cache.shape[1]
-            blocks = block_table[: -(-seq_len // block_size)]
-            keys = k_cache[blocks].view(-1, hkv, d)[:seq_len]
-            values = v_cache[blocks].view(-1, hkv, d)[:seq_len]
-        qt, kt, vt = q.transpose(0, 1).unsqueeze(0), keys.transpose(0, 1).unsqueeze(0), values.transpose(0, 1).unsqueeze(0)
+            blocks = block_table[: -(-seq_len // k_cache.shape[2])]
+            keys = k_cache[:, blocks].view(hkv, -1, d)[:, :seq_len]
+            values = v_cache[:, blocks].view(hkv, -1, d)[:, :seq_len]
+        qt = q.transpose(0, 1).unsqueeze(0)
+        kt, vt = keys.unsqueeze(0), values.unsqueeze(0)
         if q_len == seq_len:
             o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=self.scale, enable_gqa=True)
         else:

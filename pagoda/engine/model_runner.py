@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from pagoda.attention.backend import get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
 from pagoda.engine.request import Request
@@ -48,14 +49,15 @@ class ModelRunner:
     """Owns the model and the KV cache tensors: one [num_blocks, block_size, Hkv, D] pair per layer."""
 
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
-                 sampler: Sampler, device: torch.device) -> None:
+                 sampler: Sampler, device: torch.device, attention_backend: str = "torch") -> None:
         self.model = model
         self.config = model_config
         self.block_size = cache_config.block_size
         self.sampler = sampler
         self.device = device
-        shape = (cache_config.num_blocks, cache_config.block_size, model_config.num_key_value_heads,
-                 model_config.head_dim)
+        self.attention = get_backend(attention_backend)
+        shape = self.attention.kv_cache_shape(cache_config.num_blocks, cache_config.block_size,
+                                              model_config.num_key_value_heads, model_config.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=model_config.dtype, device=device),
                            torch.zeros(shape, dtype=model_config.dtype, device=device))
                           for _ in range(model_config.num_hidden_layers)]
@@ -115,9 +117,7 @@ class ModelRunner:
             return
         src = torch.tensor([s for s, _ in copies], device=self.device)
         dst = torch.tensor([d for _, d in copies], device=self.device)
-        for k_cache, v_cache in self.kv_caches:
-            k_cache[dst] = k_cache[src]
-            v_cache[dst] = v_cache[src]
+        self.attention.copy_blocks(self.kv_caches, src, dst)
 
     @staticmethod
     def _guarded(request: Request, failed: dict[str, str]) -> SamplingParams:

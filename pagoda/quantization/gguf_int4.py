@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
+import torch.nn.functional as F
 from torch import nn
 
 from pagoda.layers.linear import LinearBase
@@ -43,7 +44,14 @@ class Int4Linear(nn.Module):
     Loading reuses the replaced layer's ``weight_loader`` on staging tensors (codes, scales,
     zeros), so fused shards and tensor-parallel slices land in the same rows as they would
     densely; ``finalize`` then packs them for the kernel.
+
+    The int4 kernel wins while a step streams weights (few rows: decode of small batches) and
+    loses once it is compute-bound: its cost grows linearly with the rows. Like llama.cpp, which
+    dequantizes for batched matmuls, inputs of more than ``max_int4_rows`` rows (prefill, large
+    decode batches) use the same weights dequantized once into the activation dtype.
     """
+
+    max_int4_rows = 16
 
     def __init__(self, base: LinearBase, dtype: torch.dtype) -> None:
         super().__init__()
@@ -60,6 +68,7 @@ class Int4Linear(nn.Module):
         self._zero = torch.zeros(base.out_features, groups)
         self.register_buffer("packed", torch.empty(0, dtype=torch.uint8), persistent=False)
         self.register_buffer("scales_and_zeros", torch.empty(0, dtype=dtype), persistent=False)
+        self.register_buffer("dense", torch.empty(0, dtype=dtype), persistent=False)
         self.reduce = type(base).__name__ == "RowParallelLinear"
 
     def load_quantized(self, ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[int, int],
@@ -72,12 +81,19 @@ class Int4Linear(nn.Module):
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self._codes.to(torch.int32), 1)
         # [groups, out, 2] as the kernel wants, in the activation dtype
         self.scales_and_zeros = torch.stack([self._scale.t(), self._zero.t()], dim=-1).contiguous().to(self.dtype)
+        groups = self._scale.shape[1]
+        codes = self._codes.view(self.out_features, groups, GROUP).float() - 8
+        dense = codes * self._scale.unsqueeze(-1) + self._zero.unsqueeze(-1)
+        self.dense = dense.view(self.out_features, self.in_features).to(self.dtype)
         del self._codes, self._scale, self._zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.reshape(-1, self.in_features), self.packed, GROUP, self.scales_and_zeros)
+        x = x.reshape(-1, self.in_features)
+        if x.shape[0] > self.max_int4_rows:
+            y = F.linear(x, self.dense)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_and_zeros)
         y = y.reshape(*shape[:-1], self.out_features)
         if self.reduce:
             y = self.tp.all_reduce(y)
