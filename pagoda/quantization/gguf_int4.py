@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType
 import torch.nn.functional as F
+from gguf import GGMLQuantizationType
 from torch import nn
 
 from pagoda.layers.linear import LinearBase
