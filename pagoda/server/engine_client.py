@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagoda.engine.args import EngineArgs
+from pagoda.engine.stats import EngineStats
 from pagoda.errors import InvalidRequestError
 from pagoda.sampling_params import SamplingParams
 from pagoda.server.engine_process import make_llm_engine, run_engine_process
@@ -62,7 +63,7 @@ class EngineClient:
         self.engine_args = engine_args
         self._make_engine = make_engine
         self.info: EngineReady | None = None
-        self.latest_stats: Any = None
+        self.latest_stats: EngineStats | None = None
         self.dead_reason: str | None = None
         self._streams: dict[str, _Stream] = {}
         self._num_not_started = 0
@@ -197,7 +198,7 @@ class EngineClient:
         if self.alive:
             self._in_q.put(AbortRequest(request_id))
 
-    async def get_stats(self, timeout_s: float = 30.0) -> Any:
+    async def get_stats(self, timeout_s: float = 30.0) -> EngineStats:
         """Fresh engine stats, taken after every message this process sent before the call."""
         self._check_alive()
         self._bind_loop()

@@ -9,10 +9,14 @@ so 200 concurrent streams cost one queue round trip per step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
+from pagoda.engine.stats import EngineStats
 from pagoda.outputs import PositionLogprobs, RequestMetrics
 from pagoda.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from pagoda.tokenizer import Tokenizer
 
 # --- HTTP process -> engine process ---
 
@@ -52,7 +56,7 @@ class EngineReady:
     max_model_len: int
     vocab_size: int
     pid: int
-    tokenizer: Any  # the engine's pagoda.tokenizer.Tokenizer (picklable): one source of truth for both sides
+    tokenizer: Tokenizer  # the engine's pagoda.tokenizer.Tokenizer (picklable): one source of truth for both sides
 
 
 @dataclass(frozen=True)
@@ -100,5 +104,5 @@ class RequestRejected:
 class StepResult:
     deltas: list[RequestDelta] = field(default_factory=list)
     rejected: list[RequestRejected] = field(default_factory=list)
-    stats: Any = None  # the engine's EngineStats, taken after this iteration
+    stats: EngineStats | None = None  # taken after this iteration
     stats_token: int | None = None  # echoes GetStats.token when this result answers one

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pagoda.engine.stats import EngineStats
 from pagoda.server.messages import RequestDelta
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
@@ -28,7 +28,7 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05
 class _EngineStatsCollector(Collector):
     """Exposes the latest EngineStats; counters the engine keeps are reported as counters."""
 
-    def __init__(self, stats: Callable[[], Any], model_name: str) -> None:
+    def __init__(self, stats: Callable[[], EngineStats | None], model_name: str) -> None:
         self._stats = stats
         self._model = model_name
 
@@ -59,7 +59,8 @@ class _EngineStatsCollector(Collector):
         yield counter("pagoda:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", queries)
         yield counter("pagoda:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
                       s.prefix_cache_hits_total)
-        yield counter("pagoda:prompt_tokens", "Prefilled prompt tokens.", s.prompt_tokens_total)
+        yield counter("pagoda:prompt_tokens", "Prompt tokens computed (prefix-cache hits excluded, "
+                      "recomputation after preemption included).", s.prompt_tokens_total)
         yield counter("pagoda:generation_tokens", "Generated tokens.", s.generation_tokens_total)
         yield counter("pagoda:num_preemptions", "Preemptions (recompute) of running requests.",
                       s.num_preemptions_total)
@@ -67,7 +68,7 @@ class _EngineStatsCollector(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, stats: Callable[[], Any]) -> None:
+    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None]) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry()
         labels = ["model_name"]

@@ -19,14 +19,14 @@ PROMPT = "Hello world"
 def test_request_failures_are_isolated_then_dead_engine_is_reported(start_server):
     server = start_server(make_engine=make_faulty_engine)
     client = server.openai(timeout=30)
-    expected = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0,
+    expected = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0,
                                          extra_body={"ignore_eos": True}).choices[0].text
 
     # a healthy stream runs while two poisoned requests fail next to it
     healthy: list[str] = []
 
     def healthy_stream() -> None:
-        chunks = server.openai(timeout=30).completions.create(model=MODEL, prompt=PROMPT, max_tokens=40,
+        chunks = server.openai(timeout=30).completions.create(model=MODEL, prompt=PROMPT, max_tokens=24,
                                                              temperature=0, stream=True,
                                                              extra_body={"ignore_eos": True})
         healthy.append("".join(c.choices[0].text for c in chunks))
@@ -45,7 +45,7 @@ def test_request_failures_are_isolated_then_dead_engine_is_reported(start_server
     t.join(60)
     assert healthy == [expected]
     server.wait_idle()
-    assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0,
+    assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0,
                                      extra_body={"ignore_eos": True}).choices[0].text == expected
 
     # now kill the engine process in the middle of a stream

@@ -51,7 +51,7 @@ def wait_for(predicate, timeout_s: float = 10.0) -> None:
 
 
 def test_malformed_json(server):
-    for body in (b"{not json", b"", b"[1, 2]", b'"text"'):
+    for body in (b"{not json", b"", b"[1, 2]", b'"text"', b"\xff\xfe", b'{"prompt": "x", "n": 1e999}'):
         r = server.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
         assert_error(r, 400)
     assert_still_serves(server)

@@ -49,7 +49,9 @@ def test_metrics_exposition_and_counts(server):
         assert delta(f"pagoda:{hist}_sum") > 0
     assert delta("pagoda:inter_token_latency_seconds_count") >= 3 * 4  # deltas after the first of each
     assert delta("pagoda:generation_tokens_total") == sum(u.completion_tokens for u in usage) == 18
-    assert delta("pagoda:prompt_tokens_total") == sum(u.prompt_tokens for u in usage)
+    # prompt tokens are either computed or found in the prefix cache
+    assert delta("pagoda:prompt_tokens_total") + delta("pagoda:prefix_cache_hits_total") == \
+        sum(u.prompt_tokens for u in usage)
     assert after[f'pagoda:request_success_total{{finished_reason="length",model_name="{MODEL}"}}'] - before.get(
         f'pagoda:request_success_total{{finished_reason="length",model_name="{MODEL}"}}', 0) == 3
     assert delta("pagoda:engine_steps_total") >= 6
@@ -84,3 +86,19 @@ def test_images_router_is_mounted_when_configured(live_server, tmp_path):
         assert server.openai().models.list().data[0].id == MODEL
     finally:
         server.stop()
+
+
+def test_prefix_cache_metrics(server):
+    """The same long system prompt twice: the second request's prefix comes from the cache."""
+    system = "You answer questions about foxes. " * 20
+    client = server.openai()
+    before = server.metrics()
+    for question in ("Where do foxes live?", "What do foxes eat?"):
+        client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
+            {"role": "system", "content": system}, {"role": "user", "content": question}])
+    after = server.wait_idle()
+    key = f'{{model_name="{MODEL}"}}'
+    hits = after[f"pagoda:prefix_cache_hits_total{key}"] - before[f"pagoda:prefix_cache_hits_total{key}"]
+    queries = after[f"pagoda:prefix_cache_queries_total{key}"] - before[f"pagoda:prefix_cache_queries_total{key}"]
+    assert hits >= 16 * 5 and queries > hits  # the system prompt spans several 16-token blocks
+    assert 0 < after[f"pagoda:prefix_cache_hit_rate{key}"] <= 1

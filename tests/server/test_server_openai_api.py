@@ -116,12 +116,12 @@ def test_matches_offline_engine(server, tiny_llama_dir):
     from pagoda.engine.llm_engine import LLMEngine
     from pagoda.sampling_params import SamplingParams
 
-
+    prompt = "A prompt no other test sends, so neither side has it in a prefix cache"
     engine = LLMEngine.from_engine_args(tiny_engine_args(tiny_llama_dir, num_kv_blocks=16))
-    engine.add_request("x", PROMPT, SamplingParams(max_tokens=10, temperature=0))
+    engine.add_request("x", prompt, SamplingParams(max_tokens=10, temperature=0))
     while engine.has_unfinished_requests():
         outs = engine.step()
-    r = server.openai().completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, temperature=0)
+    r = server.openai().completions.create(model=MODEL, prompt=prompt, max_tokens=10, temperature=0)
     assert r.choices[0].text == outs[0].outputs[0].text
 
 
