@@ -153,7 +153,8 @@ class EngineClient:
             self._loop = loop
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
-                       priority: int = 0, arrival_time: float | None = None) -> AsyncIterator[RequestDelta]:
+                       priority: int = 0, arrival_time: float | None = None,
+                       cache_salt: str | None = None) -> AsyncIterator[RequestDelta]:
         """Yields the request's deltas until the last one (``finished=True``).
 
         Raises InvalidRequestError if the engine rejects the request, EngineRequestError if it
@@ -169,7 +170,8 @@ class EngineClient:
         finished = False
         try:
             self._in_q.put(AddRequest(request_id, list(prompt_token_ids), params,
-                                      arrival_time if arrival_time is not None else time.monotonic(), priority))
+                                      arrival_time if arrival_time is not None else time.monotonic(), priority,
+                                      cache_salt))
             while True:
                 item = await stream.queue.get()
                 if isinstance(item, RequestRejected):

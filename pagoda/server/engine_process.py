@@ -111,8 +111,8 @@ class EngineLoop:
     def _handle(self, msg: Any, result: StepResult) -> None:
         if isinstance(msg, AddRequest):
             try:
-                self.engine.add_request(msg.request_id, msg.prompt_token_ids, msg.params,
-                                        priority=msg.priority, arrival_time=msg.arrival_time)
+                self.engine.add_request(msg.request_id, msg.prompt_token_ids, msg.params, priority=msg.priority,
+                                        arrival_time=msg.arrival_time, cache_salt=msg.cache_salt)
             except InvalidRequestError as e:
                 result.rejected.append(RequestRejected(msg.request_id, e.message, e.param, 400))
             except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine

@@ -28,6 +28,7 @@ class AddRequest:
     params: SamplingParams  # validated already; logits_processors must be empty (not picklable)
     arrival_time: float  # time.monotonic(), comparable across processes on one host
     priority: int = 0
+    cache_salt: str | None = None  # requests share cached prefixes only with the same salt
 
 
 @dataclass(frozen=True)

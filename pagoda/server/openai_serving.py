@@ -210,8 +210,8 @@ class OpenAIServing:
 
     # --- running engine requests ---
 
-    async def run(self, base_id: str, prompts: list[list[int]], params: SamplingParams,
-                  priority: int) -> AsyncIterator[tuple[int, RequestDelta]]:
+    async def run(self, base_id: str, prompts: list[list[int]], params: SamplingParams, priority: int = 0,
+                  cache_salt: str | None = None) -> AsyncIterator[tuple[int, RequestDelta]]:
         """Runs one engine request per prompt and yields ``(prompt index, delta)`` as they come.
 
         Leaving the iterator early cancels every request that has not finished (the engine
@@ -219,7 +219,7 @@ class OpenAIServing:
         """
         arrival = time.monotonic()
         if len(prompts) == 1:  # the common case: no merging tasks
-            async with aclosing(self._one(f"{base_id}-0", prompts[0], params, priority, arrival)) as deltas:
+            async with aclosing(self._one(f"{base_id}-0", prompts[0], params, priority, cache_salt, arrival)) as deltas:
                 async for delta in deltas:
                     yield 0, delta
             return
@@ -228,7 +228,7 @@ class OpenAIServing:
 
         async def pump(i: int, ids: list[int]) -> None:
             try:
-                async with aclosing(self._one(f"{base_id}-{i}", ids, params, priority, arrival)) as deltas:
+                async with aclosing(self._one(f"{base_id}-{i}", ids, params, priority, cache_salt, arrival)) as deltas:
                     async for delta in deltas:
                         merged.put_nowait((i, delta))
                 merged.put_nowait((i, done))
@@ -252,11 +252,11 @@ class OpenAIServing:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, request_id: str, ids: list[int], params: SamplingParams, priority: int,
-                   arrival: float) -> AsyncIterator[RequestDelta]:
+                   cache_salt: str | None, arrival: float) -> AsyncIterator[RequestDelta]:
         timer = self.metrics.track(arrival)
         try:
             async with aclosing(self.client.generate(request_id, ids, params, priority=priority,
-                                                     arrival_time=arrival)) as deltas:
+                                                     arrival_time=arrival, cache_salt=cache_salt)) as deltas:
                 async for delta in deltas:
                     timer.on_delta(delta)
                     yield delta

@@ -49,7 +49,8 @@ class _SamplingFields(_Request):
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
-    priority: int = 0
+    priority: int = 0  # lower runs first under --scheduling-policy priority
+    cache_salt: str | None = None  # tenants with different salts never share cached prefixes
     ignore_eos: bool = False
     min_tokens: int = 0
     stop_token_ids: list[int] | None = None

@@ -86,7 +86,7 @@ class ChatServing(OpenAIServing):
         tokens: dict[int, list[int]] = {j: [] for j in range(req.n)}
         lps: dict[int, list[PositionLogprobs]] = {j: [] for j in range(req.n)}
         ends: dict[int, tuple[str | None, int | str | None]] = {}
-        async with aclosing(self.run(rid, [ids], params, req.priority)) as deltas:
+        async with aclosing(self.run(rid, [ids], params, req.priority, req.cache_salt)) as deltas:
             async for _, delta in deltas:
                 for s in delta.samples:
                     texts[s.index].append(s.text)
@@ -116,7 +116,7 @@ class ChatServing(OpenAIServing):
             # OpenAI opens each choice with the role and empty content
             for j in range(req.n):
                 yield chunk(ChatCompletionStreamChoice(index=j, delta=DeltaMessage(role="assistant", content="")))
-            async with aclosing(self.run(rid, [ids], params, req.priority)) as deltas:
+            async with aclosing(self.run(rid, [ids], params, req.priority, req.cache_salt)) as deltas:
                 async for _, delta in deltas:
                     for s in delta.samples:
                         num_generated += len(s.token_ids)

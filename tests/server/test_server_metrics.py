@@ -102,3 +102,9 @@ def test_prefix_cache_metrics(server):
     queries = after[f"pagoda:prefix_cache_queries_total{key}"] - before[f"pagoda:prefix_cache_queries_total{key}"]
     assert hits >= 16 * 5 and queries > hits  # the system prompt spans several 16-token blocks
     assert 0 < after[f"pagoda:prefix_cache_hit_rate{key}"] <= 1
+    # another tenant's salt: the same prompt finds nothing of the first tenant's
+    before = after
+    client.chat.completions.create(model=MODEL, max_tokens=2, extra_body={"cache_salt": "tenant-b"}, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": "Where do foxes live?"}])
+    after = server.wait_idle()
+    assert after[f"pagoda:prefix_cache_hits_total{key}"] == before[f"pagoda:prefix_cache_hits_total{key}"]
