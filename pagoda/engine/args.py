@@ -27,8 +27,12 @@ class EngineArgs:
     scheduling_policy: str = "fcfs"  # "fcfs" | "priority" | "lpm"
     max_wait_s: float = 60.0  # starvation guard: older waiting requests go first, whatever the policy
     seed: int = 0
-    num_threads: int | None = None
+    num_threads: int | None = None  # with TP/PP: threads per rank (default: the cores shared out)
     show_progress: bool = True
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1  # engine replicas behind the server's router
+    distributed_backend: str = "shm"  # TP collectives on one host: "shm" (shared memory) or "gloo"
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +55,24 @@ class EngineArgs:
                        help="a request waiting longer is admitted before newer ones, whatever the policy")
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--num-threads", type=int, default=None)
+        d = parser.add_argument_group("distributed")
+        d.add_argument("--tensor-parallel-size", "--tp", type=int, default=1,
+                       help="ranks that split each layer (heads, MLP columns, vocabulary)")
+        d.add_argument("--pipeline-parallel-size", "--pp", type=int, default=1, help="stages of consecutive layers")
+        d.add_argument("--data-parallel-size", "--dp", type=int, default=1, help="engine replicas behind a router")
+        d.add_argument("--distributed-backend", default="shm", choices=["shm", "gloo"],
+                       help="tensor-parallel collectives on one host: shared memory or gloo on loopback")
+
+    def parallel_config(self):
+        """The tensor / pipeline layout, resolved: each rank gets the host's cores shared out."""
+        import os
+
+        from pagoda.distributed.parallel_config import ParallelConfig
+
+        ranks = self.tensor_parallel_size * self.pipeline_parallel_size
+        threads = self.num_threads or max(1, (os.cpu_count() or 1) // ranks)
+        return ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size, self.distributed_backend,
+                              threads)
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:

@@ -96,7 +96,9 @@ class LLMEngine:
         model_config = ModelConfig.from_hf_config(hf_config, dtype, args.max_model_len)
         tokenizer = files.tokenizer(args.tokenizer)
         quantization = resolve_quantization(args.quantization, files, device)
-        model = load_model(files, model_config, device, quantization=quantization, show_progress=args.show_progress)
+        distributed = args.tensor_parallel_size * args.pipeline_parallel_size > 1  # ranks load their own shards
+        model = None if distributed else load_model(files, model_config, device, quantization=quantization,
+                                                    show_progress=args.show_progress)
 
         per_block = kv_cache_bytes_per_block(model_config, args.block_size)
         num_blocks = args.num_kv_blocks or max(1, int(args.kv_cache_memory_gb * 2**30 // per_block))
@@ -114,7 +116,13 @@ class LLMEngine:
             max_model_len=model_config.max_model_len, batching=args.batching, policy=args.scheduling_policy,
             max_wait_s=args.max_wait_s)
         sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
-        runner = ModelRunner(model, model_config, cache_config, sampler, device)
+        if distributed:  # issue 8: rank 0 here, the other ranks in worker processes
+            from pagoda.distributed.executor import MultiprocExecutor
+
+            runner = MultiprocExecutor(args.parallel_config(), files.path, model_config, cache_config, sampler,
+                                       quantization)
+        else:
+            runner = ModelRunner(model, model_config, cache_config, sampler, device)
         logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                     time.perf_counter() - start, num_blocks, args.block_size)
         return cls(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from pagoda.config import ModelConfig
 from pagoda.models.registry import get_model_class
+from pagoda.parallel import SINGLE, TensorParallel
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -117,14 +118,16 @@ def resolve_quantization(quantization: str | None, files: ModelFiles, device: to
 
 
 def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, attention_backend: str = "torch",
-               quantization: str | None = None, show_progress: bool = True) -> nn.Module:
+               quantization: str | None = None, show_progress: bool = True, tp: TensorParallel = SINGLE
+               ) -> nn.Module:
     """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint.
 
     ``quantization="gguf"`` keeps Q4_0 / Q4_1 matrices packed (see ``pagoda.quantization``).
+    With ``tp`` the module holds only this rank's shard (each parameter's weight_loader slices).
     """
     cls = get_model_class(config.architecture)
     with _default_dtype(config.dtype), torch.device(device):
-        model = cls(config, attention_backend=attention_backend)
+        model = cls(config, attention_backend=attention_backend, tp=tp)
     keep = quantization == "gguf"
     if keep:
         from pagoda.quantization.gguf_swap import swap_int4_linears

@@ -1,0 +1,1 @@
+"""Tensor, pipeline and data parallelism: workers, executors, collectives and the layout planner."""

@@ -1,0 +1,52 @@
+"""How a model is laid out over processes: resolved once from the engine args, frozen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pagoda.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    backend: str = "shm"  # TP collectives on one host: "shm" (shared memory) or "gloo" (loopback TCP)
+    threads_per_rank: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None  # None: a free port on this host
+    startup_timeout_s: float = 300.0
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def stage_of(self, rank: int) -> int:
+        return rank // self.tensor_parallel_size
+
+    def tp_rank_of(self, rank: int) -> int:
+        return rank % self.tensor_parallel_size
+
+    def validate(self, config: ModelConfig) -> None:
+        """Refuses a layout the model cannot take, before any process starts."""
+        tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
+        if tp < 1 or pp < 1:
+            raise ValueError("tensor_parallel_size and pipeline_parallel_size must be >= 1")
+        if self.backend not in ("shm", "gloo"):
+            raise ValueError(f"distributed backend must be 'shm' or 'gloo', got {self.backend!r}")
+        heads, kv = config.num_attention_heads, config.num_key_value_heads
+        if heads % tp:
+            raise ValueError(f"tensor_parallel_size {tp} does not divide the model's {heads} attention heads")
+        if kv % tp and tp % kv:
+            raise ValueError(f"tensor_parallel_size {tp} must divide the model's {kv} key/value heads "
+                             f"or be a multiple of them (then they are replicated)")
+        for name, n in (("intermediate size", config.intermediate_size),):
+            if n % tp:
+                raise ValueError(f"tensor_parallel_size {tp} does not divide the model's {name} ({n})")
+        if pp > config.num_hidden_layers:
+            raise ValueError(f"pipeline_parallel_size {pp} exceeds the model's {config.num_hidden_layers} layers")
+
+
+def kv_heads_per_rank(num_kv_heads: int, tp: int) -> int:
+    """KV heads held by one rank: a shard, or one replicated head when TP exceeds them."""
+    return num_kv_heads // tp if num_kv_heads >= tp else 1

@@ -1,0 +1,135 @@
+"""A worker rank: loads its shard, then runs the driver's messages until told to stop.
+
+Rank 0 (the driver) lives in the engine's process; ranks 1..N-1 run ``worker_main`` in processes
+the executor spawns. Each rank builds the same ``RankState`` (process group, communicators,
+model shard, KV cache), so the driver and the workers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import traceback
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from pagoda.config import CacheConfig, ModelConfig
+from pagoda.distributed.host_tensor_parallel import HostTensorParallel
+from pagoda.distributed.messages import LogitsMessage, ShutdownMessage, StatsMessage, StepMessage, decode
+from pagoda.distributed.parallel_config import ParallelConfig, kv_heads_per_rank
+from pagoda.distributed.rank_stats import RankStats
+from pagoda.distributed.shm_comm import PeerLost, ShmCommunicator
+from pagoda.engine.model_runner import ModelRunner, StepInputs
+from pagoda.parallel import TensorParallel
+
+# the world segment carries the driver's step messages; each stage's TP segment its all-reduces
+WORLD_SLOT_BYTES = 64 << 10
+WORLD_MESSAGE_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a rank needs to start (crosses the spawn boundary)."""
+
+    rank: int
+    parallel: ParallelConfig
+    model_path: str
+    model_config: ModelConfig
+    cache_config: CacheConfig
+    quantization: str | None
+    shm_name: str
+    init_method: str
+    error_path: str = ""
+
+
+class RankState:
+    """One rank's process group, communicators, model shard and KV cache."""
+
+    def __init__(self, spec: WorkerSpec, watchdog) -> None:
+        from pagoda.weights.model_loader import ModelFiles, load_model
+
+        p = spec.parallel
+        self.rank = spec.rank
+        torch.set_num_threads(p.threads_per_rank)
+        dist.init_process_group("gloo", init_method=spec.init_method, rank=spec.rank, world_size=p.world_size,
+                                timeout=timedelta(seconds=p.startup_timeout_s))
+        self.comm = ShmCommunicator(f"{spec.shm_name}-w", spec.rank, p.world_size, WORLD_SLOT_BYTES,
+                                    WORLD_MESSAGE_BYTES, watchdog=watchdog)
+        tp_size, tp_rank = p.tensor_parallel_size, p.tp_rank_of(spec.rank)
+        self.tp_comm: ShmCommunicator | None = None
+        if tp_size == 1:
+            tp = TensorParallel()
+        elif p.backend == "shm":
+            self.tp_comm = ShmCommunicator(f"{spec.shm_name}-tp{p.stage_of(spec.rank)}", tp_rank, tp_size,
+                                           watchdog=watchdog)
+            tp = HostTensorParallel(tp_rank, tp_size, None, self.tp_comm)
+        else:  # every rank takes part in creating every group
+            groups = [dist.new_group(list(range(s * tp_size, (s + 1) * tp_size)))
+                      for s in range(p.pipeline_parallel_size)]
+            tp = TensorParallel(tp_rank, tp_size, groups[p.stage_of(spec.rank)])
+        config = spec.model_config
+        self.model = load_model(ModelFiles(spec.model_path), config, torch.device("cpu"),
+                                quantization=spec.quantization, show_progress=False, tp=tp)
+        # the KV cache holds only this rank's heads
+        shard = replace(config, num_key_value_heads=kv_heads_per_rank(config.num_key_value_heads, tp_size))
+        self.runner = ModelRunner(self.model, shard, spec.cache_config, None, torch.device("cpu"))
+        self.stats = RankStats()
+
+    def comm_seconds(self) -> float:
+        return self.tp_comm.comm_seconds if self.tp_comm is not None else 0.0
+
+    def close(self) -> None:
+        for c in (self.comm, self.tp_comm):
+            if c is not None:
+                c.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """A worker process's life; a failure leaves its traceback in ``spec.error_path`` for the driver."""
+    parent = os.getppid()
+
+    def watchdog() -> None:
+        if os.getppid() != parent:  # the engine is gone: nobody will send a shutdown
+            os._exit(1)
+
+    try:
+        state = RankState(spec, watchdog)
+        state.comm.barrier()  # ready
+        _serve(state)
+        state.close()
+    except PeerLost:
+        os._exit(1)
+    except BaseException:
+        with open(spec.error_path, "w") as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+@torch.inference_mode()
+def _serve(state: RankState) -> None:
+    runner = state.runner
+    while True:
+        message = decode(state.comm.recv_message())
+        if isinstance(message, StepMessage):
+            inputs = StepInputs([], message.input_ids, message.positions, message.metadata, message.block_copies)
+            with state.stats.busy(state.comm_seconds):
+                runner.forward(inputs)
+        elif isinstance(message, LogitsMessage):
+            with state.stats.busy(state.comm_seconds):
+                runner.model.compute_logits(message.hidden)
+        elif isinstance(message, StatsMessage):
+            state.comm.all_gather(state.stats.as_tensor())
+        elif isinstance(message, ShutdownMessage):
+            return
+
+
+if __name__ == "__main__":
+    # started as `python -m pagoda.distributed.worker` (not multiprocessing's spawn, which would
+    # re-run the user's main module); the spec comes pickled on stdin
+    worker_main(pickle.load(sys.stdin.buffer))
