@@ -24,18 +24,21 @@ def unpack_q4(ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[in
     """Raw Q4 blocks of a [rows, cols] matrix -> (q uint8 [rows, cols] in 0..15, scale and zero
     float32 [rows, cols / 32]) in the kernel's convention."""
     rows, cols = shape
-    blocks = torch.from_numpy(np.ascontiguousarray(data)).view(rows * cols // GROUP, -1)
-    d = blocks[:, 0:2].contiguous().view(torch.float16).float()
+    blocks = np.ascontiguousarray(data).reshape(rows * cols // GROUP, -1)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
     if ggml_type == GGMLQuantizationType.Q4_0:
-        qs, zero = blocks[:, 2:], torch.zeros_like(d)
+        qs, zero = blocks[:, 2:], np.zeros_like(d)
     elif ggml_type == GGMLQuantizationType.Q4_1:
-        m = blocks[:, 2:4].contiguous().view(torch.float16).float()
+        m = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
         qs, zero = blocks[:, 4:], m + 8 * d
     else:
         raise ValueError(f"{ggml_type.name} is not a 4-bit type the int4 kernel can take")
     # byte j holds weight j (low nibble) and weight j + 16 (high nibble) of its block
-    q = torch.cat([qs & 0x0F, qs >> 4], dim=1)
-    return q.reshape(rows, cols), d.reshape(rows, -1), zero.reshape(rows, -1)
+    q = np.empty((qs.shape[0], GROUP), dtype=np.uint8)
+    np.bitwise_and(qs, 0x0F, out=q[:, : GROUP // 2])
+    np.right_shift(qs, 4, out=q[:, GROUP // 2:])
+    return (torch.from_numpy(q).view(rows, cols), torch.from_numpy(d).view(rows, -1),
+            torch.from_numpy(zero).view(rows, -1))
 
 
 class Int4Linear(nn.Module):
@@ -63,9 +66,12 @@ class Int4Linear(nn.Module):
         self.dtype = dtype
         self.bias = base.bias
         groups = base.in_features // GROUP
-        self._codes = torch.zeros(base.out_features, base.in_features, dtype=torch.uint8)
-        self._scale = torch.zeros(base.out_features, groups)
-        self._zero = torch.zeros(base.out_features, groups)
+        # every row is written by the shards' loaders (checked in finalize)
+        self._codes = torch.empty(base.out_features, base.in_features, dtype=torch.uint8)
+        self._scale = torch.empty(base.out_features, groups)
+        self._zero = torch.empty(base.out_features, groups)
+        self._shards: set[object] = set()
+        self._num_shards = 3 if hasattr(base, "num_kv_heads") else len(getattr(base, "output_sizes", [None]))
         self.register_buffer("packed", torch.empty(0, dtype=torch.uint8), persistent=False)
         self.register_buffer("scales_and_zeros", torch.empty(0, dtype=dtype), persistent=False)
         self.register_buffer("dense", torch.empty(0, dtype=dtype), persistent=False)
@@ -76,8 +82,11 @@ class Int4Linear(nn.Module):
         codes, scale, zero = unpack_q4(ggml_type, data, shape)
         for staging, loaded in ((self._codes, codes), (self._scale, scale), (self._zero, zero)):
             self.base_loader(_Staging(staging), loaded, shard_id)
+        self._shards.add(shard_id)
 
     def finalize(self) -> None:
+        if len(self._shards) < self._num_shards:
+            raise ValueError(f"packed linear got {len(self._shards)} of its {self._num_shards} parts from the checkpoint")
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self._codes.to(torch.int32), 1)
         # [groups, out, 2] as the kernel wants, in the activation dtype
         self.scales_and_zeros = torch.stack([self._scale.t(), self._zero.t()], dim=-1).contiguous().to(self.dtype)
