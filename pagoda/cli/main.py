@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "image": "pagoda.cli.image",
     "serve": "pagoda.cli.serve",
     "bench": "pagoda.cli.bench",
+    "plan": "pagoda.cli.plan",
 }
 
 
