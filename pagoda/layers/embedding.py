@@ -36,9 +36,23 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Hidden states -> logits over the full vocabulary (gathered across ranks)."""
+    """Hidden states -> logits over the full vocabulary (gathered across ranks).
+
+    The biggest matrix of a small model and read whole at every step: on CPU in bfloat16 it is
+    reordered once into oneDNN's blocked layout, which halves its cost for small batches.
+    """
+
+    packed: torch.Tensor | None = None
+
+    def prepack(self) -> None:
+        if self.weight.device.type == "cpu" and self.weight.dtype == torch.bfloat16 and \
+                torch.backends.mkldnn.is_available():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)
+        if self.packed is not None:
+            logits = torch.ops.mkldnn._linear_pointwise(hidden, self.packed, None, "none", [], "")
+        else:
+            logits = F.linear(hidden, self.weight)
         logits = self.tp.all_gather_last_dim(logits)
         return logits[..., : self.vocab_size]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -118,16 +118,19 @@ def resolve_quantization(quantization: str | None, files: ModelFiles, device: to
 
 
 def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, attention_backend: str = "torch",
-               quantization: str | None = None, show_progress: bool = True, tp: TensorParallel = SINGLE
-               ) -> nn.Module:
+               quantization: str | None = None, show_progress: bool = True, tp: TensorParallel = SINGLE,
+               prune: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint.
 
     ``quantization="gguf"`` keeps Q4_0 / Q4_1 matrices packed (see ``pagoda.quantization``).
-    With ``tp`` the module holds only this rank's shard (each parameter's weight_loader slices).
+    With ``tp`` the module holds only this rank's shard (each parameter's weight_loader slices);
+    ``prune`` drops modules before loading (a pipeline stage's other layers; ``files`` must skip them).
     """
     cls = get_model_class(config.architecture)
     with _default_dtype(config.dtype), torch.device(device):
         model = cls(config, attention_backend=attention_backend, tp=tp)
+    if prune is not None:
+        prune(model)
     keep = quantization == "gguf"
     if keep:
         from pagoda.quantization.gguf_swap import swap_int4_linears
@@ -140,6 +143,9 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, att
         from pagoda.quantization.gguf_swap import finalize_int4_linears
 
         finalize_int4_linears(model)
+    for module in model.modules():
+        if hasattr(module, "prepack"):
+            module.prepack()
     expected = {n for n, _ in model.named_parameters()}  # packed layers have none left
     missing = expected - loaded
     if missing:
