@@ -23,6 +23,7 @@ from pagoda.sample.sampler import (
     SamplingBatch,
     Truncation,
     argmax,
+    count_above,
     mass_above,
     sample_from_probs,
     topk,
@@ -165,10 +166,19 @@ def test_truncation_keeps_every_token_tied_at_the_cut():
 def test_mass_above_equals_sorted_reference():
     torch.manual_seed(5)
     probs = (torch.randn(4, 49152) * 3).softmax(-1)
-    level = probs.gather(1, torch.tensor([[0], [10], [100], [1000]])).squeeze(1)
+    level = probs.sort(-1, descending=True).values[:, [0, 3, 2000, 40000]].diagonal()  # sparse and dense rows
     ref = torch.stack([probs[i][probs[i] > level[i]].double().sum() for i in range(4)])
     assert torch.allclose(mass_above(probs, level).double(), ref, rtol=1e-5)
     assert torch.allclose(mass_above(probs, torch.zeros(4)), probs.sum(-1))
+
+
+def test_count_above_equals_full_count_on_sparse_and_dense_rows():
+    torch.manual_seed(5)
+    x = torch.randn(4, 49152) * 3
+    level = torch.stack([x[0].max() - 0.5, x[1].median(), x[2].min() - 1, x[3].max()])
+    ref = (x > level[:, None]).sum(-1)
+    assert torch.equal(count_above(x, level), ref)
+    assert torch.equal(count_above(x[:, :1000], level), (x[:, :1000] > level[:, None]).sum(-1))  # padded
 
 
 @pytest.mark.parametrize("vocab", [20, 1000, 4224, 49152])
