@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,6 +26,7 @@ from pagoda.config import CacheConfig, ModelConfig
 from pagoda.distributed.messages import (
     LogitsMessage,
     Message,
+    MicroBatch,
     ShutdownMessage,
     StatsMessage,
     StepMessage,
@@ -33,11 +34,14 @@ from pagoda.distributed.messages import (
 )
 from pagoda.distributed.parallel_config import ParallelConfig
 from pagoda.distributed.shm_comm import PeerLost, create_segment
+from pagoda.distributed.shm_ring import create_ring
 from pagoda.distributed.worker import (
     WORLD_MESSAGE_BYTES,
     WORLD_SLOT_BYTES,
     RankState,
     WorkerSpec,
+    ring_names,
+    ring_slot_bytes,
 )
 from pagoda.engine.model_runner import ModelRunnerOutput
 from pagoda.engine.scheduler_output import SchedulerOutput
@@ -48,25 +52,39 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ParallelStats:
-    """Per-rank busy and communication seconds since start, rank order."""
+    """Per-rank seconds since start, rank order: busy (inside forward / logits), in collectives,
+    and waiting on the previous pipeline stage; ``step_s``: the driver's time inside ``execute``."""
 
     busy_s: list[float]
     comm_s: list[float]
-    wall_s: float
+    wait_s: list[float]
+    step_s: float
+
+    @property
+    def work_s(self) -> list[float]:
+        return [b - w for b, w in zip(self.busy_s, self.wait_s, strict=True)]
 
     @property
     def utilisation(self) -> list[float]:
-        return [b / self.wall_s if self.wall_s else 0.0 for b in self.busy_s]
+        """Share of the step time each rank was working (waits for the previous stage excluded)."""
+        return [w / self.step_s if self.step_s else 0.0 for w in self.work_s]
 
     @property
     def balance(self) -> float:
-        """Least busy rank over most busy (1.0: even)."""
-        return min(self.busy_s) / max(self.busy_s) if max(self.busy_s) else 1.0
+        """Least working rank over most working (1.0: even)."""
+        work = self.work_s
+        return min(work) / max(work) if max(work) > 0 else 1.0
 
     @property
     def comm_share(self) -> float:
-        """Share of busy time spent inside collectives (waits for slower peers included)."""
-        return sum(self.comm_s) / sum(self.busy_s) if sum(self.busy_s) else 0.0
+        """Share of work time spent inside TP collectives (waits for slower peers included)."""
+        return sum(self.comm_s) / sum(self.work_s) if sum(self.work_s) > 0 else 0.0
+
+    @property
+    def bubble_rate(self) -> float:
+        """Share of rank-seconds of the steps in which a rank sat idle (the pipeline bubble)."""
+        total = self.step_s * len(self.busy_s)
+        return max(0.0, 1 - sum(self.work_s) / total) if total else 0.0
 
 
 class _DriverModel:
@@ -95,6 +113,8 @@ class MultiprocExecutor:
         if parallel.tensor_parallel_size > 1 and parallel.backend == "shm":
             self._segments += [create_segment(f"{name}-tp{s}", parallel.tensor_parallel_size)
                                for s in range(parallel.pipeline_parallel_size)]
+        slot = ring_slot_bytes(parallel, model_config)
+        self._segments += [create_ring(ring, parallel.micro_batches, slot) for ring in ring_names(name, parallel)]
         port = parallel.master_port or _free_port()
         init_method = f"tcp://{parallel.master_addr}:{port}"
         self._procs: list[subprocess.Popen] = []
@@ -115,8 +135,8 @@ class MultiprocExecutor:
         self.state.comm.barrier()  # every rank has loaded its shard
         self.runner = self.state.runner
         self.runner.sampler = sampler
-        self.runner.model = _DriverModel(self.state.model, self._publish)
-        self._start = time.perf_counter()
+        self.runner.model = _DriverModel(self.state.stage_module, self._publish)
+        self._step_s = 0.0
 
     def _publish(self, message: Message) -> None:
         self.state.comm.send_message(encode(message))
@@ -135,20 +155,39 @@ class MultiprocExecutor:
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        """Publishes the step, runs this rank's part micro-batch by micro-batch (stage 0 sends each on
+        and goes to the next), then samples each as its hidden states come back from the last stage."""
         self._check_workers()  # fail fast rather than wait on a rank that is gone
-        runner = self.runner
-        inputs = runner.prepare(out)
-        self._publish(StepMessage(inputs.input_ids, inputs.positions, inputs.metadata, inputs.block_copies))
-        with self.state.stats.busy(self.state.comm_seconds):
-            hidden = runner.forward(inputs)
-            return runner.sample(inputs, hidden)
+        t0 = time.perf_counter()
+        runner, stats = self.runner, self.state.stats
+        parts = [runner.prepare(o) for o in split_micro_batches(out, self._num_micro_batches())]
+        self._publish(StepMessage([MicroBatch(p.input_ids, p.positions, p.metadata, p.block_copies)
+                                   for p in parts]))
+        hidden = []
+        for k, inputs in enumerate(parts):
+            with stats.busy(self.state.comm_seconds, micro_batch=k):
+                hidden.append(runner.forward(inputs))
+        result = ModelRunnerOutput()
+        hidden_size = self.state.model.config.hidden_size
+        for k, inputs in enumerate(parts):
+            h = hidden[k]
+            if self.state.out_ring is not None:  # the last stage's output (waiting here is bubble)
+                (h,) = self.state.out_ring.recv([(inputs.input_ids.shape[0], hidden_size)],
+                                                self.state.model.config.dtype)
+            with stats.busy(self.state.comm_seconds, micro_batch=k):
+                _merge(result, runner.sample(inputs, h))
+        self._step_s += time.perf_counter() - t0
+        return result
+
+    def _num_micro_batches(self) -> int:
+        return self.parallel.micro_batches if self.parallel.pipeline_parallel_size > 1 else 1
 
     def stats(self) -> ParallelStats:
-        """Every rank's busy / communication seconds (the workers answer through an all-gather)."""
+        """Every rank's seconds (the workers answer through an all-gather)."""
         self._publish(StatsMessage())
         rows = self.state.comm.all_gather(self.state.stats.as_tensor())
-        return ParallelStats([float(r[0]) for r in rows], [float(r[1]) for r in rows],
-                             time.perf_counter() - self._start)
+        return ParallelStats([float(r[0]) for r in rows], [float(r[1]) for r in rows], [float(r[2]) for r in rows],
+                             self._step_s)
 
     def close(self) -> None:
         self._finalizer()
@@ -173,6 +212,29 @@ def _shutdown(state: RankState | None, procs: list[subprocess.Popen], segments: 
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def split_micro_batches(out: SchedulerOutput, n: int) -> list[SchedulerOutput]:
+    """Up to ``n`` parts with about equal token counts (largest requests placed first, each on the
+    lightest part); block copies go with the first part, which every stage runs first."""
+    n = max(1, min(n, len(out.scheduled)))
+    if n == 1:
+        return [out]
+    parts: list[list] = [[] for _ in range(n)]
+    loads = [0] * n
+    for s in sorted(out.scheduled, key=lambda s: -s.num_new_tokens):
+        i = loads.index(min(loads))
+        parts[i].append(s)
+        loads[i] += s.num_new_tokens
+    return [replace(out, scheduled=p, block_copies=out.block_copies if i == 0 else [])
+            for i, p in enumerate(parts)]
+
+
+def _merge(into: ModelRunnerOutput, part: ModelRunnerOutput) -> None:
+    into.sampled.update(part.sampled)
+    into.logprobs.update(part.logprobs)
+    into.prompt_logprobs.update(part.prompt_logprobs)
+    into.failed.update(part.failed)
 
 
 def _free_port() -> int:

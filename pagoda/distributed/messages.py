@@ -17,13 +17,20 @@ from pagoda.attention.metadata import AttentionMetadata
 
 
 @dataclass
-class StepMessage:
-    """What every rank needs to run the model over one step (the driver's request objects stay home)."""
+class MicroBatch:
+    """What every rank needs to run the model over part of a step (the driver's request objects stay home)."""
 
     input_ids: torch.Tensor
     positions: torch.Tensor
     metadata: AttentionMetadata
     block_copies: list[tuple[int, int]]
+
+
+@dataclass
+class StepMessage:
+    """One engine step, in micro-batches that pipeline stages work on one after another (one without PP)."""
+
+    micro_batches: list[MicroBatch]
 
 
 @dataclass

@@ -16,6 +16,9 @@ class ParallelConfig:
     master_addr: str = "127.0.0.1"
     master_port: int | None = None  # None: a free port on this host
     startup_timeout_s: float = 300.0
+    micro_batches: int = 4  # per step with PP: stage s works on micro-batch k while stage s+1 has k-1
+    stage_layers: tuple[int, ...] | None = None  # layers per stage; None: balanced by count
+    max_step_tokens: int = 2048  # sizes the activation slots between stages
 
     @property
     def world_size(self) -> int:
@@ -45,6 +48,9 @@ class ParallelConfig:
                 raise ValueError(f"tensor_parallel_size {tp} does not divide the model's {name} ({n})")
         if pp > config.num_hidden_layers:
             raise ValueError(f"pipeline_parallel_size {pp} exceeds the model's {config.num_hidden_layers} layers")
+        from pagoda.distributed.pipeline_stage import split_layers
+
+        split_layers(config.num_hidden_layers, pp, list(self.stage_layers) if self.stage_layers else None)
 
 
 def kv_heads_per_rank(num_kv_heads: int, tp: int) -> int:

@@ -1,4 +1,5 @@
-"""Per-rank time accounting: busy seconds, the part of them spent in collectives, and a timeline."""
+"""Per-rank time accounting: busy seconds, the parts of them spent in collectives and waiting on
+the previous pipeline stage, and a timeline of busy spans."""
 
 from __future__ import annotations
 
@@ -24,18 +25,23 @@ class RankStats:
     def __init__(self, max_spans: int = 4096) -> None:
         self.busy_s = 0.0
         self.comm_s = 0.0
+        self.wait_s = 0.0
         self.spans: deque[BusySpan] = deque(maxlen=max_spans)
 
     @contextmanager
-    def busy(self, comm_seconds: Callable[[], float], micro_batch: int = 0) -> Iterator[None]:
-        c0, t0 = comm_seconds(), time.perf_counter()
+    def busy(self, comm_seconds: Callable[[], float], wait_seconds: Callable[[], float] = lambda: 0.0,
+             micro_batch: int = 0) -> Iterator[None]:
+        c0, w0, t0 = comm_seconds(), wait_seconds(), time.perf_counter()
         try:
             yield
         finally:
             t1 = time.perf_counter()
+            waited = wait_seconds() - w0
             self.busy_s += t1 - t0
             self.comm_s += comm_seconds() - c0
-            self.spans.append(BusySpan(t0, t1, micro_batch))
+            self.wait_s += waited
+            # the span starts when the activations arrived: the wait before is bubble, not work
+            self.spans.append(BusySpan(t0 + waited, t1, micro_batch))
 
     def as_tensor(self) -> torch.Tensor:
-        return torch.tensor([self.busy_s, self.comm_s], dtype=torch.float64)
+        return torch.tensor([self.busy_s, self.comm_s, self.wait_s], dtype=torch.float64)

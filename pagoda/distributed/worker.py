@@ -1,8 +1,9 @@
 """A worker rank: loads its shard, then runs the driver's messages until told to stop.
 
 Rank 0 (the driver) lives in the engine's process; ranks 1..N-1 run ``worker_main`` in processes
-the executor spawns. Each rank builds the same ``RankState`` (process group, communicators,
-model shard, KV cache), so the driver and the workers cannot drift apart.
+the executor starts. Every rank builds the same ``RankState`` (process group, communicators,
+model shard, KV cache), so the driver and the workers cannot drift apart. Rank r is TP rank
+``r % tp`` of pipeline stage ``r // tp``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,16 @@ from pagoda.config import CacheConfig, ModelConfig
 from pagoda.distributed.host_tensor_parallel import HostTensorParallel
 from pagoda.distributed.messages import LogitsMessage, ShutdownMessage, StatsMessage, StepMessage, decode
 from pagoda.distributed.parallel_config import ParallelConfig, kv_heads_per_rank
+from pagoda.distributed.pipeline_stage import (
+    PipelineStage,
+    StageFiles,
+    split_layers,
+    stage_keeps,
+    stage_pruner,
+)
 from pagoda.distributed.rank_stats import RankStats
 from pagoda.distributed.shm_comm import PeerLost, ShmCommunicator
+from pagoda.distributed.shm_ring import ShmRing
 from pagoda.engine.model_runner import ModelRunner, StepInputs
 from pagoda.parallel import TensorParallel
 
@@ -31,9 +40,23 @@ WORLD_SLOT_BYTES = 64 << 10
 WORLD_MESSAGE_BYTES = 32 << 20
 
 
+def ring_names(shm_name: str, parallel: ParallelConfig) -> dict[str, tuple[int, int]]:
+    """Shared-memory rings of a layout: name -> (sender rank, receiver rank). Each TP rank of a stage
+    sends to the same TP rank of the next; the last stage's TP rank 0 returns hidden states to rank 0."""
+    tp, pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
+    rings = {f"{shm_name}-act{s}-{t}": ((s - 1) * tp + t, s * tp + t) for s in range(1, pp) for t in range(tp)}
+    if pp > 1:
+        rings[f"{shm_name}-out"] = ((pp - 1) * tp, 0)
+    return rings
+
+
+def ring_slot_bytes(parallel: ParallelConfig, config: ModelConfig) -> int:
+    return parallel.max_step_tokens * config.hidden_size * 2 * 4  # hidden + residual, up to float32
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a rank needs to start (crosses the spawn boundary)."""
+    """Everything a rank needs to start (crosses the process boundary)."""
 
     rank: int
     parallel: ParallelConfig
@@ -47,43 +70,71 @@ class WorkerSpec:
 
 
 class RankState:
-    """One rank's process group, communicators, model shard and KV cache."""
+    """One rank's process group, communicators, model shard (its stage's layers) and KV cache."""
 
     def __init__(self, spec: WorkerSpec, watchdog) -> None:
         from pagoda.weights.model_loader import ModelFiles, load_model
 
-        p = spec.parallel
+        p, config = spec.parallel, spec.model_config
         self.rank = spec.rank
         torch.set_num_threads(p.threads_per_rank)
         dist.init_process_group("gloo", init_method=spec.init_method, rank=spec.rank, world_size=p.world_size,
                                 timeout=timedelta(seconds=p.startup_timeout_s))
         self.comm = ShmCommunicator(f"{spec.shm_name}-w", spec.rank, p.world_size, WORLD_SLOT_BYTES,
                                     WORLD_MESSAGE_BYTES, watchdog=watchdog)
-        tp_size, tp_rank = p.tensor_parallel_size, p.tp_rank_of(spec.rank)
+        tp_size, tp_rank, stage = p.tensor_parallel_size, p.tp_rank_of(spec.rank), p.stage_of(spec.rank)
+        self.stage = stage
         self.tp_comm: ShmCommunicator | None = None
         if tp_size == 1:
             tp = TensorParallel()
         elif p.backend == "shm":
-            self.tp_comm = ShmCommunicator(f"{spec.shm_name}-tp{p.stage_of(spec.rank)}", tp_rank, tp_size,
-                                           watchdog=watchdog)
+            self.tp_comm = ShmCommunicator(f"{spec.shm_name}-tp{stage}", tp_rank, tp_size, watchdog=watchdog)
             tp = HostTensorParallel(tp_rank, tp_size, None, self.tp_comm)
         else:  # every rank takes part in creating every group
             groups = [dist.new_group(list(range(s * tp_size, (s + 1) * tp_size)))
                       for s in range(p.pipeline_parallel_size)]
-            tp = TensorParallel(tp_rank, tp_size, groups[p.stage_of(spec.rank)])
-        config = spec.model_config
-        self.model = load_model(ModelFiles(spec.model_path), config, torch.device("cpu"),
-                                quantization=spec.quantization, show_progress=False, tp=tp)
-        # the KV cache holds only this rank's heads
-        shard = replace(config, num_key_value_heads=kv_heads_per_rank(config.num_key_value_heads, tp_size))
-        self.runner = ModelRunner(self.model, shard, spec.cache_config, None, torch.device("cpu"))
+            tp = TensorParallel(tp_rank, tp_size, groups[stage])
+
+        pp = p.pipeline_parallel_size
+        layers = split_layers(config.num_hidden_layers, pp, list(p.stage_layers) if p.stage_layers else None)[stage]
+        first, last = stage == 0, stage == pp - 1
+        files = ModelFiles(spec.model_path)
+        prune = None
+        if pp > 1:
+            files = StageFiles(files, lambda name: stage_keeps(name, layers, first, last))
+            prune = stage_pruner(layers, first, last)
+        self.model = load_model(files, config, torch.device("cpu"), quantization=spec.quantization,
+                                show_progress=False, tp=tp, prune=prune)
+        self.rings: list[ShmRing] = []
+        self.out_ring: ShmRing | None = None
+        recv = send = None
+        slot = ring_slot_bytes(p, config)
+        for name, (src, dst) in ring_names(spec.shm_name, p).items():
+            if spec.rank in (src, dst):
+                ring = ShmRing(name, p.micro_batches, slot, watchdog)
+                self.rings.append(ring)
+                if spec.rank == dst and stage > 0:
+                    recv = ring
+                elif spec.rank == src:
+                    send = ring
+                else:
+                    self.out_ring = ring  # rank 0: the final hidden states come back here
+        self.stage_module = PipelineStage(self.model, layers, first, last, recv, send)
+        # the KV cache holds only this rank's heads of this stage's layers
+        shard = replace(config, num_key_value_heads=kv_heads_per_rank(config.num_key_value_heads, tp_size),
+                        num_hidden_layers=len(layers))
+        self.runner = ModelRunner(self.stage_module, shard, spec.cache_config, None, torch.device("cpu"))
         self.stats = RankStats()
 
     def comm_seconds(self) -> float:
         return self.tp_comm.comm_seconds if self.tp_comm is not None else 0.0
 
+    def wait_seconds(self) -> float:
+        """Time blocked on the previous stage (the pipeline bubble this rank sat in)."""
+        return self.stage_module.recv.wait_seconds if self.stage_module.recv is not None else 0.0
+
     def close(self) -> None:
-        for c in (self.comm, self.tp_comm):
+        for c in (self.comm, self.tp_comm, *self.rings):
             if c is not None:
                 c.close()
         if dist.is_initialized():
@@ -117,12 +168,14 @@ def _serve(state: RankState) -> None:
     while True:
         message = decode(state.comm.recv_message())
         if isinstance(message, StepMessage):
-            inputs = StepInputs([], message.input_ids, message.positions, message.metadata, message.block_copies)
-            with state.stats.busy(state.comm_seconds):
-                runner.forward(inputs)
+            for k, mb in enumerate(message.micro_batches):
+                inputs = StepInputs([], mb.input_ids, mb.positions, mb.metadata, mb.block_copies)
+                with state.stats.busy(state.comm_seconds, state.wait_seconds, k):
+                    runner.forward(inputs)
         elif isinstance(message, LogitsMessage):
-            with state.stats.busy(state.comm_seconds):
-                runner.model.compute_logits(message.hidden)
+            if state.stage == 0:  # the LM head lives with the driver's stage
+                with state.stats.busy(state.comm_seconds, state.wait_seconds):
+                    runner.model.compute_logits(message.hidden)
         elif isinstance(message, StatsMessage):
             state.comm.all_gather(state.stats.as_tensor())
         elif isinstance(message, ShutdownMessage):

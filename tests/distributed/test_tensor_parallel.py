@@ -46,7 +46,7 @@ def test_tp3_six_heads_and_shards(tmp_path, make_llm):
     llm = make_llm(path, tensor_parallel_size=3)
     assert_same(reference, llm.generate(PROMPTS, GREEDY, use_tqdm=False))
     runner = llm.engine.runner.runner
-    qkv = runner.model.model.model.layers[0].self_attn.qkv_proj
+    qkv = llm.engine.runner.state.model.model.layers[0].self_attn.qkv_proj
     assert qkv.weight.shape[0] == (2 + 2 * 1) * 8  # 2 query heads and 1 KV head of 8 dims on this rank
     assert runner.kv_caches[0][0].numel() == 64 * 16 * 1 * 8  # and only that KV head in its cache
 

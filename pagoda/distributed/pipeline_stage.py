@@ -1,0 +1,109 @@
+"""A pipeline stage: a contiguous run of decoder layers, with the hand-offs to its neighbours.
+
+Stage 0 embeds the tokens and keeps the LM head (the driver samples there); the last stage applies
+the final norm and sends the hidden states back to the driver. Between stages travel the hidden
+state and the residual stream of every token. The loop mirrors ``LlamaModel.forward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagoda.attention.metadata import AttentionMetadata
+from pagoda.distributed.shm_ring import ShmRing
+
+
+def split_layers(num_layers: int, stages: int, sizes: list[int] | None = None) -> list[range]:
+    """Layers of each stage: as even as the count allows (earlier stages take the remainder), or
+    ``sizes`` given explicitly."""
+    if sizes is None:
+        base, extra = divmod(num_layers, stages)
+        sizes = [base + (s < extra) for s in range(stages)]
+    if len(sizes) != stages or sum(sizes) != num_layers or min(sizes) < 1:
+        raise ValueError(f"pipeline stage sizes {sizes} must be {stages} positive counts summing to {num_layers}")
+    starts = [sum(sizes[:s]) for s in range(stages)]
+    return [range(a, a + n) for a, n in zip(starts, sizes, strict=True)]
+
+
+def stage_keeps(name: str, layers: range, first: bool, last: bool) -> bool:
+    """Whether a checkpoint tensor (Hugging Face name) belongs to this stage."""
+    if name.startswith("model.layers."):
+        return int(name.split(".")[2]) in layers
+    if name.startswith(("model.embed_tokens.", "lm_head.")):
+        return first
+    if name.startswith("model.norm."):
+        return last
+    return True
+
+
+def stage_pruner(layers: range, first: bool, last: bool) -> Callable[[nn.Module], None]:
+    """Drops, before loading, the modules this stage does not run (their memory is never touched)."""
+
+    def prune(model: nn.Module) -> None:
+        inner = model.model
+        for i in range(len(inner.layers)):
+            if i not in layers:
+                inner.layers[i] = nn.Identity()
+        if not first:
+            inner.embed_tokens = None
+            model.lm_head = None
+        if not last:
+            inner.norm = None
+
+    return prune
+
+
+class StageFiles:
+    """A model's files seen by one stage: only the tensors it holds."""
+
+    def __init__(self, files: Any, keep: Callable[[str], bool]) -> None:
+        self.files, self.keep = files, keep
+        self.path, self.name, self.gguf = files.path, files.name, files.gguf
+
+    def iter_weights(self, keep_quantized: bool = False) -> Iterator[tuple[str, Any]]:
+        return ((n, t) for n, t in self.files.iter_weights(keep_quantized) if self.keep(n))
+
+    def num_tensors(self) -> int | None:
+        return None
+
+    def tensor_types(self) -> dict[str, Any]:
+        return {n: t for n, t in self.files.tensor_types().items() if self.keep(n)}
+
+
+class PipelineStage:
+    """Called like the model by ``ModelRunner.forward``; receives from the previous stage and sends
+    to the next one inside the call."""
+
+    def __init__(self, model: nn.Module, layers: range, first: bool, last: bool,
+                 recv: ShmRing | None, send: ShmRing | None) -> None:
+        self.model, self.layers, self.first, self.last = model, layers, first, last
+        self.recv, self.send = recv, send
+        self.hidden_size = model.config.hidden_size
+        self.dtype = model.config.dtype
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list,
+                 metadata: AttentionMetadata) -> torch.Tensor | None:
+        inner = self.model.model
+        if self.first:
+            x, residual = inner.embed_tokens(input_ids), None
+        else:
+            shape = (input_ids.shape[0], self.hidden_size)
+            x, residual = self.recv.recv([shape, shape], self.dtype)  # activations of the previous stage
+        rope = inner.rotary.cos_sin(positions, x.dtype)
+        for i, kv_cache in zip(self.layers, kv_caches, strict=True):
+            x, residual = inner.layers[i](rope, x, residual, kv_cache, metadata)
+        if not self.last:
+            self.send.send([x, residual])
+            return None
+        x, _ = inner.norm(x, residual)
+        if self.send is not None:  # back to the driver, which samples
+            self.send.send([x])
+        return x
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.compute_logits(hidden)
