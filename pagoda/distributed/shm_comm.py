@@ -49,8 +49,9 @@ def create_segment(name: str, world: int, slot_bytes: int = 8 << 20, message_byt
     return path
 
 
-class PeerLost(RuntimeError):
-    """A peer rank stopped answering (it died or hung)."""
+class PeerLost(BaseException):
+    """A peer rank died. Not an ``Exception``: the engine's per-step error handling must not swallow
+    it, because no later step can run; it ends the engine (the server's health check then fails)."""
 
 
 class ShmCommunicator:

@@ -33,6 +33,8 @@ class EngineArgs:
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1  # engine replicas behind the server's router
     distributed_backend: str = "shm"  # TP collectives on one host: "shm" (shared memory) or "gloo"
+    router_policy: str = "prefix_aware"  # with DP: "round_robin" | "least_outstanding" | "prefix_aware"
+    pipeline_micro_batches: int = 4  # with PP: micro-batches per step, in flight across the stages
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +64,11 @@ class EngineArgs:
         d.add_argument("--data-parallel-size", "--dp", type=int, default=1, help="engine replicas behind a router")
         d.add_argument("--distributed-backend", default="shm", choices=["shm", "gloo"],
                        help="tensor-parallel collectives on one host: shared memory or gloo on loopback")
+        d.add_argument("--router-policy", default="prefix_aware",
+                       choices=["round_robin", "least_outstanding", "prefix_aware"],
+                       help="which data-parallel replica takes a request")
+        d.add_argument("--pipeline-micro-batches", type=int, default=4,
+                       help="micro-batches per step with pipeline parallelism")
 
     def parallel_config(self):
         """The tensor / pipeline layout, resolved: each rank gets the host's cores shared out."""
@@ -72,7 +79,8 @@ class EngineArgs:
         ranks = self.tensor_parallel_size * self.pipeline_parallel_size
         threads = self.num_threads or max(1, (os.cpu_count() or 1) // ranks)
         return ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size, self.distributed_backend,
-                              threads)
+                              threads, micro_batches=self.pipeline_micro_batches,
+                              max_step_tokens=self.max_num_batched_tokens)
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:

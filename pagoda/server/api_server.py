@@ -17,7 +17,12 @@ logger = logging.getLogger(__name__)
 def run_server(engine_args: EngineArgs, config: ServerConfig, *, access_log: bool = False) -> None:
     """Blocks until uvicorn exits (Ctrl-C / SIGTERM), then stops the engine process."""
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    client = EngineClient(engine_args)
+    if engine_args.data_parallel_size > 1:  # replicas behind a router (issue 8)
+        from pagoda.server.data_parallel_client import DataParallelClient
+
+        client = DataParallelClient(engine_args)
+    else:
+        client = EngineClient(engine_args)
     info = client.start()
     logger.info("engine ready: %s (max_model_len %d, pid %d)", info.model_name, info.max_model_len, info.pid)
     try:

@@ -1,0 +1,112 @@
+"""Data parallelism behind one server: N engine processes and a router, with EngineClient's interface.
+
+Each replica is a full engine (itself possibly tensor / pipeline parallel) in its own process;
+the router picks one per request (``pagoda.distributed.router``). The server is alive while
+every replica is: one that dies fails the health check, as a lone engine would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import fields, replace
+from typing import Any
+
+from pagoda.distributed.router import make_router
+from pagoda.engine.args import EngineArgs
+from pagoda.engine.stats import EngineStats
+from pagoda.sampling_params import SamplingParams
+from pagoda.server.engine_client import EngineClient, EngineDeadError
+from pagoda.server.engine_process import make_llm_engine
+from pagoda.server.messages import EngineReady, RequestDelta
+
+
+def merge_stats(parts: list[EngineStats]) -> EngineStats:
+    """Counters and gauges summed over replicas; KV usage over all their blocks."""
+    total = {f.name: sum(getattr(p, f.name) for p in parts) for f in fields(EngineStats)}
+    blocks = total["num_kv_blocks"]
+    total["kv_cache_usage"] = (sum(p.kv_cache_usage * p.num_kv_blocks for p in parts) / blocks) if blocks else 0.0
+    return EngineStats(**total)
+
+
+class DataParallelClient:
+    def __init__(self, engine_args: EngineArgs, make_engine: Callable[[EngineArgs], Any] = make_llm_engine,
+                 policy: str | None = None) -> None:
+        n = engine_args.data_parallel_size
+        ranks = n * engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size
+        threads = engine_args.num_threads or max(1, (os.cpu_count() or 1) // ranks)
+        replica_args = replace(engine_args, data_parallel_size=1, num_threads=threads)
+        self.replicas = [EngineClient(replica_args, make_engine) for _ in range(n)]
+        self.router = make_router(policy or engine_args.router_policy, n)
+        self.routed = [0] * n  # requests sent to each replica
+        self._owner: dict[str, int] = {}
+        self.info: EngineReady | None = None
+
+    # --- lifecycle ---
+    def start(self, timeout_s: float = 600.0) -> EngineReady:
+        try:
+            infos = [r.start(timeout_s) for r in self.replicas]
+        except BaseException:
+            self.shutdown()
+            raise
+        self.info = infos[0]
+        return self.info
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        for r in self.replicas:
+            r.shutdown(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self.info is not None and all(r.alive for r in self.replicas)
+
+    @property
+    def dead_reason(self) -> str | None:
+        for i, r in enumerate(self.replicas):
+            if r.dead_reason is not None:
+                return f"replica {i}: {r.dead_reason}"
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        return self.replicas[0].pid
+
+    @property
+    def latest_stats(self) -> EngineStats | None:
+        parts = [r.latest_stats for r in self.replicas]
+        return None if any(p is None for p in parts) else merge_stats(parts)
+
+    @property
+    def num_waiting(self) -> int:
+        return sum(r.num_waiting for r in self.replicas)
+
+    @property
+    def num_in_flight(self) -> int:
+        return sum(r.num_in_flight for r in self.replicas)
+
+    # --- requests ---
+    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                       **options: Any) -> AsyncIterator[RequestDelta]:
+        if not self.alive:
+            raise EngineDeadError(self.dead_reason or "engine is not running")
+        i = self.router.choose(prompt_token_ids, [r.num_in_flight for r in self.replicas])
+        self.routed[i] += 1
+        self._owner[request_id] = i
+        try:
+            async with aclosing(self.replicas[i].generate(request_id, prompt_token_ids, params, **options)) as it:
+                async for delta in it:
+                    yield delta
+        finally:
+            self._owner.pop(request_id, None)
+
+    def abort(self, request_id: str) -> None:
+        i = self._owner.get(request_id)
+        if i is not None:
+            self.replicas[i].abort(request_id)
+
+    async def get_stats(self, timeout_s: float = 30.0) -> EngineStats:
+        return merge_stats([await r.get_stats(timeout_s) for r in self.replicas])
+
+    async def replica_stats(self, timeout_s: float = 30.0) -> list[EngineStats]:
+        return [await r.get_stats(timeout_s) for r in self.replicas]
