@@ -15,6 +15,7 @@ BENCH_COMMANDS: dict[str, str] = {
     "serve": "pagoda.bench.serve",
     "throughput": "pagoda.bench.throughput",
     "prefix": "pagoda.bench.prefix_cache",
+    "parallel": "pagoda.bench.parallel",
     "profile": "pagoda.bench.profile",
 }
 

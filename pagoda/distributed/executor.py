@@ -30,9 +30,11 @@ from pagoda.distributed.messages import (
     ShutdownMessage,
     StatsMessage,
     StepMessage,
+    TimelineMessage,
     encode,
 )
 from pagoda.distributed.parallel_config import ParallelConfig
+from pagoda.distributed.rank_stats import BusySpan, spans_from_tensor
 from pagoda.distributed.shm_comm import PeerLost, create_segment
 from pagoda.distributed.shm_ring import create_ring
 from pagoda.distributed.worker import (
@@ -79,6 +81,14 @@ class ParallelStats:
     def comm_share(self) -> float:
         """Share of work time spent inside TP collectives (waits for slower peers included)."""
         return sum(self.comm_s) / sum(self.work_s) if sum(self.work_s) > 0 else 0.0
+
+    def since(self, earlier: ParallelStats) -> ParallelStats:
+        """The seconds accumulated after ``earlier`` was taken."""
+        def diff(a: list[float], b: list[float]) -> list[float]:
+            return [x - y for x, y in zip(a, b, strict=True)]
+
+        return ParallelStats(diff(self.busy_s, earlier.busy_s), diff(self.comm_s, earlier.comm_s),
+                             diff(self.wait_s, earlier.wait_s), self.step_s - earlier.step_s)
 
     @property
     def bubble_rate(self) -> float:
@@ -188,6 +198,11 @@ class MultiprocExecutor:
         rows = self.state.comm.all_gather(self.state.stats.as_tensor())
         return ParallelStats([float(r[0]) for r in rows], [float(r[1]) for r in rows], [float(r[2]) for r in rows],
                              self._step_s)
+
+    def timeline(self) -> list[list[BusySpan]]:
+        """Every rank's recent busy spans, rank order (for the pipeline picture)."""
+        self._publish(TimelineMessage())
+        return [spans_from_tensor(t) for t in self.state.comm.all_gather(self.state.stats.spans_tensor())]
 
     def close(self) -> None:
         self._finalizer()

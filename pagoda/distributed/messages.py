@@ -46,11 +46,16 @@ class StatsMessage:
 
 
 @dataclass
+class TimelineMessage:
+    """Asks each worker for its recent busy spans (a collective: all ranks answer)."""
+
+
+@dataclass
 class ShutdownMessage:
     pass
 
 
-Message = StepMessage | LogitsMessage | StatsMessage | ShutdownMessage
+Message = StepMessage | LogitsMessage | StatsMessage | TimelineMessage | ShutdownMessage
 
 
 def _tensor(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:

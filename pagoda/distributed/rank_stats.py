@@ -45,3 +45,15 @@ class RankStats:
 
     def as_tensor(self) -> torch.Tensor:
         return torch.tensor([self.busy_s, self.comm_s, self.wait_s], dtype=torch.float64)
+
+    def spans_tensor(self) -> torch.Tensor:
+        """The recent spans as a fixed-size [max_spans, 3] table (NaN rows unused), for an all-gather."""
+        out = torch.full((self.spans.maxlen, 3), float("nan"), dtype=torch.float64)
+        if self.spans:
+            out[:len(self.spans)] = torch.tensor([(s.start, s.end, s.micro_batch) for s in self.spans],
+                                                 dtype=torch.float64)
+        return out
+
+
+def spans_from_tensor(table: torch.Tensor) -> list[BusySpan]:
+    return [BusySpan(float(a), float(b), int(k)) for a, b, k in table.tolist() if a == a]  # a == a: not NaN

@@ -20,7 +20,14 @@ import torch.distributed as dist
 
 from pagoda.config import CacheConfig, ModelConfig
 from pagoda.distributed.host_tensor_parallel import HostTensorParallel
-from pagoda.distributed.messages import LogitsMessage, ShutdownMessage, StatsMessage, StepMessage, decode
+from pagoda.distributed.messages import (
+    LogitsMessage,
+    ShutdownMessage,
+    StatsMessage,
+    StepMessage,
+    TimelineMessage,
+    decode,
+)
 from pagoda.distributed.parallel_config import ParallelConfig, kv_heads_per_rank
 from pagoda.distributed.pipeline_stage import (
     PipelineStage,
@@ -178,6 +185,8 @@ def _serve(state: RankState) -> None:
                     runner.model.compute_logits(message.hidden)
         elif isinstance(message, StatsMessage):
             state.comm.all_gather(state.stats.as_tensor())
+        elif isinstance(message, TimelineMessage):
+            state.comm.all_gather(state.stats.spans_tensor())
         elif isinstance(message, ShutdownMessage):
             return
 

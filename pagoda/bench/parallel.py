@@ -1,0 +1,171 @@
+"""`pagoda bench parallel`: one process against tensor / pipeline layouts, in one run.
+
+For each layout: B prompts of random token ids, greedy, a fixed number of generated tokens;
+prints throughput, the communication share of the ranks' work, the bubble rate (the share of
+rank-seconds of the steps a rank sat idle), the utilisation balance, and whether the tokens
+equal the first layout's. Writes a timeline PNG of each parallel layout's last steps: one row
+per rank, one box per micro-batch (the brief's pipeline diagram) and a JSON of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+HELP = "parallel layouts: throughput, communication share, bubble rate, timeline PNG"
+
+
+@dataclass(frozen=True)
+class LayoutResult:
+    layout: str
+    ranks: int
+    threads_per_rank: int
+    wall_s: float
+    generated_tok_s: float
+    total_tok_s: float
+    comm_share: float | None
+    bubble_rate: float | None
+    balance: float | None
+    utilisation: list[float] | None
+    same_tokens: bool
+
+
+def parse_layout(text: str) -> tuple[int, int]:
+    """"1" -> (1, 1); "tp3" -> (3, 1); "pp2" -> (1, 2); "tp2pp2" -> (2, 2)."""
+    text = text.strip().lower()
+    if text in ("1", "single"):
+        return 1, 1
+    tp = pp = 1
+    rest = text
+    if rest.startswith("tp"):
+        digits = "".join(c for c in rest[2:] if c.isdigit())
+        tp, rest = int(digits), rest[2 + len(digits):]
+    if rest.startswith("pp"):
+        pp, rest = int(rest[2:]), ""
+    if rest:
+        raise ValueError(f"layout {text!r}: use 1, tpN, ppN or tpNppM")
+    return tp, pp
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M-Instruct (9 / 3 heads)")
+    parser.add_argument("--layouts", default="1,tp3,pp2", help="comma-separated: 1, tpN, ppN, tpNppM")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--micro-batches", type=int, default=4, help="per step with PP")
+    parser.add_argument("--threads", type=int, default=None, help="threads in all (default: the cores)")
+    parser.add_argument("--backend", default="shm", choices=["shm", "gloo"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench_results", help="directory for JSON and PNG")
+
+
+def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], reference: list | None):
+    from pagoda import LLM, SamplingParams
+
+    tp, pp = parse_layout(spec)
+    ranks = tp * pp
+    threads = max(1, (args.threads or os.cpu_count() or 1) // ranks)
+    llm = LLM(args.model, dtype=args.dtype, tensor_parallel_size=tp, pipeline_parallel_size=pp,
+              num_threads=threads, max_num_seqs=args.batch_size,
+              max_num_batched_tokens=max(2048, args.batch_size * args.prompt_len),
+              pipeline_micro_batches=args.micro_batches, distributed_backend=args.backend, show_progress=False)
+    executor = llm.engine.runner if ranks > 1 else None
+    try:
+        params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
+        llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)  # warm-up
+        before = executor.stats() if executor else None
+        t0 = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        wall = time.perf_counter() - t0
+        stats = executor.stats().since(before) if executor else None
+        timeline = executor.timeline() if executor else None
+    finally:
+        if executor:
+            executor.close()
+    tokens = [o.outputs[0].token_ids for o in outputs]
+    generated = sum(len(t) for t in tokens)
+    result = LayoutResult(
+        layout=spec, ranks=ranks, threads_per_rank=threads, wall_s=wall, generated_tok_s=generated / wall,
+        total_tok_s=(generated + sum(len(p) for p in prompts)) / wall,
+        comm_share=stats.comm_share if stats else None, bubble_rate=stats.bubble_rate if stats else None,
+        balance=stats.balance if stats else None, utilisation=stats.utilisation if stats else None,
+        same_tokens=reference is None or tokens == reference)
+    return result, tokens, timeline, (tp, pp)
+
+
+def plot_timelines(timelines: list[tuple[str, tuple[int, int], list]], path: str, steps: int = 3) -> None:
+    """One panel per layout: each rank's busy spans over its last ``steps`` engine steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(11, 1.2 + 0.7 * sum(t[1][0] * t[1][1] for t in timelines)),
+                             squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for ax, (name, (tp, _), spans) in zip(axes[:, 0], timelines, strict=True):
+        driver = spans[0]
+        per_step = 2 * max(1, max((s.micro_batch for s in driver), default=0) + 1)  # forwards + samplings
+        start = driver[-min(len(driver), steps * per_step)].start if driver else 0.0
+        end = max((s.end for rank in spans for s in rank), default=start)
+        for rank, rank_spans in enumerate(spans):
+            for s in rank_spans:
+                if s.end < start:
+                    continue
+                ax.broken_barh([((s.start - start) * 1e3, (s.end - s.start) * 1e3)], (rank - 0.4, 0.8),
+                               facecolors=colors[s.micro_batch % len(colors)], edgecolor="black", linewidth=0.3)
+        ax.set_yticks(range(len(spans)))
+        ax.set_yticklabels([f"stage {r // tp} / tp {r % tp}" for r in range(len(spans))])
+        ax.invert_yaxis()
+        ax.set_xlim(0, (end - start) * 1e3)
+        ax.set_xlabel("ms (colour: micro-batch)")
+        ax.set_title(f"{name}: last {steps} steps", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pagoda.weights.model_loader import ModelFiles
+
+    if args.model is None:
+        from pagoda.weights.default_model import default_model_path
+
+        args.model = default_model_path()
+    vocab = int(ModelFiles(args.model).hf_config()["vocab_size"])
+    rng = random.Random(args.seed)
+    prompts = [[rng.randrange(3, min(vocab, 20000)) for _ in range(args.prompt_len)] for _ in range(args.batch_size)]
+    results, timelines, reference = [], [], None
+    for spec in args.layouts.split(","):
+        result, tokens, timeline, shape = _run_layout(args, spec, prompts, reference)
+        reference = reference if reference is not None else tokens
+        results.append(result)
+        if timeline is not None:
+            timelines.append((spec, shape, timeline))
+        print(f"  {spec}: {result.wall_s:.1f} s", flush=True)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    print(f"\nB = {args.batch_size}, prompt {args.prompt_len}, output {args.output_len} tokens, {os.cpu_count()} cores")
+    print(f"{'layout':<8} {'ranks x thr':>11} {'wall s':>7} {'gen tok/s':>9} {'total tok/s':>11} "
+          f"{'comm':>5} {'bubble':>6} {'balance':>7} {'same tokens':>11}")
+    for r in results:
+        print(f"{r.layout:<8} {f'{r.ranks} x {r.threads_per_rank}':>11} {r.wall_s:>7.2f} {r.generated_tok_s:>9.1f} "
+              f"{r.total_tok_s:>11.1f} {pct(r.comm_share):>5} {pct(r.bubble_rate):>6} "
+              f"{'-' if r.balance is None else f'{r.balance:.2f}':>7} {'yes' if r.same_tokens else 'NO':>11}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "parallel.json"), "w") as f:
+        json.dump({"args": vars(args) | {"_bench_run": None, "_run": None}, "results": [asdict(r) for r in results]},
+                  f, indent=2, default=str)
+    if timelines:
+        path = os.path.join(args.out, "parallel_timeline.png")
+        plot_timelines(timelines, path)
+        print(f"timeline: {path}")
+    return 0 if all(r.same_tokens for r in results) else 1
