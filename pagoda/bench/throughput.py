@@ -501,6 +501,9 @@ def benchmark(args: argparse.Namespace) -> BenchReport:
     report = BenchReport(datetime.datetime.now().isoformat(timespec="seconds"), _machine(),
                          os.path.basename(os.path.normpath(model)), args.num_threads,
                          load_average={"start": os.getloadavg()[0]})
+    if report.load_average["start"] > (os.cpu_count() or 1) - args.num_threads + 0.5:
+        print(f"warning: the 1-minute load average is {report.load_average['start']:.1f} on "
+              f"{os.cpu_count()} CPUs; other processes will slow every figure down")
     batch_sizes = sorted(args.batch_sizes)
     vocab_size = 0
     for q in args.quantizations:
