@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -53,8 +55,13 @@ class ServerBackend(LangBackend):
         return self._post("/v1/completions", body)["choices"][0]["text"]
 
     def token_logprobs(self, prompts: list[list[int]]) -> list[list[float | None]]:
-        out = self._post("/v1/completions", {"prompt": prompts, "max_tokens": 1, "temperature": 0.0,
-                                             "echo": True, "logprobs": 0})
-        choices = sorted(out["choices"], key=lambda c: c["index"])
-        # echo: the prompt's tokens come first (the first one has no logprob), then the one generated
-        return [c["logprobs"]["token_logprobs"][:len(ids)] for c, ids in zip(choices, prompts, strict=True)]
+        # One request per prompt, each under its own cache salt: the engine computes prompt logprobs
+        # only for positions it runs, and a prefix-cache hit would skip the shared ones.
+        def one(ids: list[int]) -> list[float | None]:
+            out = self._post("/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                                                 "logprobs": 0, "cache_salt": f"lang-score-{uuid.uuid4().hex}"})
+            # echo: the prompt's tokens come first (the first has no logprob), then the generated one
+            return out["choices"][0]["logprobs"]["token_logprobs"][:len(ids)]
+
+        with ThreadPoolExecutor(max_workers=min(8, len(prompts))) as pool:
+            return list(pool.map(one, prompts))

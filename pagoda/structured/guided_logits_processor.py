@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,20 +56,26 @@ class GuidedLogitsProcessor:
     accepts). ``forced_tokens`` returns exactly the tokens this policy leaves no choice about.
     """
 
-    def __init__(self, compiled: CompiledGrammar, eos_token_id: int, *, jump_forward: bool = True,
-                 stats: MaskStats | None = None) -> None:
-        self.compiled = compiled
+    def __init__(self, compiled: CompiledGrammar | Future[CompiledGrammar], eos_token_id: int, *,
+                 jump_forward: bool = True, stats: MaskStats | None = None) -> None:
+        self._compiled = compiled  # a Future while it compiles in the background (first use waits)
         self.eos_token_id = eos_token_id
         self.jump_forward = jump_forward
         self.stats = stats or MaskStats()
         self._sequences: dict[int, _Sequence] = {}
 
     @property
+    def compiled(self) -> CompiledGrammar:
+        if isinstance(self._compiled, Future):
+            self._compiled = self._compiled.result()
+        return self._compiled
+
+    @property
     def spec(self) -> GuidedDecodingParams:
         return self.compiled.spec
 
     def clone(self) -> GuidedLogitsProcessor:
-        return GuidedLogitsProcessor(self.compiled, self.eos_token_id, jump_forward=self.jump_forward,
+        return GuidedLogitsProcessor(self._compiled, self.eos_token_id, jump_forward=self.jump_forward,
                                      stats=self.stats)
 
     # -- the engine's hooks -------------------------------------------------------------
@@ -103,7 +110,7 @@ class GuidedLogitsProcessor:
                     self._sequences.pop(id(output_token_ids), None)  # finished: nothing more to track
                     break
                 self._accept(seq, [only])
-        except (ValueError, RuntimeError):
+        except Exception:  # noqa: BLE001  (the engine does not guard this hook)
             return []
         self.stats.num_forced += len(forced)
         return forced

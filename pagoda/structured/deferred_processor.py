@@ -1,0 +1,54 @@
+"""A constraint that crosses a process boundary as its spec and becomes a processor on the far side.
+
+The server validates (compiles) a spec in its HTTP process, where a bad one is a 400, and sends
+the engine process only the picklable spec; the engine process binds it to its own tokenizer.
+Compiling there runs in a background thread, overlapping the request's prefill, so the engine
+loop does not wait for it (and a spec compiled before is a cache hit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pagoda.sampling_params import SamplingParams
+from pagoda.structured.grammar_compiler import compiler_for
+from pagoda.structured.guided_decoding_params import GuidedDecodingParams
+from pagoda.structured.guided_logits_processor import GuidedLogitsProcessor
+from pagoda.tokenizer import Tokenizer
+
+_compile_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagoda-grammar-compile")
+
+
+@dataclass(frozen=True)
+class DeferredGuidedProcessor:
+    """Stands in a SamplingParams' logits_processors until ``bind_deferred_processors`` replaces it."""
+
+    spec: GuidedDecodingParams
+    jump_forward: bool = True
+
+    def __call__(self, output_token_ids: Sequence[int], logits: Any) -> Any:
+        raise RuntimeError("a deferred guided-decoding processor was not bound to a tokenizer "
+                           "(call pagoda.structured.bind_deferred_processors where the engine runs)")
+
+
+def bind_deferred_processors(params: SamplingParams, tokenizer: Tokenizer) -> SamplingParams:
+    """``params`` with every DeferredGuidedProcessor replaced by a live processor for ``tokenizer``."""
+    if not any(isinstance(p, DeferredGuidedProcessor) for p in params.logits_processors):
+        return params
+    bound = []
+    for p in params.logits_processors:
+        if isinstance(p, DeferredGuidedProcessor):
+            compiler = compiler_for(tokenizer)
+            compiled: Future = _compile_pool.submit(compiler.compile, p.spec)
+            p = GuidedLogitsProcessor(compiled, _eos(tokenizer), jump_forward=p.jump_forward)
+        bound.append(p)
+    return replace(params, logits_processors=bound)
+
+
+def _eos(tokenizer: Tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("constrained decoding needs a tokenizer with an eos token")
+    return tokenizer.eos_token_id
