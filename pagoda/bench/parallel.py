@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -39,16 +40,10 @@ def parse_layout(text: str) -> tuple[int, int]:
     text = text.strip().lower()
     if text in ("1", "single"):
         return 1, 1
-    tp = pp = 1
-    rest = text
-    if rest.startswith("tp"):
-        digits = "".join(c for c in rest[2:] if c.isdigit())
-        tp, rest = int(digits), rest[2 + len(digits):]
-    if rest.startswith("pp"):
-        pp, rest = int(rest[2:]), ""
-    if rest:
+    m = re.fullmatch(r"(?:tp(\d+))?(?:pp(\d+))?", text)
+    if not text or m is None:
         raise ValueError(f"layout {text!r}: use 1, tpN, ppN or tpNppM")
-    return tp, pp
+    return int(m.group(1) or 1), int(m.group(2) or 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
