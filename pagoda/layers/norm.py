@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -18,8 +19,5 @@ class RMSNorm(nn.Module):
         if residual is not None:
             x = x + residual
             residual = x
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        out = self.weight * h.to(dtype)  # as Hugging Face: cast back before the weight
+        out = F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel, fp32 inside
         return out if residual is None else (out, residual)
