@@ -21,6 +21,7 @@ import weakref
 from dataclasses import dataclass, replace
 
 import torch
+import torch.distributed as dist
 
 from pagoda.config import CacheConfig, ModelConfig
 from pagoda.distributed.messages import (
@@ -35,15 +36,13 @@ from pagoda.distributed.messages import (
 )
 from pagoda.distributed.parallel_config import ParallelConfig
 from pagoda.distributed.rank_stats import BusySpan, spans_from_tensor
-from pagoda.distributed.shm_comm import PeerLost, create_segment
-from pagoda.distributed.shm_ring import create_ring
+from pagoda.distributed.shm_comm import PeerLost
 from pagoda.distributed.worker import (
-    WORLD_MESSAGE_BYTES,
-    WORLD_SLOT_BYTES,
+    SPEC_KEY,
     RankState,
     WorkerSpec,
-    ring_names,
-    ring_slot_bytes,
+    create_node_segments,
+    node_shm_name,
 )
 from pagoda.engine.model_runner import ModelRunnerOutput
 from pagoda.engine.scheduler_output import SchedulerOutput
@@ -117,20 +116,25 @@ class MultiprocExecutor:
                  cache_config: CacheConfig, sampler: Sampler, quantization: str | None) -> None:
         parallel.validate(model_config)
         self.parallel = parallel
-        world = parallel.world_size
-        name = f"pagoda-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._segments = [create_segment(f"{name}-w", world, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES)]
-        if parallel.tensor_parallel_size > 1 and parallel.backend == "shm":
-            self._segments += [create_segment(f"{name}-tp{s}", parallel.tensor_parallel_size)
-                               for s in range(parallel.pipeline_parallel_size)]
-        slot = ring_slot_bytes(parallel, model_config)
-        self._segments += [create_ring(ring, parallel.micro_batches, slot) for ring in ring_names(name, parallel)]
+        if parallel.nnodes > 1:
+            if parallel.node_rank != 0:
+                raise ValueError("the engine runs on node 0; other nodes run `python -m pagoda.distributed.node`")
+            name = node_shm_name(parallel.master_port, 0)
+        else:
+            name = f"pagoda-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._segments = create_node_segments(name, parallel, model_config, 0)
         port = parallel.master_port or _free_port()
         init_method = f"tcp://{parallel.master_addr}:{port}"
+        self._spec_store = None
+        if parallel.nnodes > 1:  # the other hosts' launchers fetch their ranks' spec from here
+            self._spec_store = dist.TCPStore(parallel.master_addr, port + 1, is_master=True,
+                                             wait_for_workers=False)
+            self._spec_store.set(SPEC_KEY, pickle.dumps(WorkerSpec(
+                -1, parallel, model_path, model_config, cache_config, quantization, "", init_method)))
         self._procs: list[subprocess.Popen] = []
         self._error_dir = tempfile.mkdtemp(prefix="pagoda-ranks-")
         self._finalizer = weakref.finalize(self, _shutdown, None, self._procs, self._segments)
-        for rank in range(1, world):
+        for rank in parallel.local_ranks(0)[1:]:
             spec = WorkerSpec(rank, parallel, model_path, model_config, cache_config, quantization, name,
                               init_method, os.path.join(self._error_dir, f"rank{rank}.err"))
             proc = subprocess.Popen([sys.executable, "-m", "pagoda.distributed.worker"], stdin=subprocess.PIPE)
@@ -153,7 +157,7 @@ class MultiprocExecutor:
 
     def _check_workers(self) -> None:
         """Raises if a worker has died (called while waiting on the ranks)."""
-        for rank, proc in enumerate(self._procs, start=1):
+        for rank, proc in zip(self.parallel.local_ranks(0)[1:], self._procs, strict=True):
             if proc.poll() is not None:
                 path = os.path.join(self._error_dir, f"rank{rank}.err")
                 detail = open(path).read() if os.path.exists(path) else ""

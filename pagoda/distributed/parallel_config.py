@@ -19,6 +19,23 @@ class ParallelConfig:
     micro_batches: int = 4  # per step with PP: stage s works on micro-batch k while stage s+1 has k-1
     stage_layers: tuple[int, ...] | None = None  # layers per stage; None: balanced by count
     max_step_tokens: int = 2048  # sizes the activation slots between stages
+    nnodes: int = 1  # hosts; ranks are numbered host by host, rank 0 (the driver) on node 0
+    node_rank: int = 0
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.world_size // self.nnodes
+
+    def node_of(self, rank: int) -> int:
+        return rank // self.ranks_per_node
+
+    def local_ranks(self, node: int) -> range:
+        return range(node * self.ranks_per_node, (node + 1) * self.ranks_per_node)
+
+    def tp_group_local(self, stage: int) -> bool:
+        """Whether a stage's TP ranks share one host (then their collectives go through shared memory)."""
+        tp = self.tensor_parallel_size
+        return self.node_of(stage * tp) == self.node_of(stage * tp + tp - 1)
 
     @property
     def world_size(self) -> int:
@@ -35,6 +52,10 @@ class ParallelConfig:
         tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
         if tp < 1 or pp < 1:
             raise ValueError("tensor_parallel_size and pipeline_parallel_size must be >= 1")
+        if self.nnodes < 1 or self.world_size % self.nnodes:
+            raise ValueError(f"{self.world_size} ranks cannot be spread evenly over {self.nnodes} hosts")
+        if self.nnodes > 1 and self.master_port is None:
+            raise ValueError("several hosts need --master-addr and --master-port (node 0's address)")
         if self.backend not in ("shm", "gloo"):
             raise ValueError(f"distributed backend must be 'shm' or 'gloo', got {self.backend!r}")
         heads, kv = config.num_attention_heads, config.num_key_value_heads

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from pagoda.config import CacheConfig, ModelConfig
+from pagoda.distributed.gloo_channels import GlooBroadcast, GlooLink
 from pagoda.distributed.host_tensor_parallel import HostTensorParallel
 from pagoda.distributed.messages import (
     LogitsMessage,
@@ -37,14 +38,20 @@ from pagoda.distributed.pipeline_stage import (
     stage_pruner,
 )
 from pagoda.distributed.rank_stats import RankStats
-from pagoda.distributed.shm_comm import PeerLost, ShmCommunicator
-from pagoda.distributed.shm_ring import ShmRing
+from pagoda.distributed.shm_comm import PeerLost, ShmCommunicator, create_segment
+from pagoda.distributed.shm_ring import ShmRing, create_ring
 from pagoda.engine.model_runner import ModelRunner, StepInputs
 from pagoda.parallel import TensorParallel
 
 # the world segment carries the driver's step messages; each stage's TP segment its all-reduces
 WORLD_SLOT_BYTES = 64 << 10
 WORLD_MESSAGE_BYTES = 32 << 20
+SPEC_KEY = "pagoda/worker_spec"  # in node 0's spec store: the ranks' spec, for the other hosts' launchers
+
+
+def node_shm_name(master_port: int, node: int) -> str:
+    """Shared-memory names of one host of a multi-host layout (the same on all its ranks)."""
+    return f"pagoda-{master_port}-n{node}"
 
 
 def ring_names(shm_name: str, parallel: ParallelConfig) -> dict[str, tuple[int, int]]:
@@ -59,6 +66,22 @@ def ring_names(shm_name: str, parallel: ParallelConfig) -> dict[str, tuple[int, 
 
 def ring_slot_bytes(parallel: ParallelConfig, config: ModelConfig) -> int:
     return parallel.max_step_tokens * config.hidden_size * 2 * 4  # hidden + residual, up to float32
+
+
+def create_node_segments(shm_name: str, parallel: ParallelConfig, config: ModelConfig, node: int) -> list[str]:
+    """Creates the shared-memory segments the ranks of one host use; returns their paths (to unlink)."""
+    p = parallel
+    paths = []
+    if p.nnodes == 1:
+        paths.append(create_segment(f"{shm_name}-w", p.world_size, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES))
+    if p.tensor_parallel_size > 1 and p.backend == "shm":
+        paths += [create_segment(f"{shm_name}-tp{s}", p.tensor_parallel_size)
+                  for s in range(p.pipeline_parallel_size)
+                  if p.tp_group_local(s) and p.node_of(s * p.tensor_parallel_size) == node]
+    slot = ring_slot_bytes(p, config)
+    paths += [create_ring(name, p.micro_batches, slot) for name, (src, dst) in ring_names(shm_name, p).items()
+              if p.node_of(src) == node and p.node_of(dst) == node]
+    return paths
 
 
 @dataclass(frozen=True)
@@ -87,19 +110,22 @@ class RankState:
         torch.set_num_threads(p.threads_per_rank)
         dist.init_process_group("gloo", init_method=spec.init_method, rank=spec.rank, world_size=p.world_size,
                                 timeout=timedelta(seconds=p.startup_timeout_s))
-        self.comm = ShmCommunicator(f"{spec.shm_name}-w", spec.rank, p.world_size, WORLD_SLOT_BYTES,
-                                    WORLD_MESSAGE_BYTES, watchdog=watchdog)
+        multi_host = p.nnodes > 1
+        self.comm = GlooBroadcast(spec.rank, p.world_size) if multi_host else ShmCommunicator(
+            f"{spec.shm_name}-w", spec.rank, p.world_size, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES, watchdog=watchdog)
         tp_size, tp_rank, stage = p.tensor_parallel_size, p.tp_rank_of(spec.rank), p.stage_of(spec.rank)
         self.stage = stage
         self.tp_comm: ShmCommunicator | None = None
-        if tp_size == 1:
-            tp = TensorParallel()
-        elif p.backend == "shm":
-            self.tp_comm = ShmCommunicator(f"{spec.shm_name}-tp{stage}", tp_rank, tp_size, watchdog=watchdog)
-            tp = HostTensorParallel(tp_rank, tp_size, None, self.tp_comm)
-        else:  # every rank takes part in creating every group
+        groups = []
+        if tp_size > 1 and (p.backend == "gloo" or multi_host):  # every rank takes part in creating every group
             groups = [dist.new_group(list(range(s * tp_size, (s + 1) * tp_size)))
                       for s in range(p.pipeline_parallel_size)]
+        if tp_size == 1:
+            tp = TensorParallel()
+        elif p.backend == "shm" and p.tp_group_local(stage):
+            self.tp_comm = ShmCommunicator(f"{spec.shm_name}-tp{stage}", tp_rank, tp_size, watchdog=watchdog)
+            tp = HostTensorParallel(tp_rank, tp_size, None, self.tp_comm)
+        else:
             tp = TensorParallel(tp_rank, tp_size, groups[stage])
 
         pp = p.pipeline_parallel_size
@@ -112,13 +138,16 @@ class RankState:
             prune = stage_pruner(layers, first, last)
         self.model = load_model(files, config, torch.device("cpu"), quantization=spec.quantization,
                                 show_progress=False, tp=tp, prune=prune)
-        self.rings: list[ShmRing] = []
-        self.out_ring: ShmRing | None = None
+        self.rings: list[ShmRing | GlooLink] = []
+        self.out_ring: ShmRing | GlooLink | None = None
         recv = send = None
         slot = ring_slot_bytes(p, config)
         for name, (src, dst) in ring_names(spec.shm_name, p).items():
             if spec.rank in (src, dst):
-                ring = ShmRing(name, p.micro_batches, slot, watchdog)
+                if p.node_of(src) == p.node_of(dst):
+                    ring = ShmRing(name, p.micro_batches, slot, watchdog)
+                else:  # the next stage is on another host
+                    ring = GlooLink(dst if spec.rank == src else src, p.micro_batches)
                 self.rings.append(ring)
                 if spec.rank == dst and stage > 0:
                     recv = ring

@@ -35,6 +35,10 @@ class EngineArgs:
     distributed_backend: str = "shm"  # TP collectives on one host: "shm" (shared memory) or "gloo"
     router_policy: str = "prefix_aware"  # with DP: "round_robin" | "least_outstanding" | "prefix_aware"
     pipeline_micro_batches: int = 4  # with PP: micro-batches per step, in flight across the stages
+    nnodes: int = 1  # hosts of a TP/PP layout; the others run `python -m pagoda.distributed.node`
+    node_rank: int = 0  # this engine is node 0
+    master_addr: str | None = None  # node 0's address (default: $MASTER_ADDR, else 127.0.0.1)
+    master_port: int | None = None  # default: $MASTER_PORT, else a free port (one host only)
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +73,10 @@ class EngineArgs:
                        help="which data-parallel replica takes a request")
         d.add_argument("--pipeline-micro-batches", type=int, default=4,
                        help="micro-batches per step with pipeline parallelism")
+        d.add_argument("--nnodes", type=int, default=1, help="hosts (others: python -m pagoda.distributed.node)")
+        d.add_argument("--node-rank", type=int, default=0)
+        d.add_argument("--master-addr", default=None, help="node 0's address (default: $MASTER_ADDR)")
+        d.add_argument("--master-port", type=int, default=None, help="node 0's rendezvous port ($MASTER_PORT)")
 
     def parallel_config(self):
         """The tensor / pipeline layout, resolved: each rank gets the host's cores shared out."""
@@ -76,11 +84,15 @@ class EngineArgs:
 
         from pagoda.distributed.parallel_config import ParallelConfig
 
-        ranks = self.tensor_parallel_size * self.pipeline_parallel_size
+        ranks = self.tensor_parallel_size * self.pipeline_parallel_size // self.nnodes  # on this host
         threads = self.num_threads or max(1, (os.cpu_count() or 1) // ranks)
+        port = self.master_port or (int(os.environ["MASTER_PORT"]) if "MASTER_PORT" in os.environ else None)
         return ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size, self.distributed_backend,
                               threads, micro_batches=self.pipeline_micro_batches,
-                              max_step_tokens=self.max_num_batched_tokens)
+                              max_step_tokens=self.max_num_batched_tokens, nnodes=self.nnodes,
+                              node_rank=self.node_rank,
+                              master_addr=self.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                              master_port=port)
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
