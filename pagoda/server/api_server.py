@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 
 import uvicorn
 
@@ -17,6 +19,9 @@ logger = logging.getLogger(__name__)
 def run_server(engine_args: EngineArgs, config: ServerConfig, *, access_log: bool = False) -> None:
     """Blocks until uvicorn exits (Ctrl-C / SIGTERM), then stops the engine process."""
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it; exit through Python (so the
+    # engine process is stopped below) instead of dying on the spot
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if engine_args.data_parallel_size > 1:  # replicas behind a router (issue 8)
         from pagoda.server.data_parallel_client import DataParallelClient
 
@@ -31,5 +36,8 @@ def run_server(engine_args: EngineArgs, config: ServerConfig, *, access_log: boo
                                                log_level=config.log_level, access_log=access_log,
                                                timeout_graceful_shutdown=5))
         server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled after a graceful shutdown
+        pass
     finally:
         client.shutdown()
+        logger.info("engine stopped")

@@ -9,7 +9,6 @@ are 400s rather than failed streams.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -88,14 +87,9 @@ async def until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
     return task.result()
 
 
-def sse(payload: BaseModel | dict | str) -> str:
-    if isinstance(payload, BaseModel):
-        data = payload.model_dump_json()
-    elif isinstance(payload, dict):
-        data = json.dumps(payload, ensure_ascii=False)
-    else:
-        data = payload
-    return f"data: {data}\n\n"
+def sse(payload: BaseModel) -> str:
+    """One server-sent event: a ``data:`` line and the blank line that ends it."""
+    return f"data: {payload.model_dump_json()}\n\n"
 
 
 def error_for(e: BaseException) -> APIError:

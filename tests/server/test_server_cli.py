@@ -1,4 +1,4 @@
-"""`pagoda serve` as users run it: the bundled default model, the real openai client, Ctrl-C to stop."""
+"""`pagoda serve` as users run it: the bundled default model, the real openai client, SIGTERM to stop."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_pagoda_serve_default_model(tmp_path):
             stream=True))
         assert streamed == text
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # what service managers send; Ctrl-C takes the same path
         code = proc.wait(60)
     assert code == 0
     output = (tmp_path / "serve.log").read_text()
