@@ -25,6 +25,10 @@ class BlockPool:
         self.num_blocks = num_blocks
         self.ref_counts = [0] * num_blocks
         self._free: deque[int] = deque(range(num_blocks))
+        # blocks a prefix cache holds one reference on; those it alone holds are evictable (counted
+        # as references change, so usage is O(1) to read)
+        self._cached = bytearray(num_blocks)
+        self.num_evictable = 0
 
     @property
     def num_free_blocks(self) -> int:
@@ -46,7 +50,15 @@ class BlockPool:
         for b in blocks:
             if self.ref_counts[b] == 0:
                 raise BlockPoolError(f"block {b} is free; it cannot be shared")
+            if self._cached[b] and self.ref_counts[b] == 1:
+                self.num_evictable -= 1
             self.ref_counts[b] += 1
+
+    def set_cached(self, block: int, cached: bool) -> None:
+        """Marks a block the prefix cache holds (call after its incref) or lets go of (before its free)."""
+        if bool(self._cached[block]) != cached and self.ref_counts[block] == 1:
+            self.num_evictable += 1 if cached else -1
+        self._cached[block] = cached
 
     def free(self, blocks: Iterable[int]) -> None:
         for b in blocks:
@@ -55,6 +67,8 @@ class BlockPool:
             self.ref_counts[b] -= 1
             if self.ref_counts[b] == 0:
                 self._free.append(b)
+            elif self.ref_counts[b] == 1 and self._cached[b]:
+                self.num_evictable += 1
 
     def check_integrity(self, owners: Counter[int]) -> None:
         """Every block's reference count equals the number of owners pointing at it, and the
@@ -67,3 +81,6 @@ class BlockPool:
                 raise BlockPoolError(f"block {b}: ref count {self.ref_counts[b]} but {owners.get(b, 0)} owners")
         if set(free) != {b for b in range(self.num_blocks) if self.ref_counts[b] == 0}:
             raise BlockPoolError("free list does not match the unreferenced blocks")
+        evictable = sum(1 for b in range(self.num_blocks) if self._cached[b] and self.ref_counts[b] == 1)
+        if evictable != self.num_evictable:
+            raise BlockPoolError(f"evictable count {self.num_evictable}, actually {evictable}")

@@ -80,6 +80,7 @@ class RadixCache:
                 child = RadixNode(key=key, block=blocks[i], parent=node)
                 node.children[key] = child
                 self.pool.incref([blocks[i]])
+                self.pool.set_cached(blocks[i], True)
                 self.num_cached_blocks += 1
             child.touch()
             node = child
@@ -87,7 +88,7 @@ class RadixCache:
 
     def evictable(self) -> int:
         """Blocks only the tree holds (what eviction could free at most)."""
-        return sum(1 for n in self._nodes() if self.pool.ref_counts[n.block] == 1)
+        return self.pool.num_evictable
 
     def evict(self, num_blocks: int) -> int:
         """Frees up to ``num_blocks`` blocks from unreferenced leaves, least recently used first;
@@ -99,6 +100,7 @@ class RadixCache:
             _, _, node = heapq.heappop(heap)
             parent = node.parent
             del parent.children[node.key]
+            self.pool.set_cached(node.block, False)
             self.pool.free([node.block])
             self.num_cached_blocks -= 1
             self.num_evictions += 1
@@ -123,6 +125,7 @@ class RadixCache:
 
     def clear(self) -> None:
         for node in list(self._nodes()):
+            self.pool.set_cached(node.block, False)
             self.pool.free([node.block])
         self._roots.clear()
         self.num_cached_blocks = 0
