@@ -1,15 +1,15 @@
 """`pagoda image "prompt" --sampler "UniPC AYS" --steps 10 -o out.png`: generate images to a PNG (a grid if n > 1).
 
 With `--model DIR` it loads a local diffusers-format pipeline (Stable Diffusion 1.x/2.x shaped, or an
-unconditional UNet2DModel). Without one it builds a tiny random-weight demo pipeline, whose images are
-noise-like patterns: it shows the machinery works, not what a trained model draws.
+unconditional UNet2DModel). Without one it uses Pagoda's own digits model (pagoda/diffusion/digits: 8x8
+handwritten digits, weights in the repo): the prompt is ignored unless it is a single digit "0".."9", which
+asks for that digit. Images under 16 pixels are enlarged (nearest neighbour) so a grid is viewable.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
 HELP = "generate images with a diffusion model (samplers: UniPC AYS, UniPC Trailing, DDIM Trailing, ...)"
@@ -17,7 +17,7 @@ HELP = "generate images with a diffusion model (samplers: UniPC AYS, UniPC Trail
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="?", default="", help="text prompt (ignored by unconditional models)")
-    parser.add_argument("--model", default=None, help="local diffusers pipeline directory (default: tiny demo)")
+    parser.add_argument("--model", default=None, help="local diffusers pipeline directory (default: the bundled digits model)")
     parser.add_argument("--sampler", default="UniPC AYS",
                         help='"UniPC AYS", "UniPC Trailing", "DDIM Trailing", "DPM++ 2M Karras" or "Euler A"')
     parser.add_argument("--steps", type=int, default=10)
@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16, help="most images in one model forward")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="enlarge each image this many times (default: 4 for images under 16 px, else 1)")
     parser.add_argument("-o", "--output", default="image.png")
 
 
@@ -45,14 +47,15 @@ def grid(images: list):
     return sheet
 
 
-def demo_model_dir() -> str:
-    """The tiny random demo pipeline, built once into the user's cache."""
-    from pagoda.diffusion.tiny import build_tiny_text_to_image
+def enlarge(images: list, scale: int | None) -> list:
+    """Nearest-neighbour enlargement; by default only tiny images (the 8x8 digits) are enlarged, x4."""
+    from PIL import Image
 
-    path = os.path.join(os.path.expanduser("~"), ".cache", "pagoda", "tiny-sd-random-v1")
-    if not os.path.exists(os.path.join(path, "model_index.json")):
-        build_tiny_text_to_image(path, seed=0, latent_size=16)
-    return path
+    if scale is None:
+        scale = 4 if min(images[0].size) < 16 else 1
+    if scale == 1:
+        return images
+    return [im.resize((im.size[0] * scale, im.size[1] * scale), Image.NEAREST) for im in images]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,11 +72,15 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.steps < 1:
         print("error: --n and --steps must be at least 1", file=sys.stderr)
         return 2
+    if args.scale is not None and args.scale < 1:
+        print("error: --scale must be at least 1", file=sys.stderr)
+        return 2
     model_dir = args.model
     if model_dir is None:
-        print("note: no --model given; using a tiny random-weight demo pipeline (noise-like images)",
-              file=sys.stderr)
-        model_dir = demo_model_dir()
+        from pagoda.diffusion.digits import WEIGHTS_DIR
+
+        print("note: no --model given; using the bundled 8x8 digits model", file=sys.stderr)
+        model_dir = WEIGHTS_DIR
     pipe = ImagePipeline.from_pretrained(model_dir, device=args.device, max_batch_size=args.batch_size)
     options = GenerationOptions(args.sampler, args.steps, args.guidance_scale, args.height, args.width,
                                 args.negative_prompt)
@@ -84,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
+    images = enlarge(images, args.scale)
     (images[0] if len(images) == 1 else grid(images)).save(args.output)
     stats = pipe.engine.stats
     print(f"wrote {args.output}: {args.n} image(s) {images[0].size[0]}x{images[0].size[1]}, {args.sampler}, "

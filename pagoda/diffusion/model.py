@@ -39,7 +39,8 @@ class TextConditioning:
 
 
 class UNetModel(DiffusionModel):
-    """A diffusers UNet2DModel (conditions None) or UNet2DConditionModel (conditions TextConditioning).
+    """A diffusers UNet2DModel (conditions None, or class labels when it has `num_class_embeds`) or a
+    UNet2DConditionModel (conditions TextConditioning).
 
     Classifier-free guidance runs the unconditional and conditional halves in the same forward, ordered
     as diffusers' Stable Diffusion pipeline orders them ([negatives; prompts]).
@@ -50,11 +51,17 @@ class UNetModel(DiffusionModel):
         self.noise = noise
         self.prediction_type = prediction_type
         self.conditional = hasattr(unet.config, "cross_attention_dim") and unet.config.cross_attention_dim
+        # class-conditional UNet2DModel: conds are class ids; None means the last class (by our convention the
+        # "any class" one learnt by label dropout, as in the digits model)
+        self.num_classes = None if self.conditional else getattr(unet.config, "num_class_embeds", None)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, t: torch.Tensor, conds: list[Any]) -> torch.Tensor:
         dtype = self.unet.dtype
         x, t = x.to(dtype), t.to(x.device)
+        if self.num_classes:
+            labels = torch.tensor([self.num_classes - 1 if c is None else int(c) for c in conds], device=x.device)
+            return self.unet(x, t, class_labels=labels).sample.float()
         if not self.conditional:
             return self.unet(x, t).sample.float()
         scales = torch.tensor([c.guidance_scale for c in conds], device=x.device, dtype=torch.float32)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pagoda.diffusion.engine import DiffusionEngine, ImageRequest
+from pagoda.diffusion.engine_driver import EngineDriver
 from pagoda.diffusion.model import TextConditioning, UNetModel
 from pagoda.diffusion.noise_schedule import NoiseSchedule
 
@@ -43,6 +44,7 @@ class ImagePipeline:
         noise = NoiseSchedule.from_config(scheduler_config)
         self.model = UNetModel(unet, noise, scheduler_config.get("prediction_type", "epsilon"))
         self.engine = DiffusionEngine(self.model, max_batch_size=max_batch_size, device=device)
+        self.driver = EngineDriver(self.engine)  # concurrent callers share the engine's forwards
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.sample_size = unet.config.sample_size
         self.latent_channels = unet.config.in_channels
@@ -107,7 +109,10 @@ class ImagePipeline:
             raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}")
         shape = (self.latent_channels, h // self.vae_scale_factor, w // self.vae_scale_factor)
         conds: list = [None] * len(prompts)
-        if self.conditional:
+        if self.model.num_classes:  # a class-conditional UNet: a prompt that is a class id picks that class
+            conds = [int(p) if p and p.strip().isdigit() and int(p) < self.model.num_classes - 1 else None
+                     for p in prompts]
+        elif self.conditional:
             embeds = self.encode_prompts([p or "" for p in prompts])
             negative = self.encode_prompts([options.negative_prompt] * len(prompts))
             conds = [TextConditioning(e, n, options.guidance_scale) for e, n in zip(embeds, negative)]
@@ -121,8 +126,7 @@ class ImagePipeline:
     def generate_samples(self, prompts: list[str | None], seeds: list[int],
                          options: GenerationOptions = GenerationOptions()) -> torch.Tensor:
         reqs = self.requests(prompts, seeds, options)
-        with self._lock:  # the engine is single-threaded; concurrent callers queue here
-            results = self.engine.generate(reqs)
+        results = self.driver.run(reqs)
         return torch.stack([results[r.request_id] for r in reqs])
 
     def generate(self, prompts: list[str | None], seeds: list[int] | None = None,

@@ -12,7 +12,8 @@ loaded on first use; or an object with an `ImagePipeline` at `.pipeline`). Reque
 extensions `sampler` (a preset name, default "UniPC AYS"), `steps` (1–200, default 10), `seed` (image k uses
 seed + k; random when absent), `guidance_scale`, `negative_prompt`. Response: `{"created", "data":
 [{"b64_json": <PNG>}]}`. Bad parameters get HTTP 400 with `{"error": {"message", "type", "param", "code"}}`.
-Generation runs in a worker thread; the images of one request share each model forward.
+Generation runs in a worker thread that hands the request to the pipeline's engine driver: the images of one
+request, and of every concurrent request (whatever their samplers and step counts), share each model forward.
 """
 
 from __future__ import annotations
