@@ -34,6 +34,7 @@ from pagoda.server.messages import (
     Shutdown,
     StepResult,
 )
+from pagoda.structured.deferred_processor import bind_deferred_processors
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class EngineLoop:
     def _handle(self, msg: Any, result: StepResult) -> None:
         if isinstance(msg, AddRequest):
             try:
-                self.engine.add_request(msg.request_id, msg.prompt_token_ids, msg.params, priority=msg.priority,
+                params = bind_deferred_processors(msg.params, self.engine.tokenizer)  # structured outputs
+                self.engine.add_request(msg.request_id, msg.prompt_token_ids, params, priority=msg.priority,
                                         arrival_time=msg.arrival_time, cache_salt=msg.cache_salt)
             except InvalidRequestError as e:
                 result.rejected.append(RequestRejected(msg.request_id, e.message, e.param, 400))

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class AddRequest:
     request_id: str
     prompt_token_ids: list[int]
-    params: SamplingParams  # validated already; logits_processors must be empty (not picklable)
+    params: SamplingParams  # validated; logits_processors: only pagoda.structured's DeferredGuidedProcessor
     arrival_time: float  # time.monotonic(), comparable across processes on one host
     priority: int = 0
     cache_salt: str | None = None  # requests share cached prefixes only with the same salt

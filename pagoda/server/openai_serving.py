@@ -28,6 +28,7 @@ from pagoda.server.errors import APIError
 from pagoda.server.messages import RequestDelta
 from pagoda.server.metrics import ServerMetrics
 from pagoda.server.protocol import ErrorInfo, ErrorResponse, UsageInfo
+from pagoda.structured.openai_fields import guided_processors_for_request
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +164,10 @@ class OpenAIServing:
 
     # --- sampling ---
 
-    @staticmethod
-    def sampling_params(req: Any, max_tokens: int | None, logprobs: int | None,
+    def sampling_params(self, req: Any, max_tokens: int | None, logprobs: int | None,
                         prompt_logprobs: int | None = None) -> SamplingParams:
-        """SamplingParams from the fields both endpoints share; raises InvalidRequestError (400)."""
+        """SamplingParams from the fields both endpoints share; raises InvalidRequestError (400).
+        Structured-output fields are compiled here (cached), so a bad spec never reaches the engine."""
         if not 1 <= req.n <= _MAX_N:
             raise InvalidRequestError(f"n must be in [1, {_MAX_N}], got {req.n}", "n")
         if req.seed is not None and not _INT64_MIN <= req.seed <= _INT64_MAX - req.n:
@@ -200,6 +201,7 @@ class OpenAIServing:
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=req.skip_special_tokens,
+            logits_processors=guided_processors_for_request(req, self.tokenizer),
         )
 
     # --- running engine requests ---
