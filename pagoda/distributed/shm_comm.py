@@ -49,6 +49,35 @@ def create_segment(name: str, world: int, slot_bytes: int = 8 << 20, message_byt
     return path
 
 
+_SLEEP_AFTER_S = 0.002  # within a step: spin, then yield, then sleep (ranks may outnumber free cores)
+_IDLE_SLEEP_AFTER_S = 0.0005  # a worker waiting for the next step should not hold a core
+
+
+def wait_until(ready: Callable[[], bool], watchdog: Callable[[], None] | None, sleep_after_s: float) -> None:
+    """Spins briefly, yields the core, then sleeps in short naps: a spinning rank on an oversubscribed
+    host takes CPU time from the rank it waits for. Calls ``watchdog`` about once a second."""
+    spins = 0
+    start = time.monotonic()
+    next_check = start + 1.0
+    nap = 0.0
+    while not ready():
+        spins += 1
+        if spins < 64:
+            continue
+        if nap:
+            time.sleep(nap)
+        else:
+            os.sched_yield()
+        if nap or spins % 64 == 0:
+            now = time.monotonic()
+            if not nap and now - start > sleep_after_s:
+                nap = 0.0005 if sleep_after_s < 0.001 else 0.0001  # idle workers nap longer
+            if now >= next_check:
+                next_check = now + 1.0
+                if watchdog is not None:
+                    watchdog()
+
+
 class PeerLost(BaseException):
     """A peer rank died. Not an ``Exception``: the engine's per-step error handling must not swallow
     it, because no later step can run; it ends the engine (the server's health check then fails)."""
@@ -93,24 +122,7 @@ class ShmCommunicator:
 
     # -- waiting -----------------------------------------------------------------------
     def _wait(self, ready: Callable[[], bool], idle: bool = False) -> None:
-        """Spins briefly, then yields the core, then sleeps: ranks may outnumber cores."""
-        spins = 0
-        start = time.monotonic()
-        next_check = start + 1.0
-        while not ready():
-            spins += 1
-            if spins < 64:
-                continue
-            if idle and spins > 20_000:
-                time.sleep(0.0005)  # an idle worker waiting for the next step should not hold a core
-            else:
-                os.sched_yield()
-            if spins % 256 == 0:
-                now = time.monotonic()
-                if now >= next_check:
-                    next_check = now + 1.0
-                    if self.watchdog is not None:
-                        self.watchdog()
+        wait_until(ready, self.watchdog, sleep_after_s=_IDLE_SLEEP_AFTER_S if idle else _SLEEP_AFTER_S)
 
     # -- exchange: every rank contributes a chunk, every rank reads all chunks ----------
     def _exchange(self, chunk: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pagoda.distributed.shm_comm import segment_path
+from pagoda.distributed.shm_comm import segment_path, wait_until
 
 _HEADER = 128  # head (written by the sender) and tail (by the receiver) on separate cache lines
 
@@ -61,15 +61,7 @@ class ShmRing:
         if ready():
             return
         t0 = time.perf_counter()
-        spins, next_check = 0, time.monotonic() + 1.0
-        while not ready():
-            spins += 1
-            if spins > 64:
-                os.sched_yield()
-            if spins % 256 == 0 and time.monotonic() >= next_check:
-                next_check = time.monotonic() + 1.0
-                if self.watchdog is not None:
-                    self.watchdog()
+        wait_until(ready, self.watchdog, sleep_after_s=0.002)
         self.wait_seconds += time.perf_counter() - t0
 
     def send(self, tensors: list[torch.Tensor]) -> None:
