@@ -68,7 +68,8 @@ def test_samples_are_recognised_far_more_often_than_noise(pipe, classifier):
     samples = pipe.generate_samples([None] * n, list(range(n)), GenerationOptions("UniPC AYS", 10))
     noise = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     got, floor = classifier.confident_share(samples), classifier.confident_share(noise)
-    assert got >= 0.6 and got >= floor + 0.4, (got, floor)
+    # measured: 66% of samples vs 19% of noise; real digits are 99.5%
+    assert got >= 0.5 and got >= 2.5 * floor, (got, floor)
     assert classifier.frechet_distance(samples) < 0.25 * classifier.frechet_distance(noise)
     # unconditional samples cover the classes rather than collapsing onto one
     assert len(set(classifier.probabilities(samples).argmax(1).tolist())) >= 8
@@ -76,4 +77,4 @@ def test_samples_are_recognised_far_more_often_than_noise(pipe, classifier):
 
 def test_a_digit_prompt_picks_the_class(pipe, classifier):
     x = pipe.generate_samples(["3"] * 16, list(range(16)), GenerationOptions("DPM++ 2M Karras", 10))
-    assert np.mean(classifier.probabilities(x).argmax(1) == 3) >= 0.75
+    assert np.mean(classifier.probabilities(x).argmax(1) == 3) >= 0.6  # measured 14/16

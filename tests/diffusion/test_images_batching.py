@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -16,6 +17,15 @@ from PIL import Image
 from pagoda.diffusion.pipeline import GenerationOptions, ImagePipeline
 from pagoda.diffusion.tiny import build_tiny_unconditional
 from pagoda.server.images import make_router
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny forwards: threading only adds overhead, and badly so on a busy machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
