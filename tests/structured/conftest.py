@@ -23,4 +23,5 @@ def tiny_llm(tiny_llama_dir):
 def default_llm():
     from pagoda import LLM
 
-    return LLM(show_progress=False)
+    # room for ~100 sequences of ~700 tokens at once: no preemption (recompute) in the 112-schema batch
+    return LLM(show_progress=False, max_num_seqs=128, kv_cache_memory_gb=4)

@@ -57,6 +57,7 @@ def test_jump_forward_equals_stepwise_and_saves_steps(default_tokenizer):
     jumped, jumped_steps = _decode(guided_logits_processor(spec, tok), tok.vocab_size, tok.eos_token_id,
                                    jump_forward=True)
     assert jumped == stepwise
+    print(f"\n{len(stepwise)} tokens: {stepwise_steps} sampling steps stepwise, {jumped_steps} with jump-forward")
     assert stepwise[-1] == tok.eos_token_id
     jsonschema.validate(json.loads(tok.decode(stepwise)), LONG_KEYS)
     # the long keys (and punctuation) are forced: most of the output needs no model step
