@@ -17,8 +17,8 @@ import sys
 import tempfile
 import time
 import uuid
-import weakref
 from dataclasses import dataclass, replace
+from multiprocessing.util import Finalize
 
 import torch
 import torch.distributed as dist
@@ -133,7 +133,9 @@ class MultiprocExecutor:
                 -1, parallel, model_path, model_config, cache_config, quantization, "", init_method)))
         self._procs: list[subprocess.Popen] = []
         self._error_dir = tempfile.mkdtemp(prefix="pagoda-ranks-")
-        self._finalizer = weakref.finalize(self, _shutdown, None, self._procs, self._segments)
+        # multiprocessing's Finalize, not weakref.finalize: it also runs when this engine lives in a
+        # multiprocessing child (the server's engine process), which exits without atexit handlers
+        self._finalizer = Finalize(self, _shutdown, (None, self._procs, self._segments), exitpriority=10)
         for rank in parallel.local_ranks(0)[1:]:
             spec = WorkerSpec(rank, parallel, model_path, model_config, cache_config, quantization, name,
                               init_method, os.path.join(self._error_dir, f"rank{rank}.err"))
@@ -143,9 +145,13 @@ class MultiprocExecutor:
             self._procs.append(proc)
         spec0 = WorkerSpec(0, parallel, model_path, model_config, cache_config, quantization, name,
                            init_method)
-        self.state = RankState(spec0, self._check_workers)
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _shutdown, self.state, self._procs, self._segments)
+        try:
+            self.state = RankState(spec0, self._check_workers)
+        except BaseException:
+            self._finalizer()  # stop the workers and remove the segments now, not at exit
+            raise
+        self._finalizer.cancel()
+        self._finalizer = Finalize(self, _shutdown, (self.state, self._procs, self._segments), exitpriority=10)
         self.state.comm.barrier()  # every rank has loaded its shard
         self.runner = self.state.runner
         self.runner.sampler = sampler
