@@ -125,9 +125,9 @@ class OpenAIServing:
     # --- admission ---
 
     def check_model(self, name: str | None) -> None:
-        # Like OpenAI and vLLM: an unknown model is a 404 "model_not_found".
+        # The issue asks for 400 (OpenAI and vLLM answer 404); the code is OpenAI's "model_not_found".
         if name is not None and name != self.model.name:
-            raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+            raise APIError(400, f"The model `{name}` does not exist.", param="model", code="model_not_found")
 
     def check_capacity(self, num_new: int) -> None:
         if not self.client.alive:

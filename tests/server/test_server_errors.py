@@ -107,12 +107,12 @@ def test_chat_out_of_range_and_top_logprobs(server):
     assert_still_serves(server)
 
 
-def test_unknown_model_is_404_like_openai_and_vllm(server):
-    with pytest.raises(openai.NotFoundError) as e:
+def test_unknown_model_is_400_model_not_found(server):
+    with pytest.raises(openai.BadRequestError) as e:
         server.openai().completions.create(model="gpt-7", prompt=PROMPT, max_tokens=2)
     assert e.value.body["code"] == "model_not_found"
     assert_error(server.post("/v1/chat/completions", json={"model": "nope", "messages": [
-        {"role": "user", "content": "x"}]}), 404, param="model", code="model_not_found")
+        {"role": "user", "content": "x"}]}), 400, param="model", code="model_not_found")
     assert_still_serves(server)
 
 
