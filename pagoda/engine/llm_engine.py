@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Iterable
@@ -76,7 +75,6 @@ class LLMEngine:
         self._groups: dict[str, _Group] = {}
         self._sample_to_group: dict[str, _Group] = {}
         self._num_finished = 0
-        self._ids = itertools.count()
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -207,18 +205,13 @@ class LLMEngine:
             result = self.runner.execute(scheduled)
         except Exception as exc:  # noqa: BLE001  (one bad step must not take the engine down)
             logger.exception("engine step failed; failing the %d requests in it", len(scheduled.scheduled))
-            return self._fail([s.request for s in scheduled.scheduled], f"{type(exc).__name__}: {exc}")
+            message = f"{type(exc).__name__}: {exc}"
+            touched = self._fail({s.request: message for s in scheduled.scheduled})
+            return [self._make_output(g) for g in touched.values()]
         self._record_logprobs(result)
-        failed = [s.request for s in scheduled.scheduled if s.request.request_id in result.failed]
-        for request in failed:
-            request.error = result.failed[request.request_id]
-            self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_ERROR)
+        touched = self._fail({s.request: result.failed[s.request.request_id] for s in scheduled.scheduled
+                              if s.request.request_id in result.failed})
         progressed = self.scheduler.update(scheduled, result.sampled)
-        touched: dict[str, _Group] = {}
-        for request in failed:
-            group = self._sample_to_group.get(request.request_id)
-            if group is not None:
-                touched[group.request_id] = group
         for request in progressed:
             group = self._sample_to_group.get(request.request_id)
             if group is None:
@@ -270,15 +263,16 @@ class LLMEngine:
                 entry[t] = Logprob(lp, rank, decode([t], skip_special_tokens=False))
         return entry
 
-    def _fail(self, requests: list[Request], message: str) -> list[RequestOutput]:
+    def _fail(self, failures: dict[Request, str]) -> dict[str, _Group]:
+        """Ends each request with its error (its blocks return at once); returns their groups."""
         groups: dict[str, _Group] = {}
-        for request in requests:
+        for request, message in failures.items():
             request.error = message
             self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_ERROR)
             group = self._sample_to_group.get(request.request_id)
             if group is not None:
                 groups[group.request_id] = group
-        return [self._make_output(g) for g in groups.values()]
+        return groups
 
     def _make_output(self, group: _Group) -> RequestOutput:
         outputs = []
@@ -328,7 +322,6 @@ class LLMEngine:
 
     def check_integrity(self) -> None:
         self.kv_cache.check_integrity()
-
 
 
 def _fresh_processors(params: SamplingParams) -> SamplingParams:
