@@ -195,3 +195,8 @@ def test_jump_forward_equals_step_by_step(llm):
     assert outs[True] == outs[False]
     assert all(o[1:7] == phrase for o in outs[True])
     assert steps < 14  # fewer model steps than tokens
+
+
+def test_data_parallel_is_refused_offline_with_a_clear_error(tiny_llama_dir):
+    with pytest.raises(ValueError, match="pagoda serve --dp"):
+        LLM(tiny_llama_dir, data_parallel_size=2, show_progress=False)

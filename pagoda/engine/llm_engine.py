@@ -78,6 +78,9 @@ class LLMEngine:
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
+        if args.data_parallel_size > 1:
+            raise ValueError("data_parallel_size > 1 runs replicas behind a router: use `pagoda serve --dp N`; "
+                             "one engine is one replica")
         if args.num_threads:
             torch.set_num_threads(args.num_threads)
         device = torch.device("cpu")
