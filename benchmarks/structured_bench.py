@@ -95,7 +95,9 @@ def main() -> None:
         rate = tokens / elapsed
         print(f"{name:38} {tokens:7d} {elapsed:8.2f} {rate:8.1f} {rate / base:8.2f} {steps:6d} {forced:7d}  {valid} {mask}")
     same = sum(a.token_ids == b.token_ids for a, b in zip(results[True], results[False], strict=True))
-    print(f"jump-forward outputs identical to stepwise: {same}/{len(prompts)}")
+    print(f"jump-forward outputs identical to stepwise: {same}/{len(prompts)} (exact in float32; in bfloat16 the "
+          "forced tokens' chunked forward rounds differently from one-token decode steps, so sampled outputs may "
+          "drift; the masking policy itself is identical, see tests/structured/test_jump_forward.py)")
 
 
 if __name__ == "__main__":
