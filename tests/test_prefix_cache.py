@@ -185,3 +185,32 @@ def test_n_samples_share_the_prompt_blocks(tiny_llama_dir):
         outs += [o for o in engine.step() if o.finished]
     assert [c.token_ids for c in outs[0].outputs] == [one.outputs[0].token_ids] * 3
     assert_all_blocks_returned(engine)
+
+
+def max_blocks_held(engine, request_ids: list[str]) -> int:
+    """Steps the engine to the end; the largest number of distinct blocks the requests held at once."""
+    peak = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        held = {b for rid in request_ids for b in engine.kv_cache.get_block_table(rid)}
+        peak = max(peak, len(held))
+    return peak
+
+
+def test_n8_samples_of_a_long_prompt_share_its_blocks(tiny_model_factory):
+    path = tiny_model_factory(max_positions=2048)
+    llm = LLM(path, dtype="float32", num_kv_blocks=400, show_progress=False)
+    prompt = [(7 * i) % 380 + 3 for i in range(1000)]
+    t = 40
+    params = SamplingParams(n=8, temperature=1.0, seed=0, max_tokens=t, ignore_eos=True)
+    llm.engine.add_request("n8", prompt, params)
+    forked = max_blocks_held(llm.engine, [f"{i}_n8" for i in range(8)])
+    bound = -(-1000 // 16) + 8 * (-(-t // 16) + 1)
+    independent = LLM(path, dtype="float32", num_kv_blocks=800, enable_prefix_caching=False, show_progress=False)
+    for i in range(8):
+        independent.engine.add_request(f"r{i}", prompt, SamplingParams(temperature=1.0, seed=i, max_tokens=t,
+                                                                       ignore_eos=True))
+    alone = max_blocks_held(independent.engine, [f"r{i}" for i in range(8)])
+    print(f"n=8 forked: {forked} blocks (bound {bound}); 8 independent requests: {alone}")
+    assert forked <= bound < alone, (forked, bound, alone)
+    assert_all_blocks_returned(llm.engine)

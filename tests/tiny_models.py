@@ -42,14 +42,14 @@ def build_tokenizer(out_dir: str, vocab_size: int = 384):
 
 
 def build_tiny_model(out_dir: str, arch: str = "llama", tie: bool = True, rope_scaling: dict | None = None,
-                     num_kv_heads: int = 2, seed: int = 0, vocab_size: int = 384) -> str:
+                     num_kv_heads: int = 2, seed: int = 0, vocab_size: int = 384, max_positions: int = 512) -> str:
     """Saves a random model (2 layers, hidden 64, 4 query heads) and a tokenizer; returns the directory."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     os.makedirs(out_dir, exist_ok=True)
     tokenizer = build_tokenizer(out_dir, vocab_size)
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=num_kv_heads, max_position_embeddings=512,
+                  num_attention_heads=4, num_key_value_heads=num_kv_heads, max_position_embeddings=max_positions,
                   tie_word_embeddings=tie, rms_norm_eps=1e-5, initializer_range=0.15,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     if arch == "llama":
