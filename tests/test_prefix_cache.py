@@ -214,3 +214,13 @@ def test_n8_samples_of_a_long_prompt_share_its_blocks(tiny_model_factory):
     print(f"n=8 forked: {forked} blocks (bound {bound}); 8 independent requests: {alone}")
     assert forked <= bound < alone, (forked, bound, alone)
     assert_all_blocks_returned(llm.engine)
+
+
+def test_prompt_logprobs_are_complete_on_a_prefix_hit(tiny_llama_dir):
+    llm = LLM(tiny_llama_dir, dtype="float32", num_kv_blocks=64, show_progress=False)
+    prompt = list(range(20, 73))
+    llm.generate([prompt], SamplingParams(max_tokens=2, temperature=0))  # caches the prompt's blocks
+    out = llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0))[0]
+    assert len(out.prompt_logprobs) == len(prompt) and all(e is not None for e in out.prompt_logprobs[1:])
+    again = llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0))[0]
+    assert again.num_cached_tokens > 0  # the cache still serves requests that don't ask for them

@@ -149,8 +149,9 @@ class Scheduler:
         """Admits a waiting request, reusing its longest cached prefix. Returns None (deferred)
         when a running request is still prefilling the very blocks this one would compute next."""
         rid = request.request_id
-        prefix = [] if rid in self.kv_cache.block_tables else self.kv_cache.match_prefix(
-            request.all_token_ids, request.cache_salt)
+        # prompt logprobs need every prompt position computed: such requests don't reuse the cache
+        reuse = rid not in self.kv_cache.block_tables and request.params.prompt_logprobs is None
+        prefix = self.kv_cache.match_prefix(request.all_token_ids, request.cache_salt) if reuse else []
         if self.kv_cache.cache is not None and self._prefix_in_flight(request, len(prefix)):
             return None
         start = max(request.num_computed_tokens, len(prefix) * self.kv_cache.block_size)
