@@ -33,7 +33,8 @@ def test_match_insert_and_lru_eviction_of_unused_leaves():
     prefix = kv.match_prefix(a[:8] + [7, 7, 7, 7, 1])
     assert len(prefix) == 2
     kv.allocate("b", 13, 8, prefix)
-    assert kv.counters.hit_tokens == 8
+    kv.record_query(13, prefix)
+    assert kv.counters.hit_tokens == 8 and kv.counters.queried_tokens == 13
     kv.check_integrity()
     # pressure: 3 free + 1 evictable (a's third block) — in-use blocks are never evicted
     assert kv.allocate("c", 16) is not None

@@ -162,6 +162,8 @@ class Scheduler:
         table = self.kv_cache.allocate(rid, start + num_new, start, prefix, request.cache_salt)
         if table is None:
             return False
+        if reuse:
+            self.kv_cache.record_query(request.num_tokens, prefix)
         request.num_computed_tokens = start
         request.num_cached_tokens = max(request.num_cached_tokens, len(prefix) * self.kv_cache.block_size)
         self.waiting.remove(request)

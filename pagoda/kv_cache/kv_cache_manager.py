@@ -79,6 +79,12 @@ class KVCacheManager:
             return []
         return self.cache.match(token_ids, salt, max_blocks=(len(token_ids) - 1) // self.block_size)
 
+    def record_query(self, num_tokens: int, prefix: Sequence[RadixNode]) -> None:
+        """Counts one admission's lookup: ``num_tokens`` asked for, the prefix's tokens found."""
+        if self.cache is not None:
+            self.counters.queried_tokens += num_tokens
+            self.counters.hit_tokens += len(prefix) * self.block_size
+
     def cache_blocks(self, request_id: str, token_ids: Sequence[int], num_computed: int) -> None:
         if self.cache is None or request_id not in self.block_tables:
             return
@@ -124,8 +130,6 @@ class KVCacheManager:
             self._salts[request_id] = salt
             if self.cache is not None:
                 self._cursors[request_id] = _CacheCursor(prefix[-1] if prefix else None, len(prefix))
-                self.counters.queried_tokens += num_tokens
-                self.counters.hit_tokens += len(prefix) * self.block_size
         for i in self._shared_to_write(table, num_computed, num_tokens):
             (copy,) = self.pool.allocate(1)
             self._copies.append((table[i], copy))
