@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks (serve: load-test an OpenAI-compatible server)"
+HELP = "benchmarks: serve (load-test any OpenAI server), throughput, prefix, parallel, profile"
 
 BENCH_COMMANDS: dict[str, str] = {
     "serve": "pagoda.bench.serve",
