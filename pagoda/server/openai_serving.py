@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from pagoda.errors import InvalidRequestError
@@ -28,6 +29,7 @@ from pagoda.server.errors import APIError
 from pagoda.server.messages import RequestDelta
 from pagoda.server.metrics import ServerMetrics
 from pagoda.server.protocol import ErrorInfo, ErrorResponse, UsageInfo
+from pagoda.server.sse_response import SSEResponse
 from pagoda.structured.openai_fields import guided_processors_for_request
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,19 @@ async def until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
     if task.cancelled():
         raise ClientDisconnected()
     return task.result()
+
+
+async def respond(raw: Request, stream: bool, events: Callable[[], AsyncIterator[Any]],
+                  body: Callable[[], Awaitable[Any]]) -> Response:
+    """A streamed (SSE) or whole JSON response; a client gone before the body is ready gets 499
+    and its request is aborted (by ``until_disconnected``)."""
+    if stream:
+        return SSEResponse(events())
+    try:
+        result = await until_disconnected(raw, body())
+    except ClientDisconnected:
+        return Response(status_code=499)
+    return JSONResponse(result.model_dump(mode="json"))
 
 
 def sse(payload: BaseModel) -> str:

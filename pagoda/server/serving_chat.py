@@ -7,18 +7,16 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
 
 from pagoda.outputs import PositionLogprobs
 from pagoda.sampling_params import SamplingParams
 from pagoda.server.errors import APIError
 from pagoda.server.openai_serving import (
-    ClientDisconnected,
     OpenAIServing,
     parse_body,
+    respond,
     sse,
     sse_error,
-    until_disconnected,
 )
 from pagoda.server.protocol import (
     ChatChoiceLogprobs,
@@ -34,7 +32,6 @@ from pagoda.server.protocol import (
     TopLogprob,
     random_id,
 )
-from pagoda.server.sse_response import SSEResponse
 
 
 class ChatServing(OpenAIServing):
@@ -50,13 +47,8 @@ class ChatServing(OpenAIServing):
         self.check_prompt_ids(ids, max_tokens, "messages")
         self.check_capacity(1)
         rid = random_id("chatcmpl")
-        if req.stream:
-            return SSEResponse(self._stream(rid, req, ids, params))
-        try:
-            body = await until_disconnected(raw, self._full(rid, req, ids, params))
-        except ClientDisconnected:
-            return Response(status_code=499)
-        return JSONResponse(body.model_dump(mode="json"))
+        return await respond(raw, req.stream, lambda: self._stream(rid, req, ids, params),
+                             lambda: self._full(rid, req, ids, params))
 
     def render(self, messages: list[ChatMessage], add_generation_prompt: bool) -> list[int]:
         """Applies the chat template and tokenizes; the template adds the special tokens itself."""

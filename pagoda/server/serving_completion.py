@@ -8,19 +8,17 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
 
 from pagoda.outputs import PositionLogprobs
 from pagoda.sampling_params import SamplingParams
 from pagoda.server.errors import APIError
 from pagoda.server.messages import SampleDelta
 from pagoda.server.openai_serving import (
-    ClientDisconnected,
     OpenAIServing,
     parse_body,
+    respond,
     sse,
     sse_error,
-    until_disconnected,
 )
 from pagoda.server.protocol import (
     CompletionChoice,
@@ -30,7 +28,6 @@ from pagoda.server.protocol import (
     CompletionStreamResponse,
     random_id,
 )
-from pagoda.server.sse_response import SSEResponse
 
 
 @dataclass
@@ -65,13 +62,8 @@ class CompletionServing(OpenAIServing):
             self.check_prompt_ids(ids, req.max_tokens, "prompt")
         self.check_capacity(len(prompts))
         rid = random_id("cmpl")
-        if req.stream:
-            return SSEResponse(self._stream(rid, req, prompts, params))
-        try:
-            body = await until_disconnected(raw, self._full(rid, req, prompts, params))
-        except ClientDisconnected:
-            return Response(status_code=499)
-        return JSONResponse(body.model_dump(mode="json"))
+        return await respond(raw, req.stream, lambda: self._stream(rid, req, prompts, params),
+                             lambda: self._full(rid, req, prompts, params))
 
     def _prompt_ids(self, req: CompletionRequest) -> list[list[int]]:
         p = req.prompt
