@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from multiprocessing.util import Finalize
 
 import torch
@@ -35,6 +35,7 @@ from pagoda.distributed.messages import (
     encode,
 )
 from pagoda.distributed.parallel_config import ParallelConfig
+from pagoda.distributed.parallel_stats import ParallelStats  # re-exported: its old home
 from pagoda.distributed.rank_stats import BusySpan, spans_from_tensor
 from pagoda.distributed.shm_comm import PeerLost
 from pagoda.distributed.worker import (
@@ -49,51 +50,6 @@ from pagoda.engine.scheduler_output import SchedulerOutput
 from pagoda.sample.sampler import Sampler
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ParallelStats:
-    """Per-rank seconds since start, rank order: busy (inside forward / logits), in collectives,
-    and waiting on the previous pipeline stage; ``step_s``: the driver's time inside ``execute``."""
-
-    busy_s: list[float]
-    comm_s: list[float]
-    wait_s: list[float]
-    step_s: float
-
-    @property
-    def work_s(self) -> list[float]:
-        return [b - w for b, w in zip(self.busy_s, self.wait_s, strict=True)]
-
-    @property
-    def utilisation(self) -> list[float]:
-        """Share of the step time each rank was working (waits for the previous stage excluded)."""
-        return [w / self.step_s if self.step_s else 0.0 for w in self.work_s]
-
-    @property
-    def balance(self) -> float:
-        """Least working rank over most working (1.0: even)."""
-        work = self.work_s
-        return min(work) / max(work) if max(work) > 0 else 1.0
-
-    @property
-    def comm_share(self) -> float:
-        """Share of work time spent inside TP collectives (waits for slower peers included)."""
-        return sum(self.comm_s) / sum(self.work_s) if sum(self.work_s) > 0 else 0.0
-
-    def since(self, earlier: ParallelStats) -> ParallelStats:
-        """The seconds accumulated after ``earlier`` was taken."""
-        def diff(a: list[float], b: list[float]) -> list[float]:
-            return [x - y for x, y in zip(a, b, strict=True)]
-
-        return ParallelStats(diff(self.busy_s, earlier.busy_s), diff(self.comm_s, earlier.comm_s),
-                             diff(self.wait_s, earlier.wait_s), self.step_s - earlier.step_s)
-
-    @property
-    def bubble_rate(self) -> float:
-        """Share of rank-seconds of the steps in which a rank sat idle (the pipeline bubble)."""
-        total = self.step_s * len(self.busy_s)
-        return max(0.0, 1 - sum(self.work_s) / total) if total else 0.0
 
 
 class _DriverModel:

@@ -11,6 +11,7 @@ import torch
 
 from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
 from pagoda.detokenizer import IncrementalDetokenizer
+from pagoda.distributed.parallel_stats import ParallelStats
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.model_runner import ModelRunner, ModelRunnerOutput, kv_cache_bytes_per_block
 from pagoda.engine.request import Request, RequestStatus
@@ -25,6 +26,8 @@ from pagoda.tokenizer import Tokenizer
 from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype, resolve_quantization
 
 logger = logging.getLogger(__name__)
+
+PARALLEL_STATS_INTERVAL_S = 1.0  # how stale get_stats() may leave a parallel runner's stats
 
 
 @dataclass(eq=False)
@@ -75,6 +78,8 @@ class LLMEngine:
         self._groups: dict[str, _Group] = {}
         self._sample_to_group: dict[str, _Group] = {}
         self._num_finished = 0
+        self._parallel: ParallelStats | None = None  # the runner's last per-rank stats
+        self._parallel_at = 0.0  # and when they were taken (time.monotonic)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -317,7 +322,19 @@ class LLMEngine:
             jump_forward_tokens_total=c.jump_forward_tokens,
             prefix_cache_queries_total=self.kv_cache.counters.queried_tokens,
             prefix_cache_hits_total=self.kv_cache.counters.hit_tokens,
-            prefix_cache_evictions_total=self.kv_cache.cache.num_evictions if self.kv_cache.cache else 0)
+            prefix_cache_evictions_total=self.kv_cache.cache.num_evictions if self.kv_cache.cache else 0,
+            parallel=self._parallel_stats())
+
+    def _parallel_stats(self) -> ParallelStats | None:
+        """A multi-process runner's per-rank seconds, at most ``PARALLEL_STATS_INTERVAL_S`` old: taking them
+        stops every rank for an all-gather, and the server's loop asks for stats after each step."""
+        stats = getattr(self.runner, "stats", None)  # only MultiprocExecutor has them
+        if stats is None or not getattr(self.runner, "alive", True):  # a lost rank would never answer
+            return self._parallel
+        now = time.monotonic()
+        if self._parallel is None or now - self._parallel_at >= PARALLEL_STATS_INTERVAL_S:
+            self._parallel, self._parallel_at = stats(), now
+        return self._parallel
 
     def get_block_map(self) -> BlockMapSnapshot:
         """Which request or cache node owns each KV block, and which are free (for dashboards)."""

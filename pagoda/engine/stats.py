@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pagoda.distributed.parallel_stats import ParallelStats
+
 
 @dataclass(frozen=True)
 class EngineStats:
@@ -21,3 +23,8 @@ class EngineStats:
     prefix_cache_queries_total: int = 0  # tokens looked up in the prefix cache
     prefix_cache_hits_total: int = 0  # tokens found there
     prefix_cache_evictions_total: int = 0  # blocks
+    # a tensor / pipeline parallel engine's per-rank seconds (None: one process); refreshed about once a
+    # second, as taking them makes every rank meet in an all-gather
+    parallel: ParallelStats | None = None
+    # data parallelism: each replica's own snapshot (the fields above are their sums, parallel None)
+    replicas: tuple[EngineStats, ...] = ()

@@ -21,13 +21,17 @@ from pagoda.server.engine_client import EngineClient, EngineDeadError
 from pagoda.server.engine_process import make_llm_engine
 from pagoda.server.messages import EngineReady, RequestDelta
 
+_UNSUMMED = ("parallel", "replicas")  # per-rank seconds of different replicas do not add up
+
 
 def merge_stats(parts: list[EngineStats]) -> EngineStats:
-    """Counters and gauges summed over replicas; KV usage over all their blocks."""
-    total = {f.name: sum(getattr(p, f.name) for p in parts) for f in fields(EngineStats)}
+    """Counters and gauges summed over replicas; KV usage over all their blocks; each replica's own
+    snapshot kept in ``replicas`` (its per-rank parallel stats are exported per replica)."""
+    total = {f.name: sum(getattr(p, f.name) for p in parts)
+             for f in fields(EngineStats) if f.name not in _UNSUMMED}
     blocks = total["num_kv_blocks"]
     total["kv_cache_usage"] = (sum(p.kv_cache_usage * p.num_kv_blocks for p in parts) / blocks) if blocks else 0.0
-    return EngineStats(**total)
+    return EngineStats(**total, replicas=tuple(parts))
 
 
 class DataParallelClient:

@@ -4,7 +4,9 @@ Latency histograms are observed in the HTTP process, on the clock of the client'
 TTFT and E2E run from the moment the request was parsed, inter-token latency between the
 arrivals of successive deltas. Queue time comes from the engine's own timestamps
 (time.monotonic() is one clock for all processes of a host). Gauges and token counters
-are the engine's EngineStats, read at scrape time.
+are the engine's EngineStats, read at scrape time; with tensor / pipeline parallelism they
+carry the ranks' ``ParallelStats`` (``pagoda:parallel_*``, ``pagoda:pipeline_bubble_rate``;
+a ``replica`` label under data parallelism).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pagoda.distributed.parallel_metrics import parallel_metric_families, replica_parallel_metric_families
 from pagoda.engine.stats import EngineStats
 from pagoda.server.messages import RequestDelta
 
@@ -65,6 +68,11 @@ class _EngineStatsCollector(Collector):
         yield counter("pagoda:num_preemptions", "Preemptions (recompute) of running requests.",
                       s.num_preemptions_total)
         yield counter("pagoda:engine_steps", "Engine iterations.", s.num_steps)
+        # tensor / pipeline parallelism: per-rank utilisation, balance, comm share, bubble rate
+        if s.parallel is not None:
+            yield from parallel_metric_families(s.parallel, self._model)
+        elif any(r.parallel is not None for r in s.replicas):  # data-parallel replicas, each TP / PP
+            yield from replica_parallel_metric_families([r.parallel for r in s.replicas], self._model)
 
 
 class ServerMetrics:
