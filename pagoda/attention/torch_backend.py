@@ -30,15 +30,12 @@ class TorchAttentionBackend(AttentionBackend):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        hkv, d = self.num_kv_heads, self.head_dim
-        k_cache.view(hkv, -1, d).index_copy_(1, metadata.slot_mapping, k.transpose(0, 1))
-        v_cache.view(hkv, -1, d).index_copy_(1, metadata.slot_mapping, v.transpose(0, 1))
-
+        self._write_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
         out = torch.empty_like(q)
         nd = metadata.num_decodes
         if nd:
-            out[:nd] = self._decode(q[:nd], k_cache, v_cache, metadata.block_tables[:nd],
-                                    metadata.seq_lens[:nd], max(metadata.seq_lens_list[:nd]))
+            self._decode(out[:nd], q[:nd], k_cache, v_cache, metadata.block_tables[:nd], metadata.seq_lens[:nd],
+                         max(metadata.seq_lens_list[:nd]))
         starts = metadata.query_start_loc_list
         for i in range(nd, metadata.num_seqs):
             s, e = starts[i], starts[i + 1]
@@ -46,8 +43,15 @@ class TorchAttentionBackend(AttentionBackend):
                                      metadata.seq_lens_list[i])
         return out
 
-    def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                block_tables: torch.Tensor, seq_lens: torch.Tensor, max_len: int) -> torch.Tensor:
+    def _write_cache(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     slot_mapping: torch.Tensor) -> None:
+        hkv, d = self.num_kv_heads, self.head_dim
+        k_cache.view(hkv, -1, d).index_copy_(1, slot_mapping, k.transpose(0, 1))
+        v_cache.view(hkv, -1, d).index_copy_(1, slot_mapping, v.transpose(0, 1))
+
+    def _decode(self, out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                block_tables: torch.Tensor, seq_lens: torch.Tensor, max_len: int) -> None:
+        """Writes ``out`` [S, Hq, D] for S single-token queries."""
         num_seqs, block_size = q.shape[0], k_cache.shape[2]
         hkv, d = self.num_kv_heads, self.head_dim
         group = self.num_heads // hkv
@@ -59,7 +63,7 @@ class TorchAttentionBackend(AttentionBackend):
         pad = torch.arange(keys.shape[2], device=q.device) >= seq_lens.unsqueeze(1)  # [S, L]
         scores.mul_(self.scale).masked_fill_(pad[None, :, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(q.dtype)
-        return torch.matmul(probs, values).transpose(0, 1).reshape(num_seqs, self.num_heads, d)
+        out.copy_(torch.matmul(probs, values).transpose(0, 1).reshape(num_seqs, self.num_heads, d))
 
     def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -94,7 +94,7 @@ class PipelineStage:
         else:
             shape = (input_ids.shape[0], self.hidden_size)
             x, residual = self.recv.recv([shape, shape], self.dtype)  # activations of the previous stage
-        rope = inner.rotary.cos_sin(positions, x.dtype)
+        rope = inner.rotary.step(positions, x.dtype)
         for i, kv_cache in zip(self.layers, kv_caches, strict=True):
             x, residual = inner.layers[i](rope, x, residual, kv_cache, metadata)
         if not self.last:

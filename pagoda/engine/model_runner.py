@@ -49,7 +49,7 @@ class ModelRunner:
     """Owns the model and the KV cache tensors: one [num_blocks, block_size, Hkv, D] pair per layer."""
 
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
-                 sampler: Sampler, device: torch.device, attention_backend: str = "torch") -> None:
+                 sampler: Sampler, device: torch.device, attention_backend: str = "auto") -> None:
         self.model = model
         self.config = model_config
         self.block_size = cache_config.block_size

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagoda.layers.prepacked import linear, prepack_weight
 from pagoda.parallel import SINGLE, TensorParallel
 
 
@@ -45,14 +46,9 @@ class ParallelLMHead(VocabParallelEmbedding):
     packed: torch.Tensor | None = None
 
     def prepack(self) -> None:
-        if self.weight.device.type == "cpu" and self.weight.dtype == torch.bfloat16 and \
-                torch.backends.mkldnn.is_available():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
+        self.packed = prepack_weight(self.weight, batch_hint=1)  # the weight stays: it may be tied
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            logits = torch.ops.mkldnn._linear_pointwise(hidden, self.packed, None, "none", [], "")
-        else:
-            logits = F.linear(hidden, self.weight)
+        logits = linear(hidden, self.weight, None, self.packed)
         logits = self.tp.all_gather_last_dim(logits)
         return logits[..., : self.vocab_size]

@@ -8,14 +8,16 @@ this rank's slice of a full checkpoint tensor; ``shard_id`` names a part of a fu
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pagoda.layers.prepacked import linear, prepack_weight
 from pagoda.parallel import SINGLE, TensorParallel
 
 
 class LinearBase(nn.Module):
     """y = x W^T (+ b) with W of shape [out_per_rank, in_per_rank]."""
+
+    packed: torch.Tensor | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool, tp: TensorParallel) -> None:
         super().__init__()
@@ -33,8 +35,14 @@ class LinearBase(nn.Module):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         param.data.copy_(loaded)
 
+    def prepack(self) -> None:
+        """After loading: bf16 CPU weights move into oneDNN's layout (the plain copy is dropped)."""
+        self.packed = prepack_weight(self.weight)
+        if self.packed is not None:
+            self.weight.data = self.weight.data.new_empty(0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.packed)
 
 
 class ReplicatedLinear(LinearBase):
@@ -114,6 +122,6 @@ class RowParallelLinear(LinearBase):
         param.data.copy_(loaded.narrow(1, self.tp.rank * n, n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = linear(x, self.weight, None, self.packed)
         y = self.tp.all_reduce(y)
         return y if self.bias is None else y + self.bias

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagoda.kernels import cpu_kernels
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
@@ -15,9 +17,12 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Without ``residual``: norm(x). With it: (norm(x + residual), x + residual)."""
-        if residual is not None:
-            x = x + residual
-            residual = x
-        out = F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel, fp32 inside
-        return out if residual is None else (out, residual)
+        """Without ``residual``: norm(x). With it: (norm(x + residual), x + residual), computed in
+        place: ``x`` and ``residual`` are overwritten (callers pass tensors they own)."""
+        if residual is None:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel, fp32 inside
+        if x.dim() == 2 and cpu_kernels.use_for(x):
+            torch.ops.pagoda.fused_add_rms_norm_(x, residual, self.weight, self.eps)
+            return x, residual
+        residual = x + residual
+        return F.rms_norm(residual, self.weight.shape, self.weight, self.eps), residual

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from pagoda.config import RopeScaling
+from pagoda.kernels import cpu_kernels
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -41,16 +44,32 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", torch.cat([freqs.cos(), freqs.cos()], dim=-1), persistent=False)
         self.register_buffer("sin", torch.cat([freqs.sin(), freqs.sin()], dim=-1), persistent=False)
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rotation for these positions, once per step (every layer uses the same)."""
-        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+    def step(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeStep:
+        """The rotation for this step's positions (every layer uses the same)."""
+        return RopeStep(positions, self.cos, self.sin, dtype)
 
     @staticmethod
-    def apply(q: torch.Tensor, k: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, Hq, D], k: [T, Hkv, D] -> rotated copies."""
-        cos, sin = cos_sin
+    def apply(q: torch.Tensor, k: torch.Tensor, step: RopeStep) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: [T, Hq, D], k: [T, Hkv, D] -> rotated (in place by the CPU kernel, else copies)."""
+        if cpu_kernels.use_for(q):
+            torch.ops.pagoda.rotary_embedding_(step.positions, q, k, step.cos_table, step.sin_table)
+            return q, k
+        cos, sin = step.cos_sin
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+@dataclass
+class RopeStep:
+    positions: torch.Tensor  # [T] int64
+    cos_table: torch.Tensor  # [max_positions, D] float32
+    sin_table: torch.Tensor
+    dtype: torch.dtype
+
+    @functools.cached_property
+    def cos_sin(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[T, 1, D] cos and sin in the activation dtype, gathered once per step for the portable path."""
+        return (self.cos_table[self.positions].unsqueeze(1).to(self.dtype),
+                self.sin_table[self.positions].unsqueeze(1).to(self.dtype))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

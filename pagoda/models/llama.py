@@ -19,11 +19,10 @@ from pagoda.layers.activation import SiluAndMul
 from pagoda.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagoda.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagoda.layers.norm import RMSNorm
-from pagoda.layers.rotary import RotaryEmbedding
+from pagoda.layers.rotary import RopeStep, RotaryEmbedding
 from pagoda.parallel import SINGLE, TensorParallel
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
-Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin of this step's positions
 
 
 class LlamaAttention(nn.Module):
@@ -36,7 +35,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(config.num_attention_heads * d, config.hidden_size, bias=False, tp=tp)
         self.attn = get_backend(attention_backend)(self.num_heads, self.num_kv_heads, d, d ** -0.5)
 
-    def forward(self, rope: Rope, x: torch.Tensor, kv_cache: KVCache,
+    def forward(self, rope: RopeStep, x: torch.Tensor, kv_cache: KVCache,
                 metadata: AttentionMetadata) -> torch.Tensor:
         t = x.shape[0]
         qkv = self.qkv_proj(x)
@@ -70,7 +69,7 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None,
+    def forward(self, rope: RopeStep, x: torch.Tensor, residual: torch.Tensor | None,
                 kv_cache: KVCache, metadata: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             residual = x
@@ -94,7 +93,7 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 metadata: AttentionMetadata) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        rope = self.rotary.cos_sin(positions, x.dtype)
+        rope = self.rotary.step(positions, x.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x, residual = layer(rope, x, residual, kv_cache, metadata)
@@ -109,7 +108,7 @@ class LlamaForCausalLM(nn.Module):
         ("gate_proj", "gate_up_proj", 0), ("up_proj", "gate_up_proj", 1),
     ]
 
-    def __init__(self, config: ModelConfig, attention_backend: str = "torch", tp: TensorParallel = SINGLE):
+    def __init__(self, config: ModelConfig, attention_backend: str = "auto", tp: TensorParallel = SINGLE):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config, attention_backend, tp)

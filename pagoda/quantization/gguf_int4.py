@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 from torch import nn
 
 from pagoda.layers.linear import LinearBase
+from pagoda.layers.prepacked import linear, prepack_weight
 
 GROUP = 32
 PACKABLE = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1}
@@ -75,6 +75,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("packed", torch.empty(0, dtype=torch.uint8), persistent=False)
         self.register_buffer("scales_and_zeros", torch.empty(0, dtype=dtype), persistent=False)
         self.register_buffer("dense", torch.empty(0, dtype=dtype), persistent=False)
+        self.dense_packed: torch.Tensor | None = None
         self.reduce = type(base).__name__ == "RowParallelLinear"
 
     def load_quantized(self, ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[int, int],
@@ -94,13 +95,16 @@ class Int4Linear(nn.Module):
         codes = self._codes.view(self.out_features, groups, GROUP).float() - 8
         dense = codes * self._scale.unsqueeze(-1) + self._zero.unsqueeze(-1)
         self.dense = dense.view(self.out_features, self.in_features).to(self.dtype)
+        self.dense_packed = prepack_weight(self.dense)
+        if self.dense_packed is not None:
+            self.dense = self.dense.new_empty(0)
         del self._codes, self._scale, self._zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.in_features)
         if x.shape[0] > self.max_int4_rows:
-            y = F.linear(x, self.dense)
+            y = linear(x, self.dense, None, self.dense_packed)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_and_zeros)
         y = y.reshape(*shape[:-1], self.out_features)

@@ -117,7 +117,7 @@ def resolve_quantization(quantization: str | None, files: ModelFiles, device: to
     return quantization
 
 
-def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, attention_backend: str = "torch",
+def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, attention_backend: str = "auto",
                quantization: str | None = None, show_progress: bool = True, tp: TensorParallel = SINGLE,
                prune: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint.
