@@ -154,3 +154,13 @@ def test_engine_outputs_equal_with_and_without_kernels(tiny_llama_dir, monkeypat
         for a, b in zip(fast.outputs[0].logprobs, portable.outputs[0].logprobs, strict=True):
             token = next(iter(a))
             assert abs(a[token].logprob - b[token].logprob) < 1e-4
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("k", [64, 48])  # 64: the bf16-pair instruction path where the CPU has it; 48: the other
+def test_gemv_bf16(rows: int, k: int) -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(rows, k, generator=g).bfloat16()
+    w = torch.randn(300, k, generator=g).bfloat16()
+    want = x.float() @ w.float().T
+    torch.testing.assert_close(torch.ops.pagoda.gemv_bf16(x, w).float(), want, atol=5e-2, rtol=1e-2)

@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -217,12 +219,16 @@ constexpr int64_t MAX_GROUP = 16;  // query heads per KV head held in registers
 // Blocks sit anywhere in the pool, so the hardware prefetcher stops at each block's end: ask for
 // the next block while this one is read (halves the time of a long decode batch).
 template <typename T>
+inline void prefetch_block(const T* head, int64_t block, int64_t block_size, int64_t d) {
+  const char* start = reinterpret_cast<const char*>(head + block * block_size * d);
+  for (int64_t byte = 0; byte < block_size * d * static_cast<int64_t>(sizeof(T)); byte += 64)
+    __builtin_prefetch(start + byte);
+}
+
+template <typename T>
 inline void prefetch_next_block(const T* head, const int64_t* table, int64_t j, int64_t len, int64_t block_size,
                                 int64_t d) {
-  if (j % block_size != 0 || j + block_size >= len) return;
-  const char* next = reinterpret_cast<const char*>(head + table[j / block_size + 1] * block_size * d);
-  for (int64_t byte = 0; byte < block_size * d * static_cast<int64_t>(sizeof(T)); byte += 64)
-    __builtin_prefetch(next + byte);
+  if (j % block_size == 0 && j + block_size < len) prefetch_block(head, table[j / block_size + 1], block_size, d);
 }
 
 // Softmax over each query's scores in place (normalised, so p . v needs no division after).
@@ -322,6 +328,12 @@ void decode_impl(T* out, const T* q, const T* kc, const T* vc, const int64_t* ta
       const T* kh = kc + h * head_stride;
       const T* vh = vc + h * head_stride;
       const int64_t* table = tables + s * table_stride;
+      if (task + 1 < end) {  // the next task's first blocks, while this one computes
+        const int64_t next_h = (task + 1) % hk;
+        const int64_t first = tables[(task + 1) / hk * table_stride];
+        prefetch_block(kc + next_h * head_stride, first, block_size, d);
+        prefetch_block(vc + next_h * head_stride, first, block_size, d);
+      }
 #define PAGODA_DECODE_CASE(CHUNKS)                                                                         \
   case CHUNKS:                                                                                             \
     decode_task<T, CHUNKS>(o, osh, qs, qsh, kh, vh, table, lens[s], group, block_size, scale, scores); \
@@ -372,6 +384,60 @@ void paged_decode_attention(at::Tensor out, const at::Tensor& q, const at::Tenso
   });
 }
 
+// y = x W^T for a few rows of x (decode of small batches) and a row-major bfloat16 weight: the
+// step streams W once, so the kernel is a memory-bound dot product per output, split over the
+// threads by output rows. oneDNN's GEMM reaches a third of the memory bandwidth on this shape.
+template <int ROWS>
+void gemv_bf16_impl(const uint16_t* x, const uint16_t* w, uint16_t* y, int64_t n, int64_t k) {
+  const int64_t chunks = k / 16;
+  std::vector<f32x16> xv(ROWS * chunks);
+  for (int r = 0; r < ROWS; ++r)
+    for (int64_t c = 0; c < chunks; ++c) xv[r * chunks + c] = load16(x + r * k + c * 16);
+#ifdef __AVX512BF16__
+  if (k % 32 == 0) {  // bf16 pairs multiplied and summed into float32 by one instruction (vdpbf16ps)
+    at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        const uint16_t* wr = w + o * k;
+        __m512 acc[ROWS];
+        for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < k; c += 32) {
+          const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + c);
+          for (int r = 0; r < ROWS; ++r)
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(x + r * k + c), wv);
+        }
+        for (int r = 0; r < ROWS; ++r) y[r * n + o] = from_float<uint16_t>(_mm512_reduce_add_ps(acc[r]));
+      }
+    });
+    return;
+  }
+#endif
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const uint16_t* wr = w + o * k;
+      f32x16 acc[ROWS] = {};
+      for (int64_t c = 0; c < chunks; ++c) {
+        const f32x16 wv = load16(wr + c * 16);
+        for (int r = 0; r < ROWS; ++r) acc[r] += xv[r * chunks + c] * wv;
+      }
+      for (int r = 0; r < ROWS; ++r) y[r * n + o] = from_float<uint16_t>(sum16(acc[r]));
+    }
+  });
+}
+
+at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& weight) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16, "bfloat16 expected");
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1) && x.size(1) % 16 == 0,
+              "x [M, K] and weight [N, K] with K a multiple of 16 expected");
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 4, "gemv_bf16 takes 1 to 4 rows");
+  const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
+  at::Tensor y = at::empty({x.size(0), weight.size(0)}, x.options());
+  auto* kernel = x.size(0) == 1 ? &gemv_bf16_impl<1> : x.size(0) == 2 ? &gemv_bf16_impl<2>
+               : x.size(0) == 3 ? &gemv_bf16_impl<3> : &gemv_bf16_impl<4>;
+  kernel(raw<at::BFloat16>(xc), raw<at::BFloat16>(wc), raw<at::BFloat16>(y), weight.size(0), weight.size(1));
+  return y;
+}
+
 // SwiGLU over a fused [gate | up] projection: out = silu(gate) * up.
 template <typename T>
 void silu_and_mul_impl(const T* x, T* out, int64_t rows, int64_t n, int64_t x_stride) {
@@ -410,6 +476,7 @@ TORCH_LIBRARY(pagoda, m) {
   m.def("paged_decode_attention(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor seq_lens, float scale) -> ()");
   m.def("silu_and_mul(Tensor x) -> Tensor");
+  m.def("gemv_bf16(Tensor x, Tensor weight) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
@@ -418,4 +485,5 @@ TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
   m.impl("write_kv_cache_", &write_kv_cache_);
   m.impl("paged_decode_attention", &paged_decode_attention);
   m.impl("silu_and_mul", &silu_and_mul);
+  m.impl("gemv_bf16", &gemv_bf16);
 }
