@@ -52,7 +52,7 @@ class Sampler:
             token_ids[greedy] = argmax(logits[_rows(greedy, n)])
         sampled = [i for i, p in enumerate(params) if not p.greedy]
         if sampled:
-            rows = logits[_rows(sampled, n)]
+            rows = logits[_rows(sampled, n)].float()
             if any(params[i].temperature != 1.0 for i in sampled):
                 rows = rows / _per_row([params[i].temperature for i in sampled], rows.device)[:, None]
             probs = rows.softmax(-1)
@@ -70,7 +70,8 @@ class Sampler:
 
     def process_logits(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """Step 2 in float32. Returns a new tensor when some row asks for processing, else
-        ``logits.float()`` (which may be ``logits`` itself: callers must not modify it)."""
+        ``logits`` itself in its own dtype (callers must not modify it; an argmax needs no float32
+        copy of 64 x 49152 logits)."""
         params, outputs = batch.params, batch.output_token_ids
         bias = [i for i, p in enumerate(params) if p.logit_bias]
         min_tokens = [i for i, p in enumerate(params) if len(outputs[i]) < p.min_tokens]
@@ -78,7 +79,7 @@ class Sampler:
         freq_presence = [i for i, p in enumerate(params) if p.frequency_penalty or p.presence_penalty]
         processors = [i for i, p in enumerate(params) if p.logits_processors]
         if not (bias or min_tokens or repetition or freq_presence or processors):
-            return logits.float()
+            return logits
 
         # our own contiguous copy: everything below is in place
         logits = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
