@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing.util import Finalize
 
 import torch
@@ -45,7 +45,7 @@ from pagoda.distributed.worker import (
     create_node_segments,
     node_shm_name,
 )
-from pagoda.engine.model_runner import ModelRunnerOutput
+from pagoda.engine.model_runner import ModelRunnerOutput, StepInputs
 from pagoda.engine.scheduler_output import SchedulerOutput
 from pagoda.sample.sampler import Sampler
 
@@ -65,6 +65,14 @@ class _DriverModel:
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         self.publish(LogitsMessage(hidden))
         return self.model.compute_logits(hidden)
+
+
+@dataclass
+class InFlightStep:
+    """A step that stage 0 has run and sent on; its results come back from the last stage."""
+
+    parts: list[StepInputs]
+    hidden: list  # stage 0's outputs (the final hidden states when there is one stage)
 
 
 class MultiprocExecutor:
@@ -129,10 +137,18 @@ class MultiprocExecutor:
     def alive(self) -> bool:
         return all(p.poll() is None for p in self._procs)
 
-    @torch.inference_mode()
+    @property
+    def num_virtual_engines(self) -> int:
+        """How many steps the engine may keep in flight (``submit`` before ``complete``)."""
+        return self.parallel.virtual_engines if self.parallel.pipeline_parallel_size > 1 else 1
+
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
-        """Publishes the step, runs this rank's part micro-batch by micro-batch (stage 0 sends each on
-        and goes to the next), then samples each as its hidden states come back from the last stage."""
+        return self.complete(self.submit(out))
+
+    @torch.inference_mode()
+    def submit(self, out: SchedulerOutput) -> InFlightStep:
+        """Publishes the step and runs this rank's part micro-batch by micro-batch (stage 0 sends
+        each on and goes to the next); returns without waiting for the later stages."""
         self._check_workers()  # fail fast rather than wait on a rank that is gone
         t0 = time.perf_counter()
         runner, stats = self.runner, self.state.stats
@@ -143,10 +159,19 @@ class MultiprocExecutor:
         for k, inputs in enumerate(parts):
             with stats.busy(self.state.comm_seconds, micro_batch=k):
                 hidden.append(runner.forward(inputs))
+        self._step_s += time.perf_counter() - t0
+        return InFlightStep(parts, hidden)
+
+    @torch.inference_mode()
+    def complete(self, step: InFlightStep) -> ModelRunnerOutput:
+        """Samples each micro-batch of a submitted step as its hidden states come back from the last
+        stage (steps complete in the order they were submitted)."""
+        t0 = time.perf_counter()
+        runner, stats = self.runner, self.state.stats
         result = ModelRunnerOutput()
         hidden_size = self.state.model.config.hidden_size
-        for k, inputs in enumerate(parts):
-            h = hidden[k]
+        for k, inputs in enumerate(step.parts):
+            h = step.hidden[k]
             if self.state.out_ring is not None:  # the last stage's output (waiting here is bubble)
                 (h,) = self.state.out_ring.recv([(inputs.input_ids.shape[0], hidden_size)],
                                                 self.state.model.config.dtype)

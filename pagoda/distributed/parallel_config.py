@@ -17,10 +17,18 @@ class ParallelConfig:
     master_port: int | None = None  # None: a free port on this host
     startup_timeout_s: float = 300.0
     micro_batches: int = 4  # per step with PP: stage s works on micro-batch k while stage s+1 has k-1
+    virtual_engines: int = 1  # with PP: steps in flight at once (each its own scheduler, as vLLM's)
     stage_layers: tuple[int, ...] | None = None  # layers per stage; None: balanced by count
     max_step_tokens: int = 2048  # sizes the activation slots between stages
     nnodes: int = 1  # hosts; ranks are numbered host by host, rank 0 (the driver) on node 0
     node_rank: int = 0
+
+    @property
+    def ring_slots(self) -> int:
+        """Activations a link between stages must hold: every micro-batch of every step in flight
+        (fewer could deadlock: the driver sending the next step while the last stage waits to
+        hand back the previous one)."""
+        return self.micro_batches * self.virtual_engines
 
     @property
     def ranks_per_node(self) -> int:
@@ -56,6 +64,8 @@ class ParallelConfig:
             raise ValueError(f"{self.world_size} ranks cannot be spread evenly over {self.nnodes} hosts")
         if self.nnodes > 1 and self.master_port is None:
             raise ValueError("several hosts need --master-addr and --master-port (node 0's address)")
+        if self.micro_batches < 1 or self.virtual_engines < 1:
+            raise ValueError("micro_batches and virtual_engines must be >= 1")
         if self.backend not in ("shm", "gloo"):
             raise ValueError(f"distributed backend must be 'shm' or 'gloo', got {self.backend!r}")
         heads, kv = config.num_attention_heads, config.num_key_value_heads

@@ -79,7 +79,7 @@ def create_node_segments(shm_name: str, parallel: ParallelConfig, config: ModelC
                   for s in range(p.pipeline_parallel_size)
                   if p.tp_group_local(s) and p.node_of(s * p.tensor_parallel_size) == node]
     slot = ring_slot_bytes(p, config)
-    paths += [create_ring(name, p.micro_batches, slot) for name, (src, dst) in ring_names(shm_name, p).items()
+    paths += [create_ring(name, p.ring_slots, slot) for name, (src, dst) in ring_names(shm_name, p).items()
               if p.node_of(src) == node and p.node_of(dst) == node]
     return paths
 
@@ -145,9 +145,9 @@ class RankState:
         for name, (src, dst) in ring_names(spec.shm_name, p).items():
             if spec.rank in (src, dst):
                 if p.node_of(src) == p.node_of(dst):
-                    ring = ShmRing(name, p.micro_batches, slot, watchdog)
+                    ring = ShmRing(name, p.ring_slots, slot, watchdog)
                 else:  # the next stage is on another host
-                    ring = GlooLink(dst if spec.rank == src else src, p.micro_batches)
+                    ring = GlooLink(dst if spec.rank == src else src, p.ring_slots)
                 self.rings.append(ring)
                 if spec.rank == dst and stage > 0:
                     recv = ring

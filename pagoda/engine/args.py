@@ -35,6 +35,7 @@ class EngineArgs:
     distributed_backend: str = "shm"  # TP collectives on one host: "shm" (shared memory) or "gloo"
     router_policy: str = "prefix_aware"  # with DP: "round_robin" | "least_outstanding" | "prefix_aware"
     pipeline_micro_batches: int = 4  # with PP: micro-batches per step, in flight across the stages
+    pipeline_virtual_engines: int | None = None  # with PP: steps in flight (None: one per stage, as vLLM)
     nnodes: int = 1  # hosts of a TP/PP layout; the others run `python -m pagoda.distributed.node`
     node_rank: int = 0  # this engine is node 0
     master_addr: str | None = None  # node 0's address (default: $MASTER_ADDR, else 127.0.0.1)
@@ -73,6 +74,9 @@ class EngineArgs:
                        help="which data-parallel replica takes a request")
         d.add_argument("--pipeline-micro-batches", type=int, default=4,
                        help="micro-batches per step with pipeline parallelism")
+        d.add_argument("--pipeline-virtual-engines", type=int, default=None,
+                       help="steps in flight with pipeline parallelism, each with its own scheduler "
+                            "(default: one per stage)")
         d.add_argument("--nnodes", type=int, default=1, help="hosts (others: python -m pagoda.distributed.node)")
         d.add_argument("--node-rank", type=int, default=0)
         d.add_argument("--master-addr", default=None, help="node 0's address (default: $MASTER_ADDR)")
@@ -89,6 +93,7 @@ class EngineArgs:
         port = self.master_port or (int(os.environ["MASTER_PORT"]) if "MASTER_PORT" in os.environ else None)
         return ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size, self.distributed_backend,
                               threads, micro_batches=self.pipeline_micro_batches,
+                              virtual_engines=self.pipeline_virtual_engines or self.pipeline_parallel_size,
                               max_step_tokens=self.max_num_batched_tokens, nnodes=self.nnodes,
                               node_rank=self.node_rank,
                               master_addr=self.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -16,6 +17,7 @@ from pagoda.engine.args import EngineArgs
 from pagoda.engine.model_runner import ModelRunner, ModelRunnerOutput, kv_cache_bytes_per_block
 from pagoda.engine.request import Request, RequestStatus
 from pagoda.engine.scheduler import Scheduler
+from pagoda.engine.scheduler_output import SchedulerOutput
 from pagoda.engine.stats import EngineStats
 from pagoda.errors import InvalidRequestError
 from pagoda.kv_cache.kv_cache_manager import BlockMapSnapshot, KVCacheManager
@@ -74,7 +76,14 @@ class LLMEngine:
         self.runner = runner
         self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
                                        cache_config.enable_prefix_caching)
-        self.scheduler = Scheduler(scheduler_config, self.kv_cache)
+        # a pipeline keeps several steps in flight, each from its own scheduler over the shared KV
+        # cache (vLLM's virtual engines); they share out max_num_seqs
+        v = getattr(runner, "num_virtual_engines", 1)
+        per_engine = replace(scheduler_config, max_num_seqs=max(1, -(-scheduler_config.max_num_seqs // v)))
+        self.schedulers = [Scheduler(per_engine if v > 1 else scheduler_config, self.kv_cache) for _ in range(v)]
+        self._in_flight: deque[tuple[Scheduler, SchedulerOutput, object]] = deque()
+        self._turn = 0  # the virtual engine that schedules next
+        self._scheduler_of: dict[str, Scheduler] = {}
         self._groups: dict[str, _Group] = {}
         self._sample_to_group: dict[str, _Group] = {}
         self._num_finished = 0
@@ -173,7 +182,10 @@ class LLMEngine:
         # the other samples fork from the first once its prompt is computed, sharing its blocks
         first = samples[0].request
         first.pending_forks = [s.request for s in samples[1:]]
-        self.scheduler.add_request(first)
+        scheduler = min(self.schedulers, key=lambda s: len(s.requests))
+        for s in samples:
+            self._scheduler_of[s.request.request_id] = scheduler
+        scheduler.add_request(first)
 
     def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -198,28 +210,69 @@ class LLMEngine:
                 continue
             for s in group.samples:
                 self._sample_to_group.pop(s.request.request_id, None)
-                self.scheduler.finish_request(s.request.request_id, RequestStatus.FINISHED_ABORTED)
+                self._scheduler_of.pop(s.request.request_id).finish_request(
+                    s.request.request_id, RequestStatus.FINISHED_ABORTED)
             self._num_finished += 1
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._groups)
 
+    @property
+    def scheduler(self) -> Scheduler:
+        """The scheduler of a one-step-at-a-time engine (a pipeline has one per virtual engine)."""
+        return self.schedulers[0]
+
     # -- one iteration ------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if len(self.schedulers) > 1:
+            return self._pipelined_step()
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:
             return []
         try:
             result = self.runner.execute(scheduled)
         except Exception as exc:  # noqa: BLE001  (one bad step must not take the engine down)
-            logger.exception("engine step failed; failing the %d requests in it", len(scheduled.scheduled))
-            message = f"{type(exc).__name__}: {exc}"
-            touched = self._fail({s.request: message for s in scheduled.scheduled})
-            return [self._make_output(g) for g in touched.values()]
+            return self._step_failed(scheduled, exc)
+        return self._apply(self.scheduler, scheduled, result)
+
+    def _pipelined_step(self) -> list[RequestOutput]:
+        """One virtual engine's turn: its step enters the pipeline, and the oldest step in flight is
+        finished once every virtual engine has one in (or this one had nothing to run). Stage 0
+        thus starts the next step while the later stages still work on the previous ones, and a
+        virtual engine's next step is always scheduled after its last one's tokens are known."""
+        scheduler = self.schedulers[self._turn]
+        self._turn = (self._turn + 1) % len(self.schedulers)
+        scheduled = scheduler.schedule()
+        if not scheduled.is_empty:
+            try:
+                self._in_flight.append((scheduler, scheduled, self.runner.submit(scheduled)))
+            except Exception as exc:  # noqa: BLE001
+                return self._step_failed(scheduled, exc)
+            if len(self._in_flight) < len(self.schedulers):
+                return []
+        if not self._in_flight:
+            return []
+        scheduler, scheduled, step = self._in_flight.popleft()
+        try:
+            result = self.runner.complete(step)
+        except Exception as exc:  # noqa: BLE001
+            return self._step_failed(scheduled, exc)
+        return self._apply(scheduler, scheduled, result)
+
+    def _step_failed(self, scheduled: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
+        logger.exception("engine step failed; failing the %d requests in it", len(scheduled.scheduled),
+                         exc_info=exc)
+        message = f"{type(exc).__name__}: {exc}"
+        touched = self._fail({s.request: message for s in scheduled.scheduled})
+        return [self._make_output(g) for g in touched.values()]
+
+    def _apply(self, scheduler: Scheduler, scheduled: SchedulerOutput, result: ModelRunnerOutput
+               ) -> list[RequestOutput]:
+        """A step's sampled tokens -> the scheduler's state and the requests' outputs."""
         self._record_logprobs(result)
         touched = self._fail({s.request: result.failed[s.request.request_id] for s in scheduled.scheduled
                               if s.request.request_id in result.failed})
-        progressed = self.scheduler.update(scheduled, result.sampled)
+        progressed = scheduler.update(scheduled, result.sampled)
         for request in progressed:
             group = self._sample_to_group.get(request.request_id)
             if group is None:
@@ -228,7 +281,7 @@ class LLMEngine:
             num_new = 1 + self._jump_forward(request)
             stop = sample.detokenizer.update(request.output_token_ids[-num_new:])
             if stop is not None and not request.status.finished:
-                self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED, stop)
+                scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED, stop)
             elif stop is not None:  # the same token also hit eos/length: the stop string wins
                 request.status, request.stop_reason = RequestStatus.FINISHED_STOPPED, stop
             touched[group.request_id] = group
@@ -250,18 +303,22 @@ class LLMEngine:
                 forced = processor.forced_tokens(request.output_token_ids)
                 if forced:
                     break
-        return self.scheduler.append_forced_tokens(request, forced) if forced else 0
+        return self._scheduler_of[request.request_id].append_forced_tokens(request, forced) if forced else 0
 
     def _record_logprobs(self, result: ModelRunnerOutput) -> None:
         for rid, row in result.logprobs.items():
-            request = self.scheduler.requests.get(rid)
+            request = self._request(rid)
             if request is not None:
                 request.logprobs.append(self._position_logprobs(row, result.sampled[rid]))
                 request.cumulative_logprob += row.token_logprob
         for rid, entries in result.prompt_logprobs.items():
-            request = self.scheduler.requests.get(rid)
+            request = self._request(rid)
             if request is not None:
                 request.prompt_logprobs.extend(entries)
+
+    def _request(self, request_id: str) -> Request | None:
+        scheduler = self._scheduler_of.get(request_id)
+        return None if scheduler is None else scheduler.requests.get(request_id)
 
     def _position_logprobs(self, row: RowLogprobs, token: int) -> PositionLogprobs:
         decode = self.tokenizer.decode
@@ -276,7 +333,9 @@ class LLMEngine:
         groups: dict[str, _Group] = {}
         for request, message in failures.items():
             request.error = message
-            self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_ERROR)
+            scheduler = self._scheduler_of.get(request.request_id)
+            if scheduler is not None:  # None: aborted while its step was in flight
+                scheduler.finish_request(request.request_id, RequestStatus.FINISHED_ERROR)
             group = self._sample_to_group.get(request.request_id)
             if group is not None:
                 groups[group.request_id] = group
@@ -299,6 +358,7 @@ class LLMEngine:
             self._groups.pop(group.request_id, None)
             for s in group.samples:
                 self._sample_to_group.pop(s.request.request_id, None)
+                self._scheduler_of.pop(s.request.request_id, None)
             self._num_finished += 1
         prompt_logprobs = None
         if group.params.prompt_logprobs is not None:
@@ -312,14 +372,19 @@ class LLMEngine:
 
     # -- introspection ------------------------------------------------------------------
     def get_stats(self) -> EngineStats:
-        c = self.scheduler.counters
+        counters = [s.counters for s in self.schedulers]
+
+        def total(name: str) -> int:
+            return sum(getattr(c, name) for c in counters)
+
         return EngineStats(
-            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_running=sum(len(s.running) for s in self.schedulers),
+            num_waiting=sum(len(s.waiting) for s in self.schedulers),
             kv_cache_usage=self.kv_cache.usage, num_kv_blocks=self.cache_config.num_blocks,
-            num_free_kv_blocks=self.kv_cache.num_free_blocks, num_steps=c.num_steps,
-            prompt_tokens_total=c.prompt_tokens_computed, generation_tokens_total=c.generation_tokens,
-            num_preemptions_total=c.num_preemptions, num_requests_finished_total=self._num_finished,
-            jump_forward_tokens_total=c.jump_forward_tokens,
+            num_free_kv_blocks=self.kv_cache.num_free_blocks, num_steps=total("num_steps"),
+            prompt_tokens_total=total("prompt_tokens_computed"), generation_tokens_total=total("generation_tokens"),
+            num_preemptions_total=total("num_preemptions"), num_requests_finished_total=self._num_finished,
+            jump_forward_tokens_total=total("jump_forward_tokens"),
             prefix_cache_queries_total=self.kv_cache.counters.queried_tokens,
             prefix_cache_hits_total=self.kv_cache.counters.hit_tokens,
             prefix_cache_evictions_total=self.kv_cache.cache.num_evictions if self.kv_cache.cache else 0,

@@ -6,6 +6,8 @@ import pytest
 from test_tensor_parallel import GREEDY, PROMPTS, assert_same
 from torch import nn
 
+from reference import assert_all_blocks_returned
+
 from pagoda import SamplingParams
 from pagoda.distributed.executor import split_micro_batches
 from pagoda.distributed.parallel_config import ParallelConfig
@@ -42,6 +44,45 @@ def test_pp2_matches_single_process(tiny_llama_dir, make_llm):
     assert state.model.model.norm is None and len(state.runner.kv_caches) == 1
     stats = llm.engine.runner.stats()
     assert stats.wait_s[1] >= 0 and 0 <= stats.bubble_rate < 1
+
+
+def test_virtual_engines_keep_steps_in_flight(tiny_llama_dir, make_llm):
+    """PP 2 runs two schedulers: a step of one enters the pipeline while the other's is still in
+    it; outputs equal one process, with seeded sampling and n > 1 too."""
+    params = [GREEDY, SamplingParams(temperature=0.8, seed=7, max_tokens=8, n=2, ignore_eos=True)]
+    prompts = PROMPTS + ["Once upon a time", "A B C D E F"]
+    reference = make_llm(tiny_llama_dir).generate(prompts, [params[i % 2] for i in range(6)], use_tqdm=False)
+    llm = make_llm(tiny_llama_dir, pipeline_parallel_size=2)
+    engine = llm.engine
+    assert len(engine.schedulers) == 2 and engine.runner.num_virtual_engines == 2
+    for i, p in enumerate(prompts):
+        engine.add_request(str(i), p, params[i % 2])
+    assert sorted(len(s.requests) for s in engine.schedulers) == [3, 3]  # shared out
+    assert engine.step() == [] and len(engine._in_flight) == 1  # the pipeline fills first
+    outputs: dict[str, object] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            outputs[out.request_id] = out
+        assert len(engine._in_flight) <= 1
+    for i, ref in enumerate(reference):
+        got = outputs[str(i)]
+        assert [c.token_ids for c in got.outputs] == [c.token_ids for c in ref.outputs]
+    assert_all_blocks_returned(engine)
+
+
+def test_abort_while_in_flight_returns_blocks(tiny_llama_dir, make_llm):
+    llm = make_llm(tiny_llama_dir, pipeline_parallel_size=2)
+    engine = llm.engine
+    for i, p in enumerate(PROMPTS):
+        engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
+    engine.step()
+    in_flight = [s.request.request_id for s in engine._in_flight[0][1].scheduled]
+    engine.abort_request(in_flight)  # its step is still in the pipeline
+    finished = set()
+    while engine.has_unfinished_requests():
+        finished |= {o.request_id for o in engine.step() if o.finished}
+    assert finished == {str(i) for i in range(4)} - set(in_flight)
+    assert_all_blocks_returned(engine)
 
 
 def test_tp2_pp2(tiny_llama_dir, make_llm):
