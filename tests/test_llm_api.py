@@ -200,3 +200,23 @@ def test_jump_forward_equals_step_by_step(llm):
 def test_data_parallel_is_refused_offline_with_a_clear_error(tiny_llama_dir):
     with pytest.raises(ValueError, match="pagoda serve --dp"):
         LLM(tiny_llama_dir, data_parallel_size=2, show_progress=False)
+
+
+def test_static_batching_returns_a_batch_together(tiny_llama_dir):
+    """Static batching: no request joins a running batch, and a batch's short answers come back with
+    its longest one (continuous batching returns each when it is done)."""
+    llm = LLM(tiny_llama_dir, dtype="float32", batching="static", max_num_seqs=2, num_kv_blocks=64)
+    engine = llm.engine
+    for i, n in enumerate([2, 9, 3]):
+        engine.add_request(f"r{i}", [5, 6, 7, 8], SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))
+    finished_at: dict[str, int] = {}
+    step = 0
+    while engine.has_unfinished_requests():
+        step += 1
+        finished_at |= {o.request_id: step for o in engine.step() if o.finished}
+    assert finished_at["r0"] == finished_at["r1"] < finished_at["r2"]  # r0 waited for r1; r2 is the next batch
+    assert_all_blocks_returned(engine)
+
+    outs = LLM(tiny_llama_dir, dtype="float32", batching="static", max_num_seqs=2).generate(
+        [[5, 6], [7, 8, 9]], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [4, 4]

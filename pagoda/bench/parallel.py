@@ -49,11 +49,16 @@ def parse_layout(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M-Instruct (9 / 3 heads)")
     parser.add_argument("--layouts", default="1,tp3,pp2", help="comma-separated: 1, tpN, ppN, tpNppM")
+    parser.add_argument("--head-twin", default=None, metavar="Q/KV",
+                        help="run a random-weight twin of the model with Q query / KV key-value heads instead "
+                             "(e.g. 12/4: the default model's shape with head counts that TP = 2 divides)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--micro-batches", type=int, default=4, help="per step with PP")
+    parser.add_argument("--virtual-engines", type=int, default=None,
+                        help="steps in flight with PP (default: one per stage)")
     parser.add_argument("--threads", type=int, default=None, help="threads in all (default: the cores)")
     parser.add_argument("--backend", default="shm", choices=["shm", "gloo"])
     parser.add_argument("--seed", type=int, default=0)
@@ -69,7 +74,8 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
     llm = LLM(args.model, dtype=args.dtype, tensor_parallel_size=tp, pipeline_parallel_size=pp,
               num_threads=threads, max_num_seqs=args.batch_size,
               max_num_batched_tokens=max(2048, args.batch_size * args.prompt_len),
-              pipeline_micro_batches=args.micro_batches, distributed_backend=args.backend, show_progress=False)
+              pipeline_micro_batches=args.micro_batches, pipeline_virtual_engines=args.virtual_engines,
+              distributed_backend=args.backend, show_progress=False)
     executor = llm.engine.runner if ranks > 1 else None
     try:
         params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
@@ -127,12 +133,26 @@ def plot_timelines(timelines: list[tuple[str, tuple[int, int], list]], path: str
 
 
 def run(args: argparse.Namespace) -> int:
-    from pagoda.weights.model_loader import ModelFiles
-
     if args.model is None:
         from pagoda.weights.default_model import default_model_path
 
         args.model = default_model_path()
+    if args.head_twin:
+        import tempfile
+
+        from pagoda.bench.random_model import build_head_twin
+
+        heads, kv_heads = (int(x) for x in args.head_twin.split("/"))
+        with tempfile.TemporaryDirectory(prefix="pagoda-head-twin-") as twin_dir:
+            print(f"random-weight twin of {os.path.basename(args.model)} with {heads} / {kv_heads} heads")
+            args.model = build_head_twin(args.model, heads, kv_heads, twin_dir, args.seed)
+            return _run_layouts(args)
+    return _run_layouts(args)
+
+
+def _run_layouts(args: argparse.Namespace) -> int:
+    from pagoda.weights.model_loader import ModelFiles
+
     vocab = int(ModelFiles(args.model).hf_config()["vocab_size"])
     rng = random.Random(args.seed)
     prompts = [[rng.randrange(3, min(vocab, 20000)) for _ in range(args.prompt_len)] for _ in range(args.batch_size)]

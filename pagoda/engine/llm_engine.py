@@ -84,6 +84,7 @@ class LLMEngine:
         self._in_flight: deque[tuple[Scheduler, SchedulerOutput, object]] = deque()
         self._turn = 0  # the virtual engine that schedules next
         self._scheduler_of: dict[str, Scheduler] = {}
+        self._held: dict[int, list[RequestOutput]] = {}  # static batching: finished, until the batch ends
         self._groups: dict[str, _Group] = {}
         self._sample_to_group: dict[str, _Group] = {}
         self._num_finished = 0
@@ -215,7 +216,7 @@ class LLMEngine:
             self._num_finished += 1
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._groups)
+        return bool(self._groups) or any(self._held.values())
 
     @property
     def scheduler(self) -> Scheduler:
@@ -228,7 +229,7 @@ class LLMEngine:
             return self._pipelined_step()
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:
-            return []
+            return self._batch_results(self.scheduler, [])
         try:
             result = self.runner.execute(scheduled)
         except Exception as exc:  # noqa: BLE001  (one bad step must not take the engine down)
@@ -251,7 +252,7 @@ class LLMEngine:
             if len(self._in_flight) < len(self.schedulers):
                 return []
         if not self._in_flight:
-            return []
+            return self._batch_results(scheduler, [])
         scheduler, scheduled, step = self._in_flight.popleft()
         try:
             result = self.runner.complete(step)
@@ -289,7 +290,24 @@ class LLMEngine:
             group = self._sample_to_group.get(rid)
             if group is not None and group.params.prompt_logprobs is not None:
                 touched[group.request_id] = group
-        return [self._make_output(g) for g in touched.values()]
+        return self._batch_results(scheduler, [self._make_output(g) for g in touched.values()])
+
+    def _batch_results(self, scheduler: Scheduler, outputs: list[RequestOutput]) -> list[RequestOutput]:
+        """Static batching returns a batch's results together when its last request finishes (as a
+        batched ``generate`` does: a short answer waits for the longest one); continuous batching
+        returns each as soon as it is done."""
+        if self.scheduler_config.batching != "static":
+            return outputs
+        held = self._held.setdefault(id(scheduler), [])
+        held += [o for o in outputs if o.finished]
+        outputs = [o for o in outputs if not o.finished]
+        if held and not scheduler.running:
+            now = time.monotonic()
+            for o in held:
+                o.metrics.finished_time = now
+            outputs += held
+            held.clear()
+        return outputs
 
     def _jump_forward(self, request: Request) -> int:
         """Appends the tokens a request's grammar forces next, without a model step (they run as one
