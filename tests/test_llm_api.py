@@ -202,9 +202,10 @@ def test_data_parallel_is_refused_offline_with_a_clear_error(tiny_llama_dir):
         LLM(tiny_llama_dir, data_parallel_size=2, show_progress=False)
 
 
-def test_static_batching_returns_a_batch_together(tiny_llama_dir):
-    """Static batching: no request joins a running batch, and a batch's short answers come back with
-    its longest one (continuous batching returns each when it is done)."""
+def test_static_batching_returns_a_batch_together(llm, tiny_llama_dir):
+    """Static batching: no request joins a running batch, a batch's finished requests are computed
+    as padding rows, and its short answers come back with its longest one (continuous batching
+    returns each when it is done). Padding never changes the real rows' tokens."""
     llm = LLM(tiny_llama_dir, dtype="float32", batching="static", max_num_seqs=2, num_kv_blocks=64)
     engine = llm.engine
     for i, n in enumerate([2, 9, 3]):
@@ -217,6 +218,8 @@ def test_static_batching_returns_a_batch_together(tiny_llama_dir):
     assert finished_at["r0"] == finished_at["r1"] < finished_at["r2"]  # r0 waited for r1; r2 is the next batch
     assert_all_blocks_returned(engine)
 
-    outs = LLM(tiny_llama_dir, dtype="float32", batching="static", max_num_seqs=2).generate(
-        [[5, 6], [7, 8, 9]], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
-    assert [len(o.outputs[0].token_ids) for o in outs] == [4, 4]
+    prompts = [[5, 6], [7, 8, 9], [10, 11, 12, 13], [14]]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (3, 12, 7, 5)]
+    static = LLM(tiny_llama_dir, dtype="float32", batching="static", max_num_seqs=3, num_kv_blocks=64)
+    got = [o.outputs[0].token_ids for o in static.generate(prompts, params, use_tqdm=False)]
+    assert got == [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]

@@ -133,11 +133,14 @@ def test_static_batching_admits_nothing_until_batch_done():
     sched = Scheduler(SchedulerConfig(256, 2, 256, "static"), kv)
     for i in range(3):
         sched.add_request(make_request(i, 4, 3 + i * 5))
-    seen_together = []
+    seen_together, padding = [], []
     while sched.has_unfinished_requests():
         out = sched.schedule()
         seen_together.append(sorted(out.num_scheduled_tokens))
+        padding.append(out.num_padding_rows)
         sched.update(out, {s.request.request_id: 7 for s in out.scheduled if s.sample})
+    # r0's finished row is padding while r1 runs on; r2 is a batch of one
+    assert padding == [1 if ids == ["r1"] else 0 for ids in seen_together] and 1 in padding
     # r2 only starts after both r0 and r1 have finished
     first_r2 = next(i for i, ids in enumerate(seen_together) if "r2" in ids)
     assert all("r2" not in ids for ids in seen_together[:first_r2])

@@ -222,7 +222,8 @@ def _shutdown(state: RankState | None, procs: list[subprocess.Popen], segments: 
 
 def split_micro_batches(out: SchedulerOutput, n: int) -> list[SchedulerOutput]:
     """Up to ``n`` parts with about equal token counts (largest requests placed first, each on the
-    lightest part); block copies go with the first part, which every stage runs first."""
+    lightest part); block copies (and padding rows) go with the first part, which every stage runs
+    first."""
     n = max(1, min(n, len(out.scheduled)))
     if n == 1:
         return [out]
@@ -232,8 +233,8 @@ def split_micro_batches(out: SchedulerOutput, n: int) -> list[SchedulerOutput]:
         i = loads.index(min(loads))
         parts[i].append(s)
         loads[i] += s.num_new_tokens
-    return [replace(out, scheduled=p, block_copies=out.block_copies if i == 0 else [])
-            for i, p in enumerate(parts)]
+    return [replace(out, scheduled=p, block_copies=out.block_copies if i == 0 else [],
+                    num_padding_rows=out.num_padding_rows if i == 0 else 0) for i, p in enumerate(parts)]
 
 
 def _merge(into: ModelRunnerOutput, part: ModelRunnerOutput) -> None:

@@ -38,6 +38,7 @@ class StepInputs:
     positions: torch.Tensor
     metadata: AttentionMetadata
     block_copies: list[tuple[int, int]]
+    num_padding_rows: int = 0  # static batching's discarded rows, the first sequences of the batch
 
 
 def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
@@ -46,7 +47,8 @@ def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
 
 
 class ModelRunner:
-    """Owns the model and the KV cache tensors: one [num_blocks, block_size, Hkv, D] pair per layer."""
+    """Owns the model and the KV cache tensors: one pair per layer, of ``num_blocks`` blocks plus a
+    scratch block that padding rows (static batching) write to."""
 
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
                  sampler: Sampler, device: torch.device, attention_backend: str = "auto") -> None:
@@ -56,7 +58,8 @@ class ModelRunner:
         self.sampler = sampler
         self.device = device
         self.attention = get_backend(attention_backend)
-        shape = self.attention.kv_cache_shape(cache_config.num_blocks, cache_config.block_size,
+        self.scratch_block = cache_config.num_blocks  # never handed out by the block pool
+        shape = self.attention.kv_cache_shape(cache_config.num_blocks + 1, cache_config.block_size,
                                               model_config.num_key_value_heads, model_config.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=model_config.dtype, device=device),
                            torch.zeros(shape, dtype=model_config.dtype, device=device))
@@ -73,8 +76,8 @@ class ModelRunner:
     def prepare(self, out: SchedulerOutput) -> StepInputs:
         # decodes (one new token) first: attention runs them together
         scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
-        input_ids, positions, metadata = self._prepare_inputs(scheduled)
-        return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies)
+        input_ids, positions, metadata = self._prepare_inputs(scheduled, out.num_padding_rows)
+        return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies, out.num_padding_rows)
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:
@@ -84,9 +87,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def sample(self, inputs: StepInputs, hidden: torch.Tensor) -> ModelRunnerOutput:
-        scheduled, metadata = inputs.scheduled, inputs.metadata
+        scheduled, metadata, padding = inputs.scheduled, inputs.metadata, inputs.num_padding_rows
         result = ModelRunnerOutput()
-        starts = metadata.query_start_loc_list
+        if padding:  # a padded batch runs the LM head on its finished rows too
+            self.model.compute_logits(hidden[:padding])
+        starts = metadata.query_start_loc_list[padding:]
         sample_rows = [i for i, s in enumerate(scheduled) if s.sample]
         prompt_rows = [i for i, s in enumerate(scheduled) if self._wants_prompt_logprobs(s)]
         if prompt_rows:
@@ -135,15 +140,16 @@ class ModelRunner:
 
         return replace(request.params, logits_processors=[run])
 
-    def _prepare_inputs(self, scheduled: list[ScheduledRequest]
+    def _prepare_inputs(self, scheduled: list[ScheduledRequest], num_padding_rows: int = 0
                         ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         bs = self.block_size
-        ids: list[int] = []
-        pos: list[int] = []
-        slots: list[int] = []
-        query_start = [0]
-        seq_lens: list[int] = []
-        num_decodes = 0
+        # padding rows first: one token each at position 0 of the scratch block
+        ids: list[int] = [0] * num_padding_rows
+        pos: list[int] = [0] * num_padding_rows
+        slots: list[int] = [self.scratch_block * bs] * num_padding_rows
+        query_start = list(range(num_padding_rows + 1))
+        seq_lens: list[int] = [1] * num_padding_rows
+        num_decodes = num_padding_rows
         for s in scheduled:
             end = s.start + s.num_new_tokens
             ids.extend(s.request.all_token_ids[s.start:end])
@@ -155,7 +161,8 @@ class ModelRunner:
             seq_lens.append(end)
             num_decodes += s.num_new_tokens == 1
         max_blocks = max(len(s.block_table) for s in scheduled)
-        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled]
+        tables = ([[self.scratch_block] + [0] * (max_blocks - 1)] * num_padding_rows
+                  + [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled])
         dev = self.device
         metadata = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),

@@ -45,7 +45,8 @@ class Scheduler:
     them is preempted (its blocks freed, recomputed later) until the earlier one fits. Waiting
     requests join, in the policy's order, while the token budget, ``max_num_seqs`` and free
     blocks allow — except in ``static`` batching, where a new batch is admitted only when the
-    previous one has finished.
+    previous one has finished, and the batch's finished requests stay in it as padding rows (a
+    padded batch computes them until its longest request ends).
     """
 
     def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
@@ -56,6 +57,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.counters = SchedulerCounters()
+        self._static_batch_size = 0  # static batching: the running batch's size at its largest
 
     # -- queue management -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -92,10 +94,14 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
 
-        if self.config.batching == "static" and not self.running:
-            for request in self._waiting_in_order()[: self.config.max_num_seqs]:
-                self.waiting.remove(request)
-                self._admit(request)
+        if self.config.batching == "static":
+            if not self.running:
+                for request in self._waiting_in_order()[: self.config.max_num_seqs]:
+                    self.waiting.remove(request)
+                    self._admit(request)
+                self._static_batch_size = 0
+            self._static_batch_size = max(self._static_batch_size, len(self.running))
+            out.num_padding_rows = self._static_batch_size - len(self.running)
 
         self.running = self.policy.order_running(self.running)
         i = 0

@@ -31,6 +31,9 @@ class SchedulerOutput:
     preempted_request_ids: list[str] = field(default_factory=list)
     # (source, destination) KV blocks to copy before the forward pass (copy-on-write)
     block_copies: list[tuple[int, int]] = field(default_factory=list)
+    # static batching: one-token rows computed (and discarded) for the batch's finished requests,
+    # as a padded batch would
+    num_padding_rows: int = 0
 
     @property
     def num_scheduled_tokens(self) -> dict[str, int]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from reference import assert_all_blocks_returned
 from test_tensor_parallel import GREEDY, PROMPTS, assert_same
 from torch import nn
-
-from reference import assert_all_blocks_returned
 
 from pagoda import SamplingParams
 from pagoda.distributed.executor import split_micro_batches
