@@ -164,3 +164,19 @@ def test_gemv_bf16(rows: int, k: int) -> None:
     w = torch.randn(300, k, generator=g).bfloat16()
     want = x.float() @ w.float().T
     torch.testing.assert_close(torch.ops.pagoda.gemv_bf16(x, w).float(), want, atol=5e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("vocab", [1000, 1024, 1100])  # mask covers part of / exactly / more than the row
+def test_apply_token_bitmask_matches_the_bit_definition(dtype: torch.dtype, vocab: int) -> None:
+    g = torch.Generator().manual_seed(vocab)
+    words = torch.randint(-(2**31), 2**31 - 1, (32,), dtype=torch.int64, generator=g)
+    words[3], words[5] = -1, 0  # all allowed, all banned
+    bitmask = words.to(torch.int32)
+    logits = torch.randn(vocab, generator=g).to(dtype)
+    want = logits.clone()
+    for t in range(vocab):
+        if t >= 32 * 32 or not (int(words[t // 32]) >> (t % 32)) & 1:
+            want[t] = float("-inf")
+    torch.ops.pagoda.apply_token_bitmask_(logits, bitmask)
+    assert torch.equal(logits, want)

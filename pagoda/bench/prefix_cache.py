@@ -69,6 +69,8 @@ def _random_ids(rng: random.Random, n: int, vocab: int) -> list[int]:
 
 def run_shared_prefix(model: str | None, cache: bool, groups: int, questions: int, system_len: int,
                       question_len: int, output_len: int, seed: int) -> SharedPrefixResult:
+    from tqdm import tqdm
+
     from pagoda import SamplingParams
 
     rng = random.Random(seed)
@@ -84,10 +86,12 @@ def run_shared_prefix(model: str | None, cache: bool, groups: int, questions: in
     for i, p in enumerate(prompts):
         engine.add_request(str(i), p, params, arrival_time=start)
     ttfts = []
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                ttfts.append(out.metrics.first_token_time - out.metrics.arrival_time)
+    with tqdm(total=len(prompts), desc=f"shared prefix, cache {'on' if cache else 'off'}", unit=" req") as bar:
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    ttfts.append(out.metrics.first_token_time - out.metrics.arrival_time)
+                    bar.update(1)
     total = time.monotonic() - start
     stats = engine.get_stats()
     prompt_tokens = sum(len(p) for p in prompts)

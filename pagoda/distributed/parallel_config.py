@@ -79,9 +79,14 @@ class ParallelConfig:
                 raise ValueError(f"tensor_parallel_size {tp} does not divide the model's {name} ({n})")
         if pp > config.num_hidden_layers:
             raise ValueError(f"pipeline_parallel_size {pp} exceeds the model's {config.num_hidden_layers} layers")
+        self.stage_layer_ranges(config)
+
+    def stage_layer_ranges(self, config: ModelConfig) -> list[range]:
+        """Each stage's layers: ``stage_layers`` when given, else balanced by count."""
         from pagoda.distributed.pipeline_stage import split_layers
 
-        split_layers(config.num_hidden_layers, pp, list(self.stage_layers) if self.stage_layers else None)
+        sizes = list(self.stage_layers) if self.stage_layers else None
+        return split_layers(config.num_hidden_layers, self.pipeline_parallel_size, sizes)
 
 
 def kv_heads_per_rank(num_kv_heads: int, tp: int) -> int:

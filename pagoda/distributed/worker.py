@@ -33,7 +33,6 @@ from pagoda.distributed.parallel_config import ParallelConfig, kv_heads_per_rank
 from pagoda.distributed.pipeline_stage import (
     PipelineStage,
     StageFiles,
-    split_layers,
     stage_keeps,
     stage_pruner,
 )
@@ -129,7 +128,7 @@ class RankState:
             tp = TensorParallel(tp_rank, tp_size, groups[stage])
 
         pp = p.pipeline_parallel_size
-        layers = split_layers(config.num_hidden_layers, pp, list(p.stage_layers) if p.stage_layers else None)[stage]
+        layers = p.stage_layer_ranges(config)[stage]
         first, last = stage == 0, stage == pp - 1
         files = ModelFiles(spec.model_path)
         prune = None

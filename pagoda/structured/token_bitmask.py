@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pagoda.kernels import cpu_kernels
+
 
 def bitmask_words(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
@@ -27,9 +29,12 @@ def apply_token_bitmask_(logits: torch.Tensor, bitmask: np.ndarray) -> torch.Ten
 
     Bit t is bit ``t % 32`` of word ``t // 32``, i.e. bit ``t % 8`` of byte ``t // 8`` of the
     little-endian words, so numpy's little-endian unpackbits of the inverted bytes is the ban mask.
-    CPU rows are edited through numpy: ~50 us for a 49k vocabulary, and no wake-up of torch's
-    intra-op threads (which costs milliseconds on a loaded 2-core host).
+    CPU rows go through Pagoda's C++ kernel (~3 us for a 49k vocabulary), else numpy (~25 us);
+    neither wakes torch's intra-op threads (which costs milliseconds on a loaded 2-core host).
     """
+    if cpu_kernels.use_for(logits) and logits.is_contiguous():
+        torch.ops.pagoda.apply_token_bitmask_(logits, torch.from_numpy(bitmask.astype(np.int32, copy=False)))
+        return logits
     n = min(logits.shape[0], bitmask.size * 32)
     banned = np.unpackbits(np.invert(_bytes(bitmask)), count=n, bitorder="little").view(np.bool_)
     if _numpy_editable(logits):

@@ -51,7 +51,7 @@ def test_virtual_engines_keep_steps_in_flight(tiny_llama_dir, make_llm):
     params = [GREEDY, SamplingParams(temperature=0.8, seed=7, max_tokens=8, n=2, ignore_eos=True)]
     prompts = PROMPTS + ["Once upon a time", "A B C D E F"]
     reference = make_llm(tiny_llama_dir).generate(prompts, [params[i % 2] for i in range(6)], use_tqdm=False)
-    llm = make_llm(tiny_llama_dir, pipeline_parallel_size=2)
+    llm = make_llm(tiny_llama_dir, pipeline_parallel_size=2, pipeline_virtual_engines=2)
     engine = llm.engine
     assert len(engine.schedulers) == 2 and engine.runner.num_virtual_engines == 2
     for i, p in enumerate(prompts):
@@ -70,7 +70,7 @@ def test_virtual_engines_keep_steps_in_flight(tiny_llama_dir, make_llm):
 
 
 def test_abort_while_in_flight_returns_blocks(tiny_llama_dir, make_llm):
-    llm = make_llm(tiny_llama_dir, pipeline_parallel_size=2)
+    llm = make_llm(tiny_llama_dir, pipeline_parallel_size=2, pipeline_virtual_engines=2)
     engine = llm.engine
     for i, p in enumerate(PROMPTS):
         engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))

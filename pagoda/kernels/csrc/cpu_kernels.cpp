@@ -467,6 +467,36 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
   return out;
 }
 
+// Grammar masks: logits[t] = -inf wherever bit t of the row's bitmask (int32 words, bit t % 32 of
+// word t / 32) is clear, and past the bitmask's end. Whole words are the common case: an all-clear
+// word bans 32 tokens at once, an all-set one keeps them.
+template <typename T>
+void apply_token_bitmask_impl(T* logits, const int32_t* mask, int64_t vocab, int64_t words) {
+  const T neg_inf = from_float<T>(-std::numeric_limits<float>::infinity());
+  const int64_t covered = std::min(vocab, words * 32);
+  for (int64_t w = 0; w * 32 < covered; ++w) {
+    const uint32_t bits = static_cast<uint32_t>(mask[w]);
+    if (bits == 0xFFFFFFFFu) continue;
+    const int64_t end = std::min<int64_t>(32, covered - w * 32);
+    T* row = logits + w * 32;
+    for (int64_t b = 0; b < end; ++b)
+      if (!((bits >> b) & 1u)) row[b] = neg_inf;
+  }
+  for (int64_t t = covered; t < vocab; ++t) logits[t] = neg_inf;
+}
+
+void apply_token_bitmask_(at::Tensor& logits, const at::Tensor& bitmask) {
+  check_cpu(logits, "logits");
+  check_cpu(bitmask, "bitmask");
+  TORCH_CHECK(logits.dim() == 1 && logits.is_contiguous(), "logits must be one contiguous row");
+  TORCH_CHECK(bitmask.dim() == 1 && bitmask.is_contiguous() && bitmask.scalar_type() == at::kInt,
+              "bitmask must be contiguous int32 words");
+  PAGODA_DISPATCH(logits.scalar_type(), "apply_token_bitmask_", [&] {
+    apply_token_bitmask_impl<typename Raw<scalar_t>::type>(raw<scalar_t>(logits), bitmask.data_ptr<int32_t>(),
+                                                           logits.size(0), bitmask.size(0));
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(pagoda, m) {
@@ -477,6 +507,7 @@ TORCH_LIBRARY(pagoda, m) {
         "Tensor seq_lens, float scale) -> ()");
   m.def("silu_and_mul(Tensor x) -> Tensor");
   m.def("gemv_bf16(Tensor x, Tensor weight) -> Tensor");
+  m.def("apply_token_bitmask_(Tensor(a!) logits, Tensor bitmask) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
@@ -486,4 +517,5 @@ TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
   m.impl("paged_decode_attention", &paged_decode_attention);
   m.impl("silu_and_mul", &silu_and_mul);
   m.impl("gemv_bf16", &gemv_bf16);
+  m.impl("apply_token_bitmask_", &apply_token_bitmask_);
 }
