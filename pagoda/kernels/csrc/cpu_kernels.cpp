@@ -479,6 +479,10 @@ void apply_token_bitmask_impl(T* logits, const int32_t* mask, int64_t vocab, int
     if (bits == 0xFFFFFFFFu) continue;
     const int64_t end = std::min<int64_t>(32, covered - w * 32);
     T* row = logits + w * 32;
+    if (bits == 0) {
+      std::fill(row, row + end, neg_inf);
+      continue;
+    }
     for (int64_t b = 0; b < end; ++b)
       if (!((bits >> b) & 1u)) row[b] = neg_inf;
   }
