@@ -84,6 +84,8 @@ def test_random_walks_never_leave_the_grammar(default_tokenizer, spec, check):
             row = apply_token_bitmask_(torch.zeros(tokenizer.vocab_size + 64), bitmask)
             assert np.array_equal(np.flatnonzero(np.isfinite(row.numpy())), allowed_ids)
             assert (eos in allowed) == matcher.is_accepting()
+            # the backend's shortcut (no forced bytes: no forced tokens) agrees with llguidance
+            assert matcher.forced_tokens() == matcher._m.compute_ff_tokens()
             # every masked-in token (a random sample of them) is accepted by the grammar
             for t in rng.sample(allowed, min(16, len(allowed))):
                 if t != eos:
