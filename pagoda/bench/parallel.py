@@ -17,6 +17,8 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
+from pagoda.engine.args import int_list
+
 HELP = "parallel layouts: throughput, communication share, bubble rate, timeline PNG"
 
 
@@ -58,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--micro-batches", type=int, default=4, help="per step with PP")
     parser.add_argument("--virtual-engines", type=int, default=1, help="steps in flight with PP")
-    parser.add_argument("--stage-layers", default=None, metavar="N,N,...",
+    parser.add_argument("--stage-layers", type=int_list, default=None, metavar="N,N,...",
                         help="layers per PP stage (default: as even as the count allows)")
     parser.add_argument("--threads", type=int, default=None, help="threads in all (default: the cores)")
     parser.add_argument("--backend", default="shm", choices=["shm", "gloo"])
@@ -76,8 +78,7 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
               num_threads=threads, max_num_seqs=args.batch_size,
               max_num_batched_tokens=max(2048, args.batch_size * args.prompt_len),
               pipeline_micro_batches=args.micro_batches, pipeline_virtual_engines=args.virtual_engines,
-              pipeline_stage_layers=tuple(int(x) for x in args.stage_layers.split(",")) if pp > 1 and args.stage_layers
-              else None,
+              pipeline_stage_layers=args.stage_layers if pp > 1 else None,
               distributed_backend=args.backend, show_progress=False)
     executor = llm.engine.runner if ranks > 1 else None
     try:

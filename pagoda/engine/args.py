@@ -78,7 +78,7 @@ class EngineArgs:
         d.add_argument("--pipeline-virtual-engines", type=int, default=1,
                        help="steps in flight with pipeline parallelism, each with its own scheduler (vLLM "
                             "runs one per stage; on 2 CPU cores one measured fastest)")
-        d.add_argument("--pipeline-stage-layers", type=_int_list, default=None, metavar="N,N,...",
+        d.add_argument("--pipeline-stage-layers", type=int_list, default=None, metavar="N,N,...",
                        help="layers of each pipeline stage (default: as even as the count allows)")
         d.add_argument("--nnodes", type=int, default=1, help="hosts (others: python -m pagoda.distributed.node)")
         d.add_argument("--node-rank", type=int, default=0)
@@ -112,7 +112,7 @@ class EngineArgs:
         return cls(**kwargs)
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
     """"11,19" -> (11, 19)."""
     try:
         return tuple(int(x) for x in text.split(","))

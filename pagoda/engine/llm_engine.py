@@ -80,11 +80,11 @@ class LLMEngine:
         # cache (vLLM's virtual engines); they share out max_num_seqs
         v = getattr(runner, "num_virtual_engines", 1)
         per_engine = replace(scheduler_config, max_num_seqs=max(1, -(-scheduler_config.max_num_seqs // v)))
-        self.schedulers = [Scheduler(per_engine if v > 1 else scheduler_config, self.kv_cache) for _ in range(v)]
+        self.schedulers = [Scheduler(per_engine, self.kv_cache) for _ in range(v)]
         self._in_flight: deque[tuple[Scheduler, SchedulerOutput, object]] = deque()
         self._turn = 0  # the virtual engine that schedules next
         self._scheduler_of: dict[str, Scheduler] = {}
-        self._held: dict[int, list[RequestOutput]] = {}  # static batching: finished, until the batch ends
+        self._held: dict[Scheduler, list[RequestOutput]] = {}  # static batching: finished, until the batch ends
         self._groups: dict[str, _Group] = {}
         self._sample_to_group: dict[str, _Group] = {}
         self._num_finished = 0
@@ -298,7 +298,7 @@ class LLMEngine:
         returns each as soon as it is done."""
         if self.scheduler_config.batching != "static":
             return outputs
-        held = self._held.setdefault(id(scheduler), [])
+        held = self._held.setdefault(scheduler, [])
         held += [o for o in outputs if o.finished]
         outputs = [o for o in outputs if not o.finished]
         if held and not scheduler.running:
