@@ -1,24 +1,29 @@
 """Constrained-decoding throughput: JSON-schema requests vs the same unconstrained, with and without
-jump-forward, plus the mean per-token mask time. One run, one machine: compare the ratios.
+jump-forward, plus the mean per-token grammar time. One run, one machine: compare the ratios.
 
-    .venv/bin/python benchmarks/structured_bench.py [--num-requests 64] [--model PATH]
+    .venv/bin/python benchmarks/structured_bench.py [--num-requests 64] [--repeats 3] [--model PATH]
 
 Output tokens/s counts grammar-forced (jump-forward) tokens as output. The unconstrained run gets,
-per request, exactly as many tokens as the constrained one produced (ignore_eos), so the three runs
-decode the same number of tokens for the same prompts. The schema has long fixed keys, where
-jump-forward saves the most model steps.
+per request, exactly as many tokens as the stepwise constrained one produced (ignore_eos), so the
+runs decode the same number of tokens for the same prompts. "mask first" computes every token's
+bitmask before the draw (no draw verification), for comparison. The schema has long fixed keys,
+where jump-forward saves the most model steps. The runs are interleaved over several rounds and
+each is reported by its median time, since one run on a 2-core host varies by a few percent.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from dataclasses import dataclass, field
 
 import jsonschema
+from tqdm import tqdm
 
 from pagoda import LLM, SamplingParams
-from pagoda.structured import GuidedDecodingParams, guided_logits_processor
+from pagoda.structured import GuidedDecodingParams, GuidedLogitsProcessor, guided_logits_processor
 
 SCHEMA = {
     "type": "object",
@@ -48,10 +53,35 @@ def _run(llm: LLM, prompts: list[list[int]], params: list[SamplingParams]) -> tu
             after.jump_forward_tokens_total - before.jump_forward_tokens_total)
 
 
+class _MaskFirst:
+    """A guided processor seen only as a logits processor: every token masked before its draw, no
+    draw verification, no jump-forward (how constrained decoding ran before draws were verified)."""
+
+    def __init__(self, processor: GuidedLogitsProcessor) -> None:
+        self.processor, self.stats = processor, processor.stats
+
+    def __call__(self, token_ids, logits):
+        return self.processor(token_ids, logits)
+
+
+@dataclass
+class _Config:
+    name: str
+    jump_forward: bool = False
+    mask_first: bool = False
+    constrained: bool = True
+    seconds: list[float] = field(default_factory=list)
+    tokens: int = 0
+    steps: int = 0
+    forced: int = 0
+    note: str = ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of all runs, interleaved; medians compared")
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
 
@@ -62,39 +92,55 @@ def main() -> None:
         tokenize=False), add_special_tokens=False) for i in range(args.num_requests)]
     spec = GuidedDecodingParams(json=SCHEMA)
     guided_logits_processor(spec, tok)  # compile (and build the tokenizer tables) before timing
+    llm.generate(prompts, SamplingParams(max_tokens=8), use_tqdm=False)  # warm up
 
-    rows = []
-    results = {}
-    for jump_forward in (True, False):
-        processors = [guided_logits_processor(spec, tok, jump_forward=jump_forward) for _ in prompts]
-        params = [SamplingParams(max_tokens=args.max_tokens, temperature=0.7, seed=i, logits_processors=[p])
-                  for i, p in enumerate(processors)]
-        elapsed, outs, steps, forced = _run(llm, prompts, params)
-        tokens = sum(len(o.token_ids) for o in outs)
-        valid = 0
-        for o in outs:
-            if o.finish_reason == "stop":
-                jsonschema.validate(json.loads(o.text), SCHEMA)
-                valid += 1
-        masks = sum(p.stats.num_masks for p in processors)
-        mask_s = sum(p.stats.mask_seconds for p in processors)
-        name = f"json schema, jump-forward {'on' if jump_forward else 'off'}"
-        rows.append((name, tokens, elapsed, steps, forced, f"{valid}/{len(outs)} valid",
-                     f"{mask_s / max(masks, 1) * 1e6:.0f} us/token mask"))
-        results[jump_forward] = outs
+    configs = [_Config("json schema, jump-forward", jump_forward=True),
+               _Config("json schema, stepwise"),
+               _Config("json schema, stepwise, mask first", mask_first=True),
+               _Config("unconstrained (same lengths)", constrained=False)]
+    outputs: dict[str, list] = {}
+    lengths: list[int] = []
+    for _ in tqdm(range(args.repeats), desc="rounds", unit="round"):
+        for c in configs:
+            if c.constrained:
+                processors = [guided_logits_processor(spec, tok, jump_forward=c.jump_forward) for _ in prompts]
+                used = [_MaskFirst(p) if c.mask_first else p for p in processors]
+                params = [SamplingParams(max_tokens=args.max_tokens, temperature=0.7, seed=i, logits_processors=[p])
+                          for i, p in enumerate(used)]
+            else:  # as many tokens as the stepwise run produced, for the same prompts
+                params = [SamplingParams(max_tokens=n, temperature=0.7, seed=i, ignore_eos=True)
+                          for i, n in enumerate(lengths)]
+            elapsed, outs, c.steps, c.forced = _run(llm, prompts, params)
+            c.seconds.append(elapsed)
+            c.tokens = sum(len(o.token_ids) for o in outs)
+            outputs[c.name] = outs
+            if not c.constrained:
+                continue
+            if not c.jump_forward and not c.mask_first:
+                lengths = [len(o.token_ids) for o in outs]
+            valid = 0
+            for o in outs:
+                if o.finish_reason == "stop":
+                    jsonschema.validate(json.loads(o.text), SCHEMA)
+                    valid += 1
+            grammar_s = sum(p.stats.seconds for p in processors)
+            decided = sum(p.stats.num_tokens for p in processors)
+            masks = sum(p.stats.num_masks for p in processors)
+            c.note = (f"{valid}/{len(outs)} valid, {grammar_s / max(decided, 1) * 1e6:.0f} us/token grammar, "
+                      f"{masks / max(decided, 1):.0%} masked")
 
-    lengths = [len(o.token_ids) for o in results[False]]
-    params = [SamplingParams(max_tokens=n, temperature=0.7, seed=i, ignore_eos=True) for i, n in enumerate(lengths)]
-    elapsed, outs, steps, _ = _run(llm, prompts, params)
-    rows.append(("unconstrained (same lengths)", sum(len(o.token_ids) for o in outs), elapsed, steps, 0, "", ""))
-
-    base = rows[-1][1] / rows[-1][2]
-    print(f"{args.num_requests} requests, SmolLM2-135M (or --model), schema with long fixed keys")
-    print(f"{'run':38} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'vs free':>8} {'steps':>6} {'forced':>7}")
-    for name, tokens, elapsed, steps, forced, valid, mask in rows:
-        rate = tokens / elapsed
-        print(f"{name:38} {tokens:7d} {elapsed:8.2f} {rate:8.1f} {rate / base:8.2f} {steps:6d} {forced:7d}  {valid} {mask}")
-    same = sum(a.token_ids == b.token_ids for a, b in zip(results[True], results[False], strict=True))
+    free = configs[-1]
+    base = free.tokens / statistics.median(free.seconds)
+    print(f"{args.num_requests} requests, SmolLM2-135M (or --model), schema with long fixed keys; "
+          f"median of {args.repeats} interleaved rounds")
+    print(f"{'run':36} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'vs free':>8} {'steps':>6} {'forced':>7}")
+    for c in configs:
+        seconds = statistics.median(c.seconds)
+        rate = c.tokens / seconds
+        print(f"{c.name:36} {c.tokens:7d} {seconds:8.2f} {rate:8.1f} {rate / base:8.2f} {c.steps:6d} "
+              f"{c.forced:7d}  {c.note}")
+    same = sum(a.token_ids == b.token_ids for a, b in zip(outputs[configs[0].name], outputs[configs[1].name],
+                                                         strict=True))
     print(f"jump-forward outputs identical to stepwise: {same}/{len(prompts)} (exact in float32; in bfloat16 the "
           "forced tokens' chunked forward rounds differently from one-token decode steps, so sampled outputs may "
           "drift; the masking policy itself is identical, see tests/structured/test_jump_forward.py)")

@@ -125,10 +125,22 @@ def test_abort_returns_blocks_at_once(llm):
     assert_all_blocks_returned(engine)
 
 
-def test_a_failing_logits_processor_fails_only_its_request(llm):
-    def broken(_ids, _logits):
+class BrokenMask:
+    """A mask whose draw check raises (the sampler verifies draws before masking)."""
+
+    def __call__(self, _ids, logits):
+        return logits
+
+    def verify_draw(self, _ids, _token):
         raise RuntimeError("boom")
 
+
+def _broken(_ids, _logits):
+    raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("broken", [_broken, BrokenMask()], ids=["processor", "verify_draw"])
+def test_a_failing_logits_processor_fails_only_its_request(llm, broken):
     outs = llm.generate(["Hello", "Hello world"], [SamplingParams(max_tokens=3, logits_processors=[broken]),
                                                    SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)])
     assert outs[0].outputs[0].finish_reason == "error" and "boom" in outs[0].extra["error"]

@@ -241,6 +241,82 @@ def test_draws_that_are_mostly_rejected_still_follow_the_kept_set(p):
     assert chi2 < chi2_critical(int(keep.sum()) - 1, 1e-6)
 
 
+class SetMask:
+    """A mask allowing ``allowed`` that can verify draws (as grammar masks do); counts its checks."""
+
+    def __init__(self, allowed: list[int]) -> None:
+        self.allowed = allowed
+        self.kept = self.refused = 0
+
+    def __call__(self, _ids, row):
+        out = torch.full_like(row, float("-inf"))
+        out[self.allowed] = row[self.allowed]
+        return out
+
+    def verify_draw(self, _ids, token):
+        if len(self.allowed) == 1:
+            return self.allowed[0]
+        ok = token in self.allowed
+        self.kept += ok
+        self.refused += not ok
+        return token if ok else None
+
+
+def _masked_softmax(logits: torch.Tensor, allowed: list[int], temperature: float) -> torch.Tensor:
+    masked = torch.full_like(logits, float("-inf"))
+    masked[..., allowed] = logits[..., allowed]
+    return (masked / temperature).softmax(-1)
+
+
+def test_verified_draws_follow_the_masked_distribution():
+    """Rows that draw first and are masked only when refused: the draws must follow the masked
+    softmax (rejection is exact), with both kept and refused draws exercised."""
+    torch.manual_seed(7)
+    vocab, n = 40, 20000
+    logits = torch.randn(1, vocab) * 1.5
+    allowed = sorted(random.Random(3).sample(range(vocab), 12))
+    mask = SetMask(allowed)
+    p = SamplingParams(temperature=0.8, logits_processors=[mask])
+    ids = Sampler({EOS}, torch.Generator().manual_seed(2))(logits.expand(n, -1), make_batch([p] * n)).token_ids
+    assert mask.kept > 1000 and mask.refused > 1000  # both paths ran
+    expected = _masked_softmax(logits[0], allowed, 0.8).double()
+    observed = torch.bincount(torch.tensor(ids), minlength=vocab).double()
+    assert observed[expected == 0].sum() == 0
+    keep = expected > 0
+    chi2 = ((observed[keep] - n * expected[keep]) ** 2 / (n * expected[keep])).sum().item()
+    assert chi2 < chi2_critical(int(keep.sum()) - 1, 1e-6)
+
+
+def test_verified_greedy_rows_take_the_masked_argmax_and_single_choices_their_token():
+    torch.manual_seed(8)
+    logits = torch.randn(6, 50)
+    masks = [SetMask(list(range(0, 50, k))) for k in (1, 2, 3, 7)] + [SetMask([13]), SetMask([int(logits[5].argmin())])]
+    params = [SamplingParams(temperature=0, logits_processors=[m]) for m in masks]
+    ids = Sampler({EOS})(logits, make_batch(params)).token_ids
+    expected = [int(_masked_softmax(logits[i], m.allowed, 1.0).argmax()) for i, m in enumerate(masks)]
+    assert ids == expected and ids[4] == 13
+
+
+def test_truncating_rows_mask_before_the_draw():
+    """top_p is computed on the masked distribution, so such rows never take the draw-first path."""
+    torch.manual_seed(9)
+    vocab, n = 30, 20000
+    logits = torch.randn(1, vocab) * 2
+    allowed = list(range(0, vocab, 2))
+    mask = SetMask(allowed)
+    p = SamplingParams(temperature=0.9, top_p=0.7, logits_processors=[mask])
+    ids = Sampler({EOS}, torch.Generator().manual_seed(4))(logits.expand(n, -1), make_batch([p] * n)).token_ids
+    assert mask.kept == mask.refused == 0
+    masked = torch.full_like(logits, float("-inf"))
+    masked[0, allowed] = logits[0, allowed]
+    expected = hf_probs(masked, p)[0].double()
+    observed = torch.bincount(torch.tensor(ids), minlength=vocab).double()
+    assert observed[expected == 0].sum() == 0
+    keep = expected > 0
+    chi2 = ((observed[keep] - n * expected[keep]) ** 2 / (n * expected[keep])).sum().item()
+    assert chi2 < chi2_critical(int(keep.sum()) - 1, 1e-6)
+
+
 def test_seeded_draws_follow_processed_softmax_across_blocks():
     """Seeded rows (one generator each) on a vocabulary of several inverse-CDF blocks, with the
     mass spread over far-apart tokens."""

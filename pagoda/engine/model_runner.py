@@ -10,6 +10,7 @@ from torch import nn
 from pagoda.attention.backend import get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
+from pagoda.engine.guarded_processors import guarded_processors
 from pagoda.engine.request import Request
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagoda.outputs import PositionLogprobs
@@ -126,19 +127,10 @@ class ModelRunner:
 
     @staticmethod
     def _guarded(request: Request, failed: dict[str, str]) -> SamplingParams:
-        """The request's params with its logits processors wrapped, so one that raises fails only
-        its own request."""
-        processors = request.params.logits_processors
-
-        def run(token_ids, logits):
-            try:
-                for processor in processors:
-                    logits = processor(token_ids, logits)
-            except Exception as exc:  # noqa: BLE001  (user code: report, never crash the step)
-                failed[request.request_id] = f"logits processor failed: {type(exc).__name__}: {exc}"
-            return logits
-
-        return replace(request.params, logits_processors=[run])
+        """The request's params with its logits processors wrapped in one, so one that raises
+        fails only its own request."""
+        guard = guarded_processors(request.request_id, request.params, failed)
+        return replace(request.params, logits_processors=[guard])
 
     def _prepare_inputs(self, scheduled: list[ScheduledRequest], num_padding_rows: int = 0
                         ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
@@ -206,3 +198,4 @@ def _positioned_generator(request: Request) -> torch.Generator | None:
     if request.generator is None:
         return None
     return request.generator.manual_seed((request.seed * 1_000_003 + request.num_output_tokens) % (1 << 63))
+

@@ -3,7 +3,9 @@
 1. Raw logprobs (the model's log-softmax, before any processing) for rows that ask for them.
 2. Logit processing in float32: logit_bias, min_tokens (eos and stop ids masked), repetition
    penalty (HF/CTRL, over prompt + output), frequency / presence penalties (OpenAI, over the
-   output), then each row's logits processors (grammar masks plug in here).
+   output), then each row's logits processors (grammar masks plug in here). A row whose processor
+   is a mask that can verify a drawn token (``verify_draw``) draws first and is masked only when
+   its draw is refused: an exact shortcut that skips the mask for most constrained tokens.
 3. Greedy rows take the argmax. The others: temperature, then min_p, top_k, top_p, then one draw.
 
 CPU cost shapes the code. Every stage works on all rows at once and is skipped when no row asks
@@ -45,7 +47,25 @@ class Sampler:
         logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
         raw_logprobs = logits[_rows(logprob_rows, n)].float().log_softmax(-1) if logprob_rows else None
 
-        logits = self.process_logits(logits, batch)
+        checked = [i for i, p in enumerate(params) if checks_after_draw(p)]
+        logits = self.process_logits(logits, batch, skip_processors=checked)
+        token_ids = self._select(logits, params, batch.generators)
+        if checked:
+            self._redraw_refused(logits, batch, checked, token_ids)
+
+        ids = token_ids.tolist()
+        logprobs: list[RowLogprobs | None] = [None] * n
+        if raw_logprobs is not None:
+            rows = _row_logprobs(raw_logprobs, [ids[i] for i in logprob_rows],
+                                 [params[i].logprobs for i in logprob_rows])
+            for i, row in zip(logprob_rows, rows, strict=True):
+                logprobs[i] = row
+        return SamplerOutput(token_ids=ids, logprobs=logprobs)
+
+    def _select(self, logits: torch.Tensor, params: list[SamplingParams],
+                generators: list[torch.Generator | None]) -> torch.Tensor:
+        """Step 3: one token id per row of processed ``logits``."""
+        n = len(params)
         token_ids = torch.zeros(n, dtype=torch.long, device=logits.device)
         greedy = [i for i, p in enumerate(params) if p.greedy]
         if greedy:
@@ -57,27 +77,45 @@ class Sampler:
                 rows = rows / _per_row([params[i].temperature for i in sampled], rows.device)[:, None]
             probs = rows.softmax(-1)
             truncation = Truncation.of(probs, [params[i] for i in sampled])
-            token_ids[sampled] = self.draw(probs, truncation, [batch.generators[i] for i in sampled])
+            token_ids[sampled] = self.draw(probs, truncation, [generators[i] for i in sampled])
+        return token_ids
 
-        ids = token_ids.tolist()
-        logprobs: list[RowLogprobs | None] = [None] * n
-        if raw_logprobs is not None:
-            rows = _row_logprobs(raw_logprobs, [ids[i] for i in logprob_rows],
-                                 [params[i].logprobs for i in logprob_rows])
-            for i, row in zip(logprob_rows, rows, strict=True):
-                logprobs[i] = row
-        return SamplerOutput(token_ids=ids, logprobs=logprobs)
+    def _redraw_refused(self, logits: torch.Tensor, batch: SamplingBatch, checked: list[int],
+                        token_ids: torch.Tensor) -> None:
+        """Rows in ``checked`` drew without their mask, which now verifies the draw; a row whose
+        draw it refuses is masked and drawn again. Exact: a draw from p kept when allowed, else a
+        draw from p restricted to the allowed set, is a draw from that restriction (a greedy row's
+        allowed argmax is its masked argmax, and a mask allowing one token leaves no choice).
+        Truncating rows are never checked, since their kept set depends on the mask."""
+        params, outputs = batch.params, batch.output_token_ids
+        drawn = token_ids.tolist()
+        refused = []
+        for i in checked:
+            token = params[i].logits_processors[0].verify_draw(outputs[i], drawn[i])
+            if token is None:
+                refused.append(i)
+            elif token != drawn[i]:
+                token_ids[i] = token
+        if not refused:
+            return
+        rows = logits[refused].float()  # indexing copies
+        for j, i in enumerate(refused):
+            rows[j] = params[i].logits_processors[0](outputs[i], rows[j])
+        token_ids[refused] = self._select(rows, [params[i] for i in refused],
+                                          [batch.generators[i] for i in refused])
 
-    def process_logits(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        """Step 2 in float32. Returns a new tensor when some row asks for processing, else
-        ``logits`` itself in its own dtype (callers must not modify it; an argmax needs no float32
-        copy of 64 x 49152 logits)."""
+    def process_logits(self, logits: torch.Tensor, batch: SamplingBatch,
+                       skip_processors: Sequence[int] = ()) -> torch.Tensor:
+        """Step 2 in float32, leaving out the logits processors of rows in ``skip_processors``.
+        Returns a new tensor when some row asks for processing, else ``logits`` itself in its own
+        dtype (callers must not modify it; an argmax needs no float32 copy of 64 x 49152 logits)."""
         params, outputs = batch.params, batch.output_token_ids
         bias = [i for i, p in enumerate(params) if p.logit_bias]
         min_tokens = [i for i, p in enumerate(params) if len(outputs[i]) < p.min_tokens]
         repetition = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
         freq_presence = [i for i, p in enumerate(params) if p.frequency_penalty or p.presence_penalty]
-        processors = [i for i, p in enumerate(params) if p.logits_processors]
+        skip = set(skip_processors)
+        processors = [i for i, p in enumerate(params) if p.logits_processors and i not in skip]
         if not (bias or min_tokens or repetition or freq_presence or processors):
             return logits
 
@@ -154,6 +192,15 @@ class Sampler:
             if g is not None:
                 u[j] = torch.rand((), generator=g, dtype=torch.float64, device=g.device)
         return u
+
+
+def checks_after_draw(params: SamplingParams) -> bool:
+    """Whether a row's logits processor can run after its draw, as a check: it is a single mask
+    that can verify one drawn token (``verify_draw(output_token_ids, token_id) -> token | None``),
+    and the row does not truncate (top_p, top_k and min_p are computed on the masked distribution)."""
+    processors = params.logits_processors
+    return len(processors) == 1 and hasattr(processors[0], "verify_draw") and (
+        params.greedy or (params.top_p >= 1.0 and not 0 < params.top_k and params.min_p <= 0.0))
 
 
 # ---- logit processing (in place on float32 [rows, vocab]) ----

@@ -18,6 +18,8 @@ class GrammarMatcher(ABC):
     ``vocab_size`` ids the backend knows; eos bits are set only where the grammar accepts.
     ``forced_tokens`` are the tokens the grammar forces next, in the tokenizer's canonical
     tokenization of the forced text; while it is non-empty its first token is the only one to allow.
+    ``allows`` tests one token against the grammar without advancing; where nothing is forced and
+    the grammar has not terminated it agrees with the bitmask (a test checks this along random walks).
     """
 
     vocab_size: int
@@ -25,6 +27,10 @@ class GrammarMatcher(ABC):
     @abstractmethod
     def fill_bitmask(self, out: np.ndarray) -> None:
         """Writes the allowed-next bitmask into ``out`` (int32, ``(vocab_size + 31) // 32`` words)."""
+
+    @abstractmethod
+    def allows(self, token: int) -> bool:
+        """True when ``token`` may come next (the matcher does not advance)."""
 
     @abstractmethod
     def accept_tokens(self, tokens: list[int]) -> bool:

@@ -31,6 +31,10 @@ class LLGuidanceMatcher(GrammarMatcher):
         # writes straight into our buffer (no bytes object per step); drops the GIL while it works
         self._m.unsafe_compute_mask_ptr(out.ctypes.data, out.nbytes)
 
+    def allows(self, token: int) -> bool:
+        # ~0.5 us, against ~15 us for a whole mask; ids past the tokenizer's are never allowed
+        return token < self.vocab_size and self._m.validate_tokens([token]) == 1
+
     def accept_tokens(self, tokens: list[int]) -> bool:
         return self._m.consume_tokens(tokens)
 

@@ -85,7 +85,13 @@ def test_random_walks_never_leave_the_grammar(default_tokenizer, spec, check):
             assert np.array_equal(np.flatnonzero(np.isfinite(row.numpy())), allowed_ids)
             assert (eos in allowed) == matcher.is_accepting()
             # the backend's shortcut (no forced bytes: no forced tokens) agrees with llguidance
-            assert matcher.forced_tokens() == matcher._m.compute_ff_tokens()
+            forced = matcher.forced_tokens()
+            assert forced == matcher._m.compute_ff_tokens()
+            # where nothing is forced or ended, one token's check (which verifies draws) agrees with the mask
+            if not forced and not matcher.is_terminated():
+                probes = rng.sample(allowed, min(8, len(allowed))) + [rng.randrange(tokenizer.vocab_size + 64)
+                                                                       for _ in range(8)] + [eos]
+                assert [matcher.allows(t) for t in probes] == [t in set(allowed) for t in probes]
             # every masked-in token (a random sample of them) is accepted by the grammar
             for t in rng.sample(allowed, min(16, len(allowed))):
                 if t != eos:
