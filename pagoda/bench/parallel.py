@@ -56,12 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(e.g. 12/4: the default model's shape with head counts that TP = 2 divides)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--output-len", type=int, default=128,
+                        help="generated tokens per request (decode-dominated, as in bench throughput)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    parser.add_argument("--micro-batches", type=int, default=4, help="per step with PP")
-    parser.add_argument("--virtual-engines", type=int, default=1, help="steps in flight with PP")
+    parser.add_argument("--micro-batches", type=int, default=1, help="per step with PP")
+    parser.add_argument("--virtual-engines", type=int, default=None,
+                        help="steps in flight with PP (default: one per stage)")
     parser.add_argument("--stage-layers", type=int_list, default=None, metavar="N,N,...",
-                        help="layers per PP stage (default: as even as the count allows)")
+                        help="layers per PP stage (default: balanced by cost, the LM head on stage 0)")
     parser.add_argument("--threads", type=int, default=None, help="threads in all (default: the cores)")
     parser.add_argument("--backend", default="shm", choices=["shm", "gloo"])
     parser.add_argument("--seed", type=int, default=0)

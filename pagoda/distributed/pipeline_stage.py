@@ -7,6 +7,7 @@ state and the residual stream of every token. The loop mirrors ``LlamaModel.forw
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,19 +15,33 @@ import torch
 from torch import nn
 
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.config import ModelConfig
 from pagoda.distributed.shm_ring import ShmRing
 
 
-def split_layers(num_layers: int, stages: int, sizes: list[int] | None = None) -> list[range]:
-    """Layers of each stage: as even as the count allows (earlier stages take the remainder), or
-    ``sizes`` given explicitly."""
+def split_layers(num_layers: int, stages: int, sizes: list[int] | None = None,
+                 first_stage_extra: float = 0.0) -> list[range]:
+    """Layers of each stage, ``sizes`` given explicitly or balanced by cost: a layer costs 1 and
+    stage 0 also ``first_stage_extra`` (the LM head and sampling, which run with the driver), so
+    stage 0 takes fewer layers; the others as even as the count allows (earlier ones take the
+    remainder). With no extra cost this is the plain split by layer count."""
     if sizes is None:
-        base, extra = divmod(num_layers, stages)
-        sizes = [base + (s < extra) for s in range(stages)]
+        first = math.ceil((num_layers - first_stage_extra * (stages - 1)) / stages)
+        first = min(max(first, 1), num_layers - (stages - 1)) if stages > 1 else num_layers
+        base, extra = divmod(num_layers - first, max(stages - 1, 1))
+        sizes = [first] + [base + (s < extra) for s in range(stages - 1)]
     if len(sizes) != stages or sum(sizes) != num_layers or min(sizes) < 1:
         raise ValueError(f"pipeline stage sizes {sizes} must be {stages} positive counts summing to {num_layers}")
     starts = [sum(sizes[:s]) for s in range(stages)]
     return [range(a, a + n) for a, n in zip(starts, sizes, strict=True)]
+
+
+def lm_head_cost_in_layers(config: ModelConfig) -> float:
+    """The LM head's weights over one decoder layer's: a decode step reads every weight once, so
+    its time follows the weights (SmolLM2-135M: 28.3M against 3.5M, so 8 layers)."""
+    attention = config.hidden_size * config.head_dim * 2 * (config.num_attention_heads + config.num_key_value_heads)
+    mlp = 3 * config.hidden_size * config.intermediate_size
+    return config.vocab_size * config.hidden_size / (attention + mlp)
 
 
 def stage_keeps(name: str, layers: range, first: bool, last: bool) -> bool:

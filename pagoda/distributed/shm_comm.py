@@ -5,8 +5,10 @@ them; here a call is a copy into this rank's slot, a flag write, a wait for the 
 a sum over the slots (as vLLM's CPU backend does). Every rank sums the slots in rank order, so all
 ranks hold bit-identical results.
 
-Layout: a control page of int64 counters (each on its own cache line), a message area for the
-driver's broadcasts, then two exchange areas (alternated by call parity) of ``world`` slots each.
+Layout: a control page of int64 counters (each on its own cache line), a ring of message slots
+for the driver's broadcasts (with steps in flight the driver publishes the next step while a later
+stage still works on an earlier one, so it must not wait for every rank to have read the previous
+message), then two exchange areas (alternated by call parity) of ``world`` slots each.
 A rank that writes call k+2's data into an area has seen every peer arrive at call k+1, so every
 peer has finished reading call k from it: two areas need no second barrier per call.
 
@@ -34,16 +36,17 @@ def segment_path(name: str) -> str:
     return os.path.join("/dev/shm", name)
 
 
-def segment_bytes(world: int, slot_bytes: int, message_bytes: int) -> int:
-    return _CONTROL_BYTES + message_bytes + 2 * world * slot_bytes
+def segment_bytes(world: int, slot_bytes: int, message_bytes: int, message_slots: int = 1) -> int:
+    return _CONTROL_BYTES + message_slots * message_bytes + 2 * world * slot_bytes
 
 
-def create_segment(name: str, world: int, slot_bytes: int = 8 << 20, message_bytes: int = 4096) -> str:
+def create_segment(name: str, world: int, slot_bytes: int = 8 << 20, message_bytes: int = 4096,
+                   message_slots: int = 1) -> str:
     """Creates the zeroed segment (pages are only backed once touched); the creator unlinks it."""
     path = segment_path(name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.ftruncate(fd, segment_bytes(world, slot_bytes, message_bytes))
+        os.ftruncate(fd, segment_bytes(world, slot_bytes, message_bytes, message_slots))
     finally:
         os.close(fd)
     return path
@@ -85,11 +88,11 @@ class PeerLost(BaseException):
 
 class ShmCommunicator:
     def __init__(self, name: str, rank: int, world: int, slot_bytes: int = 8 << 20, message_bytes: int = 4096,
-                 watchdog: Callable[[], None] | None = None) -> None:
+                 watchdog: Callable[[], None] | None = None, message_slots: int = 1) -> None:
         """Attaches to the segment ``create_segment`` made with the same sizes."""
         self.name, self.rank, self.world = name, rank, world
-        self.slot_bytes, self.message_bytes = slot_bytes, message_bytes
-        size = segment_bytes(world, slot_bytes, message_bytes)
+        self.slot_bytes, self.message_bytes, self.message_slots = slot_bytes, message_bytes, message_slots
+        size = segment_bytes(world, slot_bytes, message_bytes, message_slots)
         fd = os.open(segment_path(name), os.O_RDWR)
         try:
             self._mmap = mmap.mmap(fd, size)
@@ -97,8 +100,9 @@ class ShmCommunicator:
             os.close(fd)
         buf = memoryview(self._mmap)
         self._control = np.ndarray((_CONTROL_BYTES // 8,), dtype=np.int64, buffer=buf)
-        self._message = np.ndarray((message_bytes,), dtype=np.uint8, buffer=buf, offset=_CONTROL_BYTES)
-        areas = torch.frombuffer(buf, dtype=torch.uint8, offset=_CONTROL_BYTES + message_bytes,
+        self._message = np.ndarray((message_slots, message_bytes), dtype=np.uint8, buffer=buf,
+                                   offset=_CONTROL_BYTES)
+        areas = torch.frombuffer(buf, dtype=torch.uint8, offset=_CONTROL_BYTES + message_slots * message_bytes,
                                  count=2 * world * slot_bytes)
         self._areas = areas.view(2, world, slot_bytes)
         self._calls = 0  # exchanges done by this rank
@@ -170,23 +174,27 @@ class ShmCommunicator:
 
     # -- messages: the driver (rank 0) to every other rank --------------------------------
     def send_message(self, payload: bytes) -> None:
-        """Rank 0 publishes ``payload``; waits until every rank has read the previous one."""
+        """Rank 0 publishes ``payload``; waits only while its slot holds a message some rank has
+        not read yet (``message_slots`` back)."""
         assert self.rank == 0
         if len(payload) + 8 > self.message_bytes:
             raise ValueError(f"message of {len(payload)} bytes exceeds the {self.message_bytes}-byte area")
-        seen = self._messages
-        self._wait(lambda: all(self._control[self._ack_index(r)] >= seen for r in range(1, self.world)))
-        self._message[:8] = np.frombuffer(np.int64(len(payload)).tobytes(), dtype=np.uint8)
-        self._message[8:8 + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
-        self._messages += 1
-        self._control[self._msg_seq_index] = self._messages
+        number = self._messages + 1
+        freed = number - self.message_slots  # the message this slot held last
+        self._wait(lambda: all(self._control[self._ack_index(r)] >= freed for r in range(1, self.world)))
+        slot = self._message[(number - 1) % self.message_slots]
+        slot[:8] = np.frombuffer(np.int64(len(payload)).tobytes(), dtype=np.uint8)
+        slot[8:8 + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+        self._messages = number
+        self._control[self._msg_seq_index] = number
 
     def recv_message(self, idle: bool = True) -> bytes:
         """A worker's next message from rank 0 (blocks, sleeping while the engine is idle)."""
         want = self._messages + 1
         self._wait(lambda: self._control[self._msg_seq_index] >= want, idle=idle)
-        n = int(self._message[:8].view(np.int64)[0])
-        payload = self._message[8:8 + n].tobytes()
+        slot = self._message[(want - 1) % self.message_slots]
+        n = int(slot[:8].view(np.int64)[0])
+        payload = slot[8:8 + n].tobytes()
         self._messages = want
         self._control[self._ack_index(self.rank)] = want
         return payload

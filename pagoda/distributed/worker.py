@@ -72,7 +72,8 @@ def create_node_segments(shm_name: str, parallel: ParallelConfig, config: ModelC
     p = parallel
     paths = []
     if p.nnodes == 1:
-        paths.append(create_segment(f"{shm_name}-w", p.world_size, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES))
+        paths.append(create_segment(f"{shm_name}-w", p.world_size, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES,
+                                    p.message_slots))
     if p.tensor_parallel_size > 1 and p.backend == "shm":
         paths += [create_segment(f"{shm_name}-tp{s}", p.tensor_parallel_size)
                   for s in range(p.pipeline_parallel_size)
@@ -111,7 +112,8 @@ class RankState:
                                 timeout=timedelta(seconds=p.startup_timeout_s))
         multi_host = p.nnodes > 1
         self.comm = GlooBroadcast(spec.rank, p.world_size) if multi_host else ShmCommunicator(
-            f"{spec.shm_name}-w", spec.rank, p.world_size, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES, watchdog=watchdog)
+            f"{spec.shm_name}-w", spec.rank, p.world_size, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES, watchdog=watchdog,
+            message_slots=p.message_slots)
         tp_size, tp_rank, stage = p.tensor_parallel_size, p.tp_rank_of(spec.rank), p.stage_of(spec.rank)
         self.stage = stage
         self.tp_comm: ShmCommunicator | None = None

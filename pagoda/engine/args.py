@@ -34,9 +34,9 @@ class EngineArgs:
     data_parallel_size: int = 1  # engine replicas behind the server's router
     distributed_backend: str = "shm"  # TP collectives on one host: "shm" (shared memory) or "gloo"
     router_policy: str = "prefix_aware"  # with DP: "round_robin" | "least_outstanding" | "prefix_aware"
-    pipeline_micro_batches: int = 4  # with PP: micro-batches per step, in flight across the stages
-    pipeline_virtual_engines: int = 1  # with PP: steps in flight, each with its own scheduler (vLLM: one per stage)
-    pipeline_stage_layers: tuple[int, ...] | None = None  # with PP: layers per stage (None: as even as the count allows)
+    pipeline_micro_batches: int = 1  # with PP: micro-batches per step, in flight across the stages
+    pipeline_virtual_engines: int | None = None  # with PP: steps in flight, each its own scheduler (None: one per stage)
+    pipeline_stage_layers: tuple[int, ...] | None = None  # with PP: layers per stage (None: balanced by cost)
     nnodes: int = 1  # hosts of a TP/PP layout; the others run `python -m pagoda.distributed.node`
     node_rank: int = 0  # this engine is node 0
     master_addr: str | None = None  # node 0's address (default: $MASTER_ADDR, else 127.0.0.1)
@@ -73,13 +73,15 @@ class EngineArgs:
         d.add_argument("--router-policy", default="prefix_aware",
                        choices=["round_robin", "least_outstanding", "prefix_aware"],
                        help="which data-parallel replica takes a request")
-        d.add_argument("--pipeline-micro-batches", type=int, default=4,
-                       help="micro-batches per step with pipeline parallelism")
-        d.add_argument("--pipeline-virtual-engines", type=int, default=1,
-                       help="steps in flight with pipeline parallelism, each with its own scheduler (vLLM "
-                            "runs one per stage; on 2 CPU cores one measured fastest)")
+        d.add_argument("--pipeline-micro-batches", type=int, default=1,
+                       help="micro-batches per step with pipeline parallelism (on CPU, smaller matmuls cost "
+                            "more per row than the bubble they save; steps in flight fill the pipeline)")
+        d.add_argument("--pipeline-virtual-engines", type=int, default=None,
+                       help="steps in flight with pipeline parallelism, each with its own scheduler "
+                            "(default: one per stage, as vLLM)")
         d.add_argument("--pipeline-stage-layers", type=int_list, default=None, metavar="N,N,...",
-                       help="layers of each pipeline stage (default: as even as the count allows)")
+                       help="layers of each pipeline stage (default: balanced by cost, the LM head counted "
+                            "on stage 0 by its weights)")
         d.add_argument("--nnodes", type=int, default=1, help="hosts (others: python -m pagoda.distributed.node)")
         d.add_argument("--node-rank", type=int, default=0)
         d.add_argument("--master-addr", default=None, help="node 0's address (default: $MASTER_ADDR)")
@@ -96,7 +98,7 @@ class EngineArgs:
         port = self.master_port or (int(os.environ["MASTER_PORT"]) if "MASTER_PORT" in os.environ else None)
         return ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size, self.distributed_backend,
                               threads, micro_batches=self.pipeline_micro_batches,
-                              virtual_engines=self.pipeline_virtual_engines,
+                              virtual_engines=self.pipeline_virtual_engines or self.pipeline_parallel_size,
                               stage_layers=tuple(self.pipeline_stage_layers) if self.pipeline_stage_layers else None,
                               max_step_tokens=self.max_num_batched_tokens, nnodes=self.nnodes,
                               node_rank=self.node_rank,

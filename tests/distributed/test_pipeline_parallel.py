@@ -18,8 +18,22 @@ def test_split_layers():
     assert split_layers(30, 2) == [range(0, 15), range(15, 30)]
     assert split_layers(5, 3) == [range(0, 2), range(2, 4), range(4, 5)]
     assert split_layers(5, 2, [1, 4]) == [range(0, 1), range(1, 5)]
+    # balanced by cost: stage 0 also runs the LM head (SmolLM2-135M's weighs 8 layers)
+    assert split_layers(30, 2, first_stage_extra=8.0) == [range(0, 11), range(11, 30)]
+    assert [len(r) for r in split_layers(30, 3, first_stage_extra=8.0)] == [5, 13, 12]
+    assert split_layers(2, 2, first_stage_extra=50.0) == [range(0, 1), range(1, 2)]  # every stage keeps one
     with pytest.raises(ValueError, match="summing to 5"):
         split_layers(5, 2, [1, 3])
+
+
+def test_default_split_counts_the_lm_head_on_stage_0():
+    from pagoda.config import ModelConfig
+    from pagoda.distributed.pipeline_stage import lm_head_cost_in_layers
+
+    smollm2 = ModelConfig("LlamaForCausalLM", 49152, 576, 1536, 30, 9, 3, 64, 1e-5, 1e4, None, 8192, True, False,
+                          None, 8192)
+    assert 7.5 < lm_head_cost_in_layers(smollm2) < 8.5
+    assert [len(r) for r in ParallelConfig(1, 2).stage_layer_ranges(smollm2)] == [11, 19]
 
 
 def test_micro_batches_balance_tokens():
