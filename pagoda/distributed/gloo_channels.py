@@ -1,7 +1,7 @@
 """The same channels as ``shm_comm`` / ``shm_ring``, over gloo: for ranks on different hosts.
 
-``GlooBroadcast`` carries the driver's messages (length, then bytes) and the stats gathers over
-the whole world; ``GlooLink`` carries a stage's activations to a rank on another host
+``GlooWorld`` carries the driver's messages (length, then bytes, to each rank) and the stats
+gathers over the whole world; ``GlooLink`` carries a stage's activations to a rank on another host
 (``isend``, so the sender runs ahead as with a ring of slots).
 """
 
@@ -15,21 +15,34 @@ import torch
 import torch.distributed as dist
 
 
-class GlooBroadcast:
-    def __init__(self, rank: int, world: int) -> None:
-        self.rank, self.world = rank, world
+class GlooWorld:
+    """The driver's messages to every other rank, and the world's gathers. Each rank gets its copy
+    point to point (``isend``, tagged apart from activations), so the driver may publish the next
+    step while a rank still works on an earlier one, up to ``depth`` messages ahead (a broadcast
+    would wait for the slowest rank to join)."""
+
+    _TAG = 1
+
+    def __init__(self, rank: int, world: int, depth: int = 1) -> None:
+        self.rank, self.world, self.depth = rank, world, depth
+        self._pending: deque = deque()  # (work handles, tensors kept alive until sent)
         self.comm_seconds = 0.0
 
     def send_message(self, payload: bytes) -> None:
         assert self.rank == 0
-        dist.broadcast(torch.tensor([len(payload)], dtype=torch.int64), src=0)
-        dist.broadcast(torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy()), src=0)
+        while len(self._pending) >= self.depth:
+            for work in self._pending.popleft()[0]:
+                work.wait()
+        length = torch.tensor([len(payload)], dtype=torch.int64)
+        data = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy())
+        works = [dist.isend(t, dst=r, tag=self._TAG) for r in range(1, self.world) for t in (length, data)]
+        self._pending.append((works, (length, data)))
 
     def recv_message(self, idle: bool = True) -> bytes:
         n = torch.empty(1, dtype=torch.int64)
-        dist.broadcast(n, src=0)
+        dist.recv(n, src=0, tag=self._TAG)
         data = torch.empty(int(n), dtype=torch.uint8)
-        dist.broadcast(data, src=0)
+        dist.recv(data, src=0, tag=self._TAG)
         return data.numpy().tobytes()
 
     def all_gather(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -41,7 +54,10 @@ class GlooBroadcast:
         dist.barrier()
 
     def close(self) -> None:
-        pass
+        for works, _ in self._pending:
+            for work in works:
+                work.wait()
+        self._pending.clear()
 
 
 class GlooLink:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from pagoda.config import CacheConfig, ModelConfig
-from pagoda.distributed.gloo_channels import GlooBroadcast, GlooLink
+from pagoda.distributed.gloo_channels import GlooWorld, GlooLink
 from pagoda.distributed.host_tensor_parallel import HostTensorParallel
 from pagoda.distributed.messages import (
     LogitsMessage,
@@ -111,7 +111,7 @@ class RankState:
         dist.init_process_group("gloo", init_method=spec.init_method, rank=spec.rank, world_size=p.world_size,
                                 timeout=timedelta(seconds=p.startup_timeout_s))
         multi_host = p.nnodes > 1
-        self.comm = GlooBroadcast(spec.rank, p.world_size) if multi_host else ShmCommunicator(
+        self.comm = GlooWorld(spec.rank, p.world_size, p.message_slots) if multi_host else ShmCommunicator(
             f"{spec.shm_name}-w", spec.rank, p.world_size, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES, watchdog=watchdog,
             message_slots=p.message_slots)
         tp_size, tp_rank, stage = p.tensor_parallel_size, p.tp_rank_of(spec.rank), p.stage_of(spec.rank)
