@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from pagoda.config import CacheConfig, ModelConfig
-from pagoda.distributed.gloo_channels import GlooWorld, GlooLink
+from pagoda.distributed.gloo_channels import GlooLink, GlooWorld
 from pagoda.distributed.host_tensor_parallel import HostTensorParallel
 from pagoda.distributed.messages import (
     LogitsMessage,

@@ -6,22 +6,23 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
-from pagoda.detokenizer import IncrementalDetokenizer
 from pagoda.distributed.parallel_stats import ParallelStats
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.model_runner import ModelRunner, ModelRunnerOutput, kv_cache_bytes_per_block
 from pagoda.engine.request import Request, RequestStatus
+from pagoda.engine.request_group import RequestGroup
 from pagoda.engine.scheduler import Scheduler
 from pagoda.engine.scheduler_output import SchedulerOutput
+from pagoda.engine.static_batch import StaticBatchResults
 from pagoda.engine.stats import EngineStats
 from pagoda.errors import InvalidRequestError
 from pagoda.kv_cache.kv_cache_manager import BlockMapSnapshot, KVCacheManager
-from pagoda.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
+from pagoda.outputs import Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from pagoda.sample.sampler import RowLogprobs, Sampler
 from pagoda.sampling_params import SamplingParams
 from pagoda.tokenizer import Tokenizer
@@ -30,31 +31,6 @@ from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype, r
 logger = logging.getLogger(__name__)
 
 PARALLEL_STATS_INTERVAL_S = 1.0  # how stale get_stats() may leave a parallel runner's stats
-
-
-@dataclass(eq=False)
-class _Sample:
-    """One of a request's n samples: the scheduler's sequence plus its text state."""
-
-    request: Request
-    detokenizer: IncrementalDetokenizer
-    text: str = ""  # what has been released (safe to stream)
-
-
-@dataclass(eq=False)
-class _Group:
-    """A user request: its prompt and its n samples."""
-
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    samples: list[_Sample]
-    metrics: RequestMetrics
-
-    @property
-    def finished(self) -> bool:
-        return all(s.request.status.finished for s in self.samples)
 
 
 class LLMEngine:
@@ -84,9 +60,9 @@ class LLMEngine:
         self._in_flight: deque[tuple[Scheduler, SchedulerOutput, object]] = deque()
         self._turn = 0  # the virtual engine that schedules next
         self._scheduler_of: dict[str, Scheduler] = {}
-        self._held: dict[Scheduler, list[RequestOutput]] = {}  # static batching: finished, until the batch ends
-        self._groups: dict[str, _Group] = {}
-        self._sample_to_group: dict[str, _Group] = {}
+        self._static = StaticBatchResults() if scheduler_config.batching == "static" else None
+        self._groups: dict[str, RequestGroup] = {}
+        self._sample_to_group: dict[str, RequestGroup] = {}
         self._num_finished = 0
         self._parallel: ParallelStats | None = None  # the runner's last per-rank stats
         self._parallel_at = 0.0  # and when they were taken (time.monotonic)
@@ -158,25 +134,10 @@ class LLMEngine:
                 f"(leaving no room to generate)", "prompt")
         room = max_len - len(prompt_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
-        stop_ids = set(params.stop_token_ids or ())
-        if not params.ignore_eos:
-            stop_ids |= self.tokenizer.eos_token_ids
         metrics = RequestMetrics(arrival_time=arrival_time or time.monotonic())
-        samples = []
-        for i in range(params.n):
-            seed = None if params.seed is None else params.seed + i
-            sample_params = params if i == 0 else _fresh_processors(params)
-            request = Request(
-                request_id=request_id if params.n == 1 else f"{i}_{request_id}",
-                prompt_token_ids=prompt_ids, params=sample_params, max_tokens=max_tokens,
-                stop_token_ids=frozenset(stop_ids), metrics=metrics if params.n == 1 else
-                RequestMetrics(arrival_time=metrics.arrival_time),
-                priority=priority, seed=seed, cache_salt=cache_salt,
-                generator=None if seed is None else torch.Generator())
-            detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens,
-                                           list(params.stop), params.include_stop_str_in_output)
-            samples.append(_Sample(request, detok))
-        group = _Group(request_id, prompt_text, prompt_ids, params, samples, metrics)
+        group = RequestGroup.create(request_id, prompt_text, prompt_ids, params, self.tokenizer, metrics,
+                                    max_tokens=max_tokens, priority=priority, cache_salt=cache_salt)
+        samples = group.samples
         self._groups[request_id] = group
         for s in samples:
             self._sample_to_group[s.request.request_id] = group
@@ -216,7 +177,7 @@ class LLMEngine:
             self._num_finished += 1
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._groups) or any(self._held.values())
+        return bool(self._groups) or (self._static is not None and self._static.holding)
 
     @property
     def scheduler(self) -> Scheduler:
@@ -265,7 +226,7 @@ class LLMEngine:
                          exc_info=exc)
         message = f"{type(exc).__name__}: {exc}"
         touched = self._fail({s.request: message for s in scheduled.scheduled})
-        return [self._make_output(g) for g in touched.values()]
+        return [self._output(g) for g in touched.values()]
 
     def _apply(self, scheduler: Scheduler, scheduled: SchedulerOutput, result: ModelRunnerOutput
                ) -> list[RequestOutput]:
@@ -278,7 +239,7 @@ class LLMEngine:
             group = self._sample_to_group.get(request.request_id)
             if group is None:
                 continue
-            sample = next(s for s in group.samples if s.request is request)
+            sample = group.sample_of(request)
             num_new = 1 + self._jump_forward(request)
             stop = sample.detokenizer.update(request.output_token_ids[-num_new:])
             if stop is not None and not request.status.finished:
@@ -290,24 +251,14 @@ class LLMEngine:
             group = self._sample_to_group.get(rid)
             if group is not None and group.params.prompt_logprobs is not None:
                 touched[group.request_id] = group
-        return self._batch_results(scheduler, [self._make_output(g) for g in touched.values()])
+        return self._batch_results(scheduler, [self._output(g) for g in touched.values()])
 
     def _batch_results(self, scheduler: Scheduler, outputs: list[RequestOutput]) -> list[RequestOutput]:
-        """Static batching returns a batch's results together when its last request finishes (as a
-        batched ``generate`` does: a short answer waits for the longest one); continuous batching
-        returns each as soon as it is done."""
-        if self.scheduler_config.batching != "static":
+        """Continuous batching returns each result as soon as it is done; static batching a batch's
+        together when it ends."""
+        if self._static is None:
             return outputs
-        held = self._held.setdefault(scheduler, [])
-        held += [o for o in outputs if o.finished]
-        outputs = [o for o in outputs if not o.finished]
-        if held and not scheduler.running:
-            now = time.monotonic()
-            for o in held:
-                o.metrics.finished_time = now
-            outputs += held
-            held.clear()
-        return outputs
+        return self._static.release(scheduler, outputs, bool(scheduler.running))
 
     def _jump_forward(self, request: Request) -> int:
         """Appends the tokens a request's grammar forces next, without a model step (they run as one
@@ -346,9 +297,9 @@ class LLMEngine:
                 entry[t] = Logprob(lp, rank, decode([t], skip_special_tokens=False))
         return entry
 
-    def _fail(self, failures: dict[Request, str]) -> dict[str, _Group]:
+    def _fail(self, failures: dict[Request, str]) -> dict[str, RequestGroup]:
         """Ends each request with its error (its blocks return at once); returns their groups."""
-        groups: dict[str, _Group] = {}
+        groups: dict[str, RequestGroup] = {}
         for request, message in failures.items():
             request.error = message
             scheduler = self._scheduler_of.get(request.request_id)
@@ -359,34 +310,16 @@ class LLMEngine:
                 groups[group.request_id] = group
         return groups
 
-    def _make_output(self, group: _Group) -> RequestOutput:
-        outputs = []
-        for i, s in enumerate(group.samples):
-            r = s.request
-            finished = r.status.finished
-            s.text += s.detokenizer.get_delta(finished)
-            want_logprobs = group.params.logprobs is not None
-            outputs.append(CompletionOutput(
-                index=i, text=s.text, token_ids=list(r.output_token_ids),
-                cumulative_logprob=r.cumulative_logprob if want_logprobs else None,
-                logprobs=list(r.logprobs) if want_logprobs else None,
-                finish_reason=r.finish_reason, stop_reason=r.stop_reason))
-        finished = group.finished
-        if finished:
+    def _output(self, group: RequestGroup) -> RequestOutput:
+        """The group's output; a finished group leaves the engine's books."""
+        output = group.output()
+        if output.finished:
             self._groups.pop(group.request_id, None)
             for s in group.samples:
                 self._sample_to_group.pop(s.request.request_id, None)
                 self._scheduler_of.pop(s.request.request_id, None)
             self._num_finished += 1
-        prompt_logprobs = None
-        if group.params.prompt_logprobs is not None:
-            prompt_logprobs = [None, *group.samples[0].request.prompt_logprobs]
-        errors = [s.request.error for s in group.samples if s.request.error]
-        return RequestOutput(
-            request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
-            outputs=outputs, finished=finished, prompt_logprobs=prompt_logprobs, metrics=group.metrics,
-            num_cached_tokens=group.samples[0].request.num_cached_tokens,
-            extra={"error": errors[0]} if errors else {})
+        return output
 
     # -- introspection ------------------------------------------------------------------
     def get_stats(self) -> EngineStats:
@@ -426,11 +359,3 @@ class LLMEngine:
     def check_integrity(self) -> None:
         self.kv_cache.check_integrity()
 
-
-def _fresh_processors(params: SamplingParams) -> SamplingParams:
-    """Params for another of n samples: stateful logits processors (grammar matchers) get their own
-    copy through their ``clone()``."""
-    if not params.logits_processors:
-        return params
-    return replace(params, logits_processors=[p.clone() if hasattr(p, "clone") else p
-                                              for p in params.logits_processors])
