@@ -68,9 +68,10 @@ def _paged_batch(seq_lens: list[int], dtype: torch.dtype, hq: int = 6, hkv: int 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group", [1, 3])
-def test_paged_decode_attention_matches_gather_and_softmax(dtype: torch.dtype, group: int) -> None:
+@pytest.mark.parametrize("d", [32, 48, 40, 128])  # register-blocked by 16-wide chunks; 40: the generic path
+def test_paged_decode_attention_matches_gather_and_softmax(dtype: torch.dtype, group: int, d: int) -> None:
     seq_lens = [1, 4, 5, 17, 30]
-    q, k_cache, v_cache, tables, lens = _paged_batch(seq_lens, dtype, hq=2 * group, hkv=2)
+    q, k_cache, v_cache, tables, lens = _paged_batch(seq_lens, dtype, hq=2 * group, hkv=2, d=d)
     out = torch.empty_like(q)
     torch.ops.pagoda.paged_decode_attention(out, q, k_cache, v_cache, tables, lens, 0.125)
     for s, n in enumerate(seq_lens):

@@ -342,7 +342,10 @@ void decode_impl(T* out, const T* q, const T* kc, const T* vc, const int64_t* ta
         switch (d / 16) {
           PAGODA_DECODE_CASE(1)
           PAGODA_DECODE_CASE(2)
+          PAGODA_DECODE_CASE(3)  // head_dim 48
           PAGODA_DECODE_CASE(4)
+          PAGODA_DECODE_CASE(5)  // 80
+          PAGODA_DECODE_CASE(6)  // 96
           PAGODA_DECODE_CASE(8)
           default:
             break;
