@@ -81,6 +81,16 @@ def chi2_critical(df: int, alpha: float) -> float:
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
+def assert_draws_follow(ids: list[int], expected: torch.Tensor) -> None:
+    """Draws ``ids`` never leave the support of ``expected`` and pass a chi-square test against it."""
+    n = len(ids)
+    observed = torch.bincount(torch.tensor(ids), minlength=len(expected)).double()
+    keep = expected > 0
+    assert observed[~keep].sum() == 0
+    chi2 = ((observed[keep] - n * expected[keep]) ** 2 / (n * expected[keep])).sum().item()
+    assert chi2 < chi2_critical(int(keep.sum()) - 1, 1e-6)
+
+
 # ---- each transformation against transformers ----
 
 @pytest.mark.parametrize("penalty", [0.7, 1.3, 2.0])
@@ -234,11 +244,7 @@ def test_draws_that_are_mostly_rejected_still_follow_the_kept_set(p):
     expected = hf_probs(logits, p)[0].double()
     assert expected[expected > 0].numel() < vocab // 2
     ids = Sampler({EOS}, torch.Generator().manual_seed(1))(logits.expand(n, -1), make_batch([p] * n)).token_ids
-    observed = torch.bincount(torch.tensor(ids), minlength=vocab).double()
-    keep = expected > 0
-    assert observed[~keep].sum() == 0
-    chi2 = ((observed[keep] - n * expected[keep]) ** 2 / (n * expected[keep])).sum().item()
-    assert chi2 < chi2_critical(int(keep.sum()) - 1, 1e-6)
+    assert_draws_follow(ids, expected)
 
 
 class SetMask:
@@ -280,11 +286,7 @@ def test_verified_draws_follow_the_masked_distribution():
     ids = Sampler({EOS}, torch.Generator().manual_seed(2))(logits.expand(n, -1), make_batch([p] * n)).token_ids
     assert mask.kept > 1000 and mask.refused > 1000  # both paths ran
     expected = _masked_softmax(logits[0], allowed, 0.8).double()
-    observed = torch.bincount(torch.tensor(ids), minlength=vocab).double()
-    assert observed[expected == 0].sum() == 0
-    keep = expected > 0
-    chi2 = ((observed[keep] - n * expected[keep]) ** 2 / (n * expected[keep])).sum().item()
-    assert chi2 < chi2_critical(int(keep.sum()) - 1, 1e-6)
+    assert_draws_follow(ids, expected)
 
 
 def test_verified_greedy_rows_take_the_masked_argmax_and_single_choices_their_token():
@@ -310,11 +312,7 @@ def test_truncating_rows_mask_before_the_draw():
     masked = torch.full_like(logits, float("-inf"))
     masked[0, allowed] = logits[0, allowed]
     expected = hf_probs(masked, p)[0].double()
-    observed = torch.bincount(torch.tensor(ids), minlength=vocab).double()
-    assert observed[expected == 0].sum() == 0
-    keep = expected > 0
-    chi2 = ((observed[keep] - n * expected[keep]) ** 2 / (n * expected[keep])).sum().item()
-    assert chi2 < chi2_critical(int(keep.sum()) - 1, 1e-6)
+    assert_draws_follow(ids, expected)
 
 
 def test_seeded_draws_follow_processed_softmax_across_blocks():
