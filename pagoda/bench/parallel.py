@@ -2,7 +2,8 @@
 
 For each layout: B prompts of random token ids, greedy, a fixed number of generated tokens;
 prints throughput, the communication share of the ranks' work, the bubble rate (the share of
-rank-seconds of the steps a rank sat idle), the utilisation balance, and whether the tokens
+rank-seconds of the steps a rank sat idle) over the whole run and over its decode phase (once
+every prompt has been prefilled), the utilisation balance, and whether the tokens
 equal the first layout's. Writes a timeline PNG of each parallel layout's last steps: one row
 per rank, one box per micro-batch (the brief's pipeline diagram) and a JSON of the figures.
 """
@@ -32,6 +33,7 @@ class LayoutResult:
     total_tok_s: float
     comm_share: float | None
     bubble_rate: float | None
+    decode_bubble_rate: float | None  # after every prompt's prefill
     balance: float | None
     utilisation: list[float] | None
     same_tokens: bool
@@ -88,9 +90,11 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
         llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)  # warm-up
         before = executor.stats() if executor else None
         t0 = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=False)
+        outputs, decode_from = _generate(llm.engine, prompts, params, executor)
         wall = time.perf_counter() - t0
-        stats = executor.stats().since(before) if executor else None
+        end = executor.stats() if executor else None
+        stats = end.since(before) if end else None
+        decode = end.since(decode_from) if end and decode_from else None
         timeline = executor.timeline() if executor else None
     finally:
         if executor:
@@ -101,9 +105,25 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
         layout=spec, ranks=ranks, threads_per_rank=threads, wall_s=wall, generated_tok_s=generated / wall,
         total_tok_s=(generated + sum(len(p) for p in prompts)) / wall,
         comm_share=stats.comm_share if stats else None, bubble_rate=stats.bubble_rate if stats else None,
+        decode_bubble_rate=decode.bubble_rate if decode else None,
         balance=stats.balance if stats else None, utilisation=stats.utilisation if stats else None,
         same_tokens=reference is None or tokens == reference)
     return result, tokens, timeline, (tp, pp)
+
+
+def _generate(engine, prompts: list[list[int]], params, executor) -> tuple[list, object]:
+    """Runs the prompts on the engine; returns their outputs in order and the executor's stats taken
+    once every request has its first token (the decode phase's start), or None without an executor."""
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    outputs: dict[str, object] = {}
+    decode_from = None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            outputs[out.request_id] = out
+        if executor is not None and decode_from is None and len(outputs) == len(prompts):
+            decode_from = executor.stats()
+    return [outputs[str(i)] for i in range(len(prompts))], decode_from
 
 
 def plot_timelines(timelines: list[tuple[str, tuple[int, int], list]], path: str, steps: int = 3) -> None:
@@ -176,10 +196,10 @@ def _run_layouts(args: argparse.Namespace) -> int:
 
     print(f"\nB = {args.batch_size}, prompt {args.prompt_len}, output {args.output_len} tokens, {os.cpu_count()} cores")
     print(f"{'layout':<8} {'ranks x thr':>11} {'wall s':>7} {'gen tok/s':>9} {'total tok/s':>11} "
-          f"{'comm':>5} {'bubble':>6} {'balance':>7} {'same tokens':>11}")
+          f"{'comm':>5} {'bubble':>6} {'decode':>6} {'balance':>7} {'same tokens':>11}")
     for r in results:
         print(f"{r.layout:<8} {f'{r.ranks} x {r.threads_per_rank}':>11} {r.wall_s:>7.2f} {r.generated_tok_s:>9.1f} "
-              f"{r.total_tok_s:>11.1f} {pct(r.comm_share):>5} {pct(r.bubble_rate):>6} "
+              f"{r.total_tok_s:>11.1f} {pct(r.comm_share):>5} {pct(r.bubble_rate):>6} {pct(r.decode_bubble_rate):>6} "
               f"{'-' if r.balance is None else f'{r.balance:.2f}':>7} {'yes' if r.same_tokens else 'NO':>11}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "parallel.json"), "w") as f:

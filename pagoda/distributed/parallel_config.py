@@ -18,7 +18,7 @@ class ParallelConfig:
     startup_timeout_s: float = 300.0
     micro_batches: int = 1  # per step with PP: stage s works on micro-batch k while stage s+1 has k-1
     virtual_engines: int = 1  # with PP: steps in flight at once (each its own scheduler, as vLLM's)
-    stage_layers: tuple[int, ...] | None = None  # layers per stage; None: balanced by count
+    stage_layers: tuple[int, ...] | None = None  # layers per stage; None: balanced by cost (LM head on stage 0)
     max_step_tokens: int = 2048  # sizes the activation slots between stages
     nnodes: int = 1  # hosts; ranks are numbered host by host, rank 0 (the driver) on node 0
     node_rank: int = 0

@@ -198,4 +198,3 @@ def _positioned_generator(request: Request) -> torch.Generator | None:
     if request.generator is None:
         return None
     return request.generator.manual_seed((request.seed * 1_000_003 + request.num_output_tokens) % (1 << 63))
-

@@ -36,3 +36,17 @@ def test_parse_layout():
     assert [parse_layout(x) for x in ("1", "tp3", "pp2", "tp2pp2")] == [(1, 1), (3, 1), (1, 2), (2, 2)]
     with pytest.raises(ValueError):
         parse_layout("dp2")
+
+
+def test_bench_parallel_runs_a_pipeline_and_reports_its_bubbles(tiny_llama_dir, tmp_path):
+    import json
+
+    from pagoda.cli.main import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "parallel", "--model", tiny_llama_dir, "--layouts", "1,pp2", "--batch-size", "4",
+                 "--prompt-len", "8", "--output-len", "6", "--dtype", "float32", "--out", str(out)]) == 0  # same tokens
+    single, pp2 = json.loads((out / "parallel.json").read_text())["results"]
+    assert single["bubble_rate"] is None and pp2["ranks"] == 2
+    assert 0 <= pp2["decode_bubble_rate"] < 1 and 0 <= pp2["bubble_rate"] < 1
+    assert (out / "parallel_timeline.png").stat().st_size > 0
