@@ -18,16 +18,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from pagoda.sample.sampler import (
-    Sampler,
-    SamplingBatch,
-    Truncation,
-    argmax,
-    count_above,
-    mass_above,
-    sample_from_probs,
-    topk,
-)
+from pagoda.sample.row_ops import argmax, count_above, mass_above, sample_from_probs, topk
+from pagoda.sample.sampler import Sampler, SamplingBatch
+from pagoda.sample.truncation import Truncation
 from pagoda.sampling_params import SamplingParams
 
 EOS = 2

@@ -16,13 +16,14 @@ over 100 ms here); and a draw uses one uniform per row (inverse CDF), because to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from pagoda.sample.penalties import apply_frequency_presence_penalties, apply_repetition_penalty, token_pairs
+from pagoda.sample.row_ops import argmax, count_above, per_row, row_index, sample_from_probs, topk
 from pagoda.sample.sampling_batch import RowLogprobs, SamplerOutput, SamplingBatch
+from pagoda.sample.truncation import Truncation
 from pagoda.sampling_params import SamplingParams
 
 __all__ = ["RowLogprobs", "Sampler", "SamplerOutput", "SamplingBatch"]
@@ -45,7 +46,7 @@ class Sampler:
             raise ValueError(f"logits {tuple(logits.shape)} do not match a batch of {len(batch)} rows")
         params, n = batch.params, len(batch)
         logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
-        raw_logprobs = logits[_rows(logprob_rows, n)].float().log_softmax(-1) if logprob_rows else None
+        raw_logprobs = logits[row_index(logprob_rows, n)].float().log_softmax(-1) if logprob_rows else None
 
         checked = [i for i, p in enumerate(params) if checks_after_draw(p)]
         logits = self.process_logits(logits, batch, skip_processors=checked)
@@ -69,12 +70,12 @@ class Sampler:
         token_ids = torch.zeros(n, dtype=torch.long, device=logits.device)
         greedy = [i for i, p in enumerate(params) if p.greedy]
         if greedy:
-            token_ids[greedy] = argmax(logits[_rows(greedy, n)])
+            token_ids[greedy] = argmax(logits[row_index(greedy, n)])
         sampled = [i for i, p in enumerate(params) if not p.greedy]
         if sampled:
-            rows = logits[_rows(sampled, n)].float()
+            rows = logits[row_index(sampled, n)].float()
             if any(params[i].temperature != 1.0 for i in sampled):
-                rows = rows / _per_row([params[i].temperature for i in sampled], rows.device)[:, None]
+                rows = rows / per_row([params[i].temperature for i in sampled], rows.device)[:, None]
             probs = rows.softmax(-1)
             truncation = Truncation.of(probs, [params[i] for i in sampled])
             token_ids[sampled] = self.draw(probs, truncation, [generators[i] for i in sampled])
@@ -133,16 +134,16 @@ class Sampler:
             keys = [i * vocab + t for i in min_tokens for t in self._stop_ids(params[i]) if 0 <= t < vocab]
             flat[torch.tensor(keys, dtype=torch.long, device=device)] = float("-inf")
         if repetition:
-            rows, tokens = _token_pairs([i for i in repetition for _ in (0, 1)],
+            rows, tokens = token_pairs([i for i in repetition for _ in (0, 1)],
                                         [s for i in repetition for s in (batch.prompt_token_ids[i], outputs[i])],
                                         device)
-            penalty = _per_row([p.repetition_penalty for p in params], device)
+            penalty = per_row([p.repetition_penalty for p in params], device)
             apply_repetition_penalty(logits, rows, tokens, penalty)
         if freq_presence:
-            rows, tokens = _token_pairs(freq_presence, [outputs[i] for i in freq_presence], device)
+            rows, tokens = token_pairs(freq_presence, [outputs[i] for i in freq_presence], device)
             apply_frequency_presence_penalties(logits, rows, tokens,
-                                               _per_row([p.frequency_penalty for p in params], device),
-                                               _per_row([p.presence_penalty for p in params], device))
+                                               per_row([p.frequency_penalty for p in params], device),
+                                               per_row([p.presence_penalty for p in params], device))
         for i in processors:
             row = logits[i]
             for processor in params[i].logits_processors:
@@ -203,155 +204,6 @@ def checks_after_draw(params: SamplingParams) -> bool:
         params.greedy or (params.top_p >= 1.0 and not 0 < params.top_k and params.min_p <= 0.0))
 
 
-# ---- logit processing (in place on float32 [rows, vocab]) ----
-
-def apply_repetition_penalty(logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor,
-                             penalty: torch.Tensor) -> None:
-    """HF/CTRL: for every (row, token) pair seen (duplicates are fine), a positive logit is divided
-    by the row's penalty and a negative one multiplied by it. ``penalty`` is per row."""
-    vocab = logits.shape[1]
-    keys = torch.unique(_keys(rows, tokens, vocab))
-    flat = logits.view(-1)
-    scores, p = flat[keys], penalty[keys // vocab]
-    flat[keys] = torch.where(scores < 0, scores * p, scores / p)
-
-
-def apply_frequency_presence_penalties(logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor,
-                                       frequency: torch.Tensor, presence: torch.Tensor) -> None:
-    """OpenAI: logit -= count * frequency + (count > 0) * presence, counting the (row, token) pairs."""
-    vocab = logits.shape[1]
-    keys, counts = torch.unique(_keys(rows, tokens, vocab), return_counts=True)
-    row = keys // vocab
-    logits.view(-1).index_add_(0, keys, -(counts * frequency[row] + presence[row]))
-
-
-# ---- truncation (min_p, top_k, top_p) as a test on tokens ----
-
-@dataclass
-class Truncation:
-    """What min_p, top_k and top_p keep, as a test a drawn token can be put to, so the kept set is
-    never built (that would take a sort or a mask over the vocabulary). A token is kept when its
-    probability is above ``floor`` (min_p and top_k: every token at least as likely as the k-th and
-    at least min_p times the top one) and the mass strictly above it is below ``need`` (top_p of the
-    mass that min_p and top_k keep; HF's TopPLogitsWarper rule). The kept set is therefore always the
-    most likely tokens, and the top token is always in it. Tokens tied at a cut are all kept."""
-
-    floor: torch.Tensor  # [rows]
-    need: torch.Tensor | None  # [rows]; None when no row uses top_p
-
-    @classmethod
-    def of(cls, probs: torch.Tensor, params: list[SamplingParams]) -> Truncation | None:
-        """The truncation of each row of ``probs`` (after temperature), or None if no row truncates."""
-        n, vocab = probs.shape
-        device = probs.device
-        top_k = [i for i, p in enumerate(params) if 0 < p.top_k < vocab]
-        use_min_p = any(p.min_p > 0 for p in params)
-        use_top_p = any(p.top_p < 1.0 for p in params)
-        if not (top_k or use_min_p or use_top_p):
-            return None
-        cut = torch.zeros(n, device=device)
-        if use_min_p:
-            cut = _per_row([p.min_p for p in params], device) * probs.amax(-1)
-        if top_k:
-            k = torch.tensor([params[i].top_k for i in top_k], device=device)
-            kth = topk(probs[_rows(top_k, n)], int(k.max()))[0].gather(1, (k - 1)[:, None]).squeeze(1)
-            cut[top_k] = torch.maximum(cut[top_k], kth)
-        floor = torch.nextafter(cut, torch.zeros_like(cut))  # p > floor  <=>  p >= cut
-        need = None
-        if use_top_p:
-            kept_mass = mass_above(probs, floor) if top_k or use_min_p else probs.sum(-1)
-            need = _per_row([p.top_p for p in params], device) * kept_mass
-            need[[i for i, p in enumerate(params) if p.top_p >= 1.0]] = float("inf")
-        return cls(floor, need)
-
-    def keeps(self, probs: torch.Tensor, token_probs: torch.Tensor, rows: torch.Tensor | None = None
-              ) -> torch.Tensor:
-        """Whether each row keeps the token whose probability is ``token_probs``; ``rows`` selects
-        this truncation's rows that ``probs`` holds (all of them when None)."""
-        floor, need = (self.floor, self.need) if rows is None else (
-            self.floor[rows], None if self.need is None else self.need[rows])
-        kept = token_probs > floor
-        if need is not None:
-            kept &= mass_above(probs, token_probs) < need
-        return kept
-
-
-def mass_above(probs: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-    """Per row, the probability mass strictly above ``level`` [rows]. (threshold on probs / level
-    keeps what exceeds 1: one fused pass, about twice as fast as a boolean mask.)"""
-    level = level.clamp_min(torch.finfo(probs.dtype).tiny)
-    per_block = _per_block_above(probs, level, lambda x, lv: F.threshold(x / lv, 1.0, 0.0).sum(-1))
-    return (per_block.double().sum(-1) * level).float()
-
-
-def count_above(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-    """Per row, how many entries of ``x`` are strictly above ``level`` [rows]."""
-    return _per_block_above(x, level, lambda x, lv: (x > lv).sum(-1, dtype=torch.int32)).sum(-1)
-
-
-def _per_block_above(x: torch.Tensor, level: torch.Tensor, reduce: Callable) -> torch.Tensor:
-    """``reduce(blocks [r, m, size], level [r, 1, 1]) -> [r, m]`` for each row's blocks that may
-    hold values above its level, zero for the others. Only blocks whose maximum exceeds the level
-    can, and above a drawn token (usually among the most likely) they are few: rows where they are
-    under half of the row reduce just those. Each block is reduced alone and the caller sums the
-    blocks in float64, so a row's result does not depend on the other rows of the batch."""
-    blocks = _blocks(x, float("-inf"))
-    block_max = blocks.amax(-1)
-    num_over = (block_max > level[:, None]).sum(-1)
-    few = 2 * num_over < block_max.shape[1]
-    out = torch.zeros(block_max.shape, device=x.device, dtype=torch.float32 if x.is_floating_point() else torch.long)
-    for rows, sparse in ((few.nonzero()[:, 0], True), ((~few).nonzero()[:, 0], False)):
-        if len(rows) == 0:
-            continue
-        if sparse:  # the blocks with the largest maxima: all that exceed the level, and maybe others
-            chosen = block_max[rows].topk(int(num_over[rows].max())).indices
-            part = _take_blocks(blocks, chosen, rows)
-            out[rows[:, None], chosen] = reduce(part, level[rows][:, None, None]).to(out.dtype)
-        else:
-            part = blocks if len(rows) == x.shape[0] else blocks[rows]
-            out[rows] = reduce(part, level[rows][:, None, None]).to(out.dtype)
-    return out
-
-
-def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """One inverse-CDF draw per row from unnormalised ``probs`` [rows, vocab] with ``u`` ~ U[0, 1)
-    (float64, one per row). Two levels, a block of tokens then a token inside it, keep each running
-    sum short, so rounding cannot swallow small probabilities as one float32 cumsum over the
-    vocabulary would; a token of probability zero is never drawn."""
-    n, vocab = probs.shape
-    blocks = _blocks(probs, 0.0)
-    block_cum = blocks.sum(-1).double().cumsum(-1)
-    target = u.clamp(max=1 - 1e-12)[:, None] * block_cum[:, -1:]  # < total, even after rounding
-    b = torch.searchsorted(block_cum, target, right=True).clamp_max(block_cum.shape[1] - 1)
-    start = torch.where(b > 0, block_cum.gather(1, (b - 1).clamp_min(0)), 0.0)
-    frac = ((target - start) / (block_cum.gather(1, b) - start)).clamp(0, 1 - 1e-12)
-    inner = _take_blocks(blocks, b).squeeze(1).double().cumsum(-1)
-    j = torch.searchsorted(inner, frac * inner[:, -1:], right=True).clamp_max(blocks.shape[2] - 1)
-    return (b * blocks.shape[2] + j).squeeze(1).clamp_max(vocab - 1)
-
-
-def argmax(logits: torch.Tensor) -> torch.Tensor:
-    """Row argmax (the first index of the maximum), as ``logits.argmax(-1)``. torch's CPU argmax is
-    a scalar loop, ten times slower than the vectorised max of each block; so find the block
-    holding the maximum, then the index inside it."""
-    blocks = _blocks(logits, float("-inf"))
-    b = blocks.amax(-1).argmax(-1)
-    return b * blocks.shape[2] + _take_blocks(blocks, b[:, None]).squeeze(1).argmax(-1)
-
-
-def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x.topk(k)`` per row (values descending, and their indices). Only the k blocks with the
-    largest maxima can hold a row's k largest values, so when those blocks are a small part of the
-    row, topk runs on them alone (it costs ~1 ns per element scanned)."""
-    blocks = _blocks(x, float("-inf"))
-    num_blocks, size = blocks.shape[1:]
-    if 2 * k > num_blocks:
-        return x.topk(k)
-    chosen = blocks.amax(-1).topk(k).indices
-    values, pos = _take_blocks(blocks, chosen).flatten(1).topk(k)
-    return values, chosen.gather(1, pos // size) * size + pos % size
-
-
 # ---- helpers ----
 
 def _row_logprobs(raw: torch.Tensor, tokens: list[int], counts: list[int]) -> list[RowLogprobs]:
@@ -365,46 +217,3 @@ def _row_logprobs(raw: torch.Tensor, tokens: list[int], counts: list[int]) -> li
             for j, c in enumerate(counts)]
 
 
-def _token_pairs(rows: list[int], seqs: list[Sequence[int]], device: torch.device
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Parallel (row, token) tensors from per-row token sequences, with no Python loop over tokens."""
-    tensors = [torch.as_tensor(s, dtype=torch.long) for s in seqs]
-    # (torch.repeat_interleave would do, but its CPU kernel takes ~20 ms even on a few tokens)
-    row_ids = torch.cat([torch.full((len(t),), r, dtype=torch.long) for r, t in zip(rows, tensors, strict=True)])
-    return row_ids.to(device), torch.cat(tensors).to(device)
-
-
-def _keys(rows: torch.Tensor, tokens: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Flat indices into [rows, vocab] logits; ids outside the vocabulary (a tokenizer's added
-    tokens past the model's head) are left out, as HF does."""
-    inside = (tokens >= 0) & (tokens < vocab)
-    return rows[inside] * vocab + tokens[inside]
-
-
-def _blocks(x: torch.Tensor, pad_value: float) -> torch.Tensor:
-    """``x`` [rows, n] as [rows, n / size, size]: a view when a power of two from 256 down to 32
-    divides n, else padded with ``pad_value`` to a multiple of 256."""
-    rows, n = x.shape
-    for size in (256, 128, 64, 32):
-        if n % size == 0:
-            return x.reshape(rows, -1, size)
-    return F.pad(x, (0, -n % 256), value=pad_value).view(rows, -1, 256)
-
-
-def _take_blocks(blocks: torch.Tensor, chosen: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """``blocks`` [rows, n, size] at block indices ``chosen`` [r, m] of ``rows`` (all when None)
-    -> [r, m, size]. (index_select on the flattened blocks is ~8x faster than gather.)"""
-    num_rows, n, size = blocks.shape
-    if rows is None:
-        rows = torch.arange(num_rows, device=chosen.device)
-    flat = chosen + n * rows[:, None]
-    return blocks.reshape(num_rows * n, size).index_select(0, flat.view(-1)).view(len(rows), -1, size)
-
-
-def _per_row(values: list[float], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=device)
-
-
-def _rows(rows: list[int], n: int) -> slice | list[int]:
-    """An index for ``rows``: a plain slice (a view, no copy) when it is every row."""
-    return slice(None) if len(rows) == n else rows
