@@ -18,6 +18,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
+from pagoda.distributed.pipeline_stage import rebalanced_stage_sizes
 from pagoda.engine.args import int_list
 
 HELP = "parallel layouts: throughput, communication share, bubble rate, timeline PNG"
@@ -36,6 +37,9 @@ class LayoutResult:
     decode_bubble_rate: float | None  # after every prompt's prefill
     balance: float | None
     utilisation: list[float] | None
+    stage_layers: list[int] | None  # with PP: layers per stage in this run
+    suggested_stage_layers: list[int] | None  # with PP: the split the decode phase's work suggests
+    # (the driver's engine work between steps counted on stage 0)
     same_tokens: bool
 
 
@@ -90,12 +94,22 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
         llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)  # warm-up
         before = executor.stats() if executor else None
         t0 = time.perf_counter()
-        outputs, decode_from = _generate(llm.engine, prompts, params, executor)
+        outputs, decode_from, decode_t0 = _generate(llm.engine, prompts, params, executor)
         wall = time.perf_counter() - t0
+        decode_wall = time.perf_counter() - decode_t0 if decode_t0 else 0.0
         end = executor.stats() if executor else None
         stats = end.since(before) if end else None
         decode = end.since(decode_from) if end and decode_from else None
         timeline = executor.timeline() if executor else None
+        stage_layers = suggested = None
+        if pp > 1:
+            ranges = executor.parallel.stage_layer_ranges(llm.engine.model_config)
+            stage_layers = [len(r) for r in ranges]
+            phase, phase_wall = (decode, decode_wall) if decode else (stats, wall)
+            # the driver's engine work between steps (scheduling, outputs) is stage 0's too
+            work = list(phase.work_s)
+            work[0] += max(0.0, phase_wall - phase.step_s)
+            suggested = rebalanced_stage_sizes(work, ranges, tp)
     finally:
         if executor:
             executor.close()
@@ -107,23 +121,24 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
         comm_share=stats.comm_share if stats else None, bubble_rate=stats.bubble_rate if stats else None,
         decode_bubble_rate=decode.bubble_rate if decode else None,
         balance=stats.balance if stats else None, utilisation=stats.utilisation if stats else None,
-        same_tokens=reference is None or tokens == reference)
+        stage_layers=stage_layers, suggested_stage_layers=suggested, same_tokens=reference is None or tokens == reference)
     return result, tokens, timeline, (tp, pp)
 
 
-def _generate(engine, prompts: list[list[int]], params, executor) -> tuple[list, object]:
-    """Runs the prompts on the engine; returns their outputs in order and the executor's stats taken
-    once every request has its first token (the decode phase's start), or None without an executor."""
+def _generate(engine, prompts: list[list[int]], params, executor) -> tuple[list, object, float]:
+    """Runs the prompts on the engine; returns their outputs in order, and the executor's stats and
+    the time (perf_counter) once every request has its first token, the decode phase's start (None
+    and 0 without an executor)."""
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, params)
     outputs: dict[str, object] = {}
-    decode_from = None
+    decode_from, decode_t0 = None, 0.0
     while engine.has_unfinished_requests():
         for out in engine.step():
             outputs[out.request_id] = out
         if executor is not None and decode_from is None and len(outputs) == len(prompts):
-            decode_from = executor.stats()
-    return [outputs[str(i)] for i in range(len(prompts))], decode_from
+            decode_from, decode_t0 = executor.stats(), time.perf_counter()
+    return [outputs[str(i)] for i in range(len(prompts))], decode_from, decode_t0
 
 
 def plot_timelines(timelines: list[tuple[str, tuple[int, int], list]], path: str, steps: int = 3) -> None:
@@ -201,6 +216,10 @@ def _run_layouts(args: argparse.Namespace) -> int:
         print(f"{r.layout:<8} {f'{r.ranks} x {r.threads_per_rank}':>11} {r.wall_s:>7.2f} {r.generated_tok_s:>9.1f} "
               f"{r.total_tok_s:>11.1f} {pct(r.comm_share):>5} {pct(r.bubble_rate):>6} {pct(r.decode_bubble_rate):>6} "
               f"{'-' if r.balance is None else f'{r.balance:.2f}':>7} {'yes' if r.same_tokens else 'NO':>11}")
+    for r in results:
+        if r.stage_layers and r.suggested_stage_layers != r.stage_layers:
+            print(f"{r.layout}: stages ran {'/'.join(map(str, r.stage_layers))} layers; the decode phase's work "
+                  f"suggests --stage-layers {','.join(map(str, r.suggested_stage_layers))}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "parallel.json"), "w") as f:
         json.dump({"args": vars(args) | {"_bench_run": None, "_run": None}, "results": [asdict(r) for r in results]},

@@ -36,6 +36,19 @@ def split_layers(num_layers: int, stages: int, sizes: list[int] | None = None,
     return [range(a, a + n) for a, n in zip(starts, sizes, strict=True)]
 
 
+def rebalanced_stage_sizes(work_s: list[float], ranges: list[range], tp: int = 1) -> list[int]:
+    """Stage sizes that would even out measured work (rank order, ``tp`` ranks a stage): a layer's
+    cost comes from the later stages, which run only layers, and stage 0's extra (the LM head and
+    sampling) from what its layers do not explain."""
+    sizes = [len(r) for r in ranges]
+    stage_work = [sum(work_s[s * tp:(s + 1) * tp]) / tp for s in range(len(ranges))]
+    if len(ranges) < 2 or sum(stage_work[1:]) <= 0:
+        return sizes
+    per_layer = sum(stage_work[1:]) / sum(sizes[1:])
+    extra = max(0.0, stage_work[0] - sizes[0] * per_layer) / per_layer
+    return [len(r) for r in split_layers(sum(sizes), len(ranges), first_stage_extra=extra)]
+
+
 def lm_head_cost_in_layers(config: ModelConfig) -> float:
     """The LM head's weights over one decoder layer's: a decode step reads every weight once, so
     its time follows the weights (SmolLM2-135M: 28.3M against 3.5M, so 8 layers)."""

@@ -49,4 +49,5 @@ def test_bench_parallel_runs_a_pipeline_and_reports_its_bubbles(tiny_llama_dir, 
     single, pp2 = json.loads((out / "parallel.json").read_text())["results"]
     assert single["bubble_rate"] is None and pp2["ranks"] == 2
     assert 0 <= pp2["decode_bubble_rate"] < 1 and 0 <= pp2["bubble_rate"] < 1
+    assert pp2["stage_layers"] == [1, 1] and pp2["suggested_stage_layers"] == [1, 1]  # 2 layers: no other split
     assert (out / "parallel_timeline.png").stat().st_size > 0

@@ -26,6 +26,19 @@ def test_split_layers():
         split_layers(5, 2, [1, 3])
 
 
+def test_rebalanced_stage_sizes_from_measured_work():
+    from pagoda.distributed.pipeline_stage import rebalanced_stage_sizes
+
+    ranges = split_layers(30, 2, [11, 19])
+    # a layer costs 1 s (stage 1: 19 layers, 19 s); stage 0's extra is 8 s: already balanced
+    assert rebalanced_stage_sizes([19.0, 19.0], ranges) == [11, 19]
+    # its extra is 4 s: stage 0 should take two more layers
+    assert rebalanced_stage_sizes([15.0, 19.0], ranges) == [13, 17]
+    # TP 2: per-stage work is the mean of its ranks
+    assert rebalanced_stage_sizes([15.0, 15.0, 19.0, 19.0], ranges, tp=2) == [13, 17]
+    assert rebalanced_stage_sizes([5.0], [range(0, 30)]) == [30]
+
+
 def test_default_split_counts_the_lm_head_on_stage_0():
     from pagoda.config import ModelConfig
     from pagoda.distributed.pipeline_stage import lm_head_cost_in_layers
