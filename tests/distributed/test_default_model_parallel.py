@@ -23,4 +23,4 @@ def reference():
 def test_default_model_split_matches_one_process(reference, make_llm, layout):
     llm = make_llm(default_model_path(), quantization=None, **layout)
     assert_same(reference, llm.generate(PROMPTS, GREEDY, use_tqdm=False))
-    assert len(llm.engine.runner.stats().busy_s) == 3 if "tensor_parallel_size" in layout else 2
+    assert len(llm.engine.runner.stats().busy_s) == (3 if "tensor_parallel_size" in layout else 2)
