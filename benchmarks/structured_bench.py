@@ -24,7 +24,7 @@ import jsonschema
 from tqdm import tqdm
 
 from pagoda import LLM, SamplingParams
-from pagoda.structured import GuidedDecodingParams, GuidedLogitsProcessor, guided_logits_processor
+from pagoda.structured import GuidedDecodingParams, guided_logits_processor
 
 SCHEMA = {
     "type": "object",
@@ -52,17 +52,6 @@ def _run(llm: LLM, prompts: list[list[int]], params: list[SamplingParams]) -> tu
     after = engine.get_stats()
     return (elapsed, [o.outputs[0] for o in outs], after.num_steps - before.num_steps,
             after.jump_forward_tokens_total - before.jump_forward_tokens_total)
-
-
-class _MaskFirst:
-    """A guided processor seen only as a logits processor: every token masked before its draw, no
-    draw verification, no jump-forward (how constrained decoding ran before draws were verified)."""
-
-    def __init__(self, processor: GuidedLogitsProcessor) -> None:
-        self.processor, self.stats = processor, processor.stats
-
-    def __call__(self, token_ids, logits):
-        return self.processor(token_ids, logits)
 
 
 @dataclass
@@ -105,7 +94,8 @@ def main() -> None:
         for c in configs:
             if c.constrained:
                 processors = [guided_logits_processor(spec, tok, jump_forward=c.jump_forward) for _ in prompts]
-                used = [_MaskFirst(p) if c.mask_first else p for p in processors]
+                # mask first: the processor seen only as a callable (no draw verification, no jump-forward)
+                used = [p.__call__ if c.mask_first else p for p in processors]
                 params = [SamplingParams(max_tokens=args.max_tokens, temperature=0.7, seed=i, logits_processors=[p])
                           for i, p in enumerate(used)]
             else:  # as many tokens as the stepwise run produced, for the same prompts

@@ -109,6 +109,15 @@ class Tokenizer:
                    chat_template=_read_chat_template(root, config),
                    clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)))
 
+    def save_pretrained(self, model_dir: str) -> None:
+        """Writes tokenizer.json and tokenizer_config.json (special tokens, chat template) into
+        ``model_dir``, which ``from_pretrained`` reads back (e.g. a GGUF's tokenizer for an HF-format
+        model directory)."""
+        root = Path(model_dir)
+        self.backend.save(str(root / "tokenizer.json"))
+        config = dict(self.special_tokens, chat_template=self.chat_template)
+        (root / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+
     @classmethod
     def from_gguf(cls, checkpoint: GGUFCheckpoint | str) -> Tokenizer:
         """From a GGUF file's `tokenizer.*` metadata (gpt2 byte-level BPE or llama sentencepiece)."""

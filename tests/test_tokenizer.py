@@ -316,3 +316,15 @@ def test_tokenizer_pickles(bpe_gguf):
     assert copy.encode(text) == tok.encode(text) and copy.decode(tok.encode(text)) == tok.decode(tok.encode(text))
     assert copy.eos_token_ids == tok.eos_token_ids and copy.all_special_ids == tok.all_special_ids
     assert copy.apply_chat_template(CONVERSATIONS[1]) == tok.apply_chat_template(CONVERSATIONS[1])
+
+
+def test_save_pretrained_round_trips_a_gguf_tokenizer(tmp_path):
+    """The bundled GGUF's tokenizer written as an HF directory reads back the same."""
+    original = Tokenizer.from_gguf(default_model_path())
+    original.save_pretrained(str(tmp_path))
+    loaded = Tokenizer.from_pretrained(str(tmp_path))
+    text = "Hello <|im_start|>world, 1234 héllo\n\tcode()"
+    assert loaded.encode(text) == original.encode(text)
+    assert loaded.eos_token_id == original.eos_token_id and loaded.bos_token_id == original.bos_token_id
+    messages = [{"role": "user", "content": "Hi"}]
+    assert loaded.apply_chat_template(messages, tokenize=False) == original.apply_chat_template(messages, tokenize=False)

@@ -50,12 +50,6 @@ def build_head_twin(base: str, num_heads: int, num_kv_heads: int, out_dir: str, 
     tensors = {name: (torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=gen) * 0.02
                       ).to(torch.bfloat16) for name, shape in shapes.items()}
     save_file(tensors, os.path.join(out_dir, "model.safetensors"))
-    _save_tokenizer(files.tokenizer(), out_dir)
+    files.tokenizer().save_pretrained(out_dir)
     return out_dir
 
-
-def _save_tokenizer(tokenizer, out_dir: str) -> None:
-    tokenizer.backend.save(os.path.join(out_dir, "tokenizer.json"))
-    config = dict(tokenizer.special_tokens, chat_template=tokenizer.chat_template)
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=1)
