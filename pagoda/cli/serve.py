@@ -9,6 +9,7 @@ HELP = "serve an OpenAI-compatible API (completions, chat, /metrics) on a model"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pagoda.engine.args import EngineArgs
+    from pagoda.server.config import ServerConfig
 
     EngineArgs.add_cli_args(parser)
     g = parser.add_argument_group("server")
@@ -20,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-waiting", type=int, default=1024,
                    help="requests allowed to wait for their first token; past it new ones get 503 + Retry-After")
     g.add_argument("--image-model", default=None, help="also serve /v1/images/generations with this model")
+    g.add_argument("--web-ui", action=argparse.BooleanOptionalAction, default=ServerConfig.web_ui,
+                   help="the chat page at / and the live dashboard at /dashboard (--no-web-ui: neither)")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                    help="log every HTTP request")
@@ -34,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--max-waiting must be at least 1")
     config = ServerConfig(host=args.host, port=args.port, served_model_name=args.served_model_name,
                           api_key=args.api_key, max_waiting=args.max_waiting, image_model=args.image_model,
-                          log_level=args.log_level)
+                          log_level=args.log_level, web_ui=args.web_ui)
     run_server(EngineArgs.from_cli_args(args), config, access_log=args.access_log)
     return 0

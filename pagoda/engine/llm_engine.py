@@ -66,6 +66,7 @@ class LLMEngine:
         self._num_finished = 0
         self._parallel: ParallelStats | None = None  # the runner's last per-rank stats
         self._parallel_at = 0.0  # and when they were taken (time.monotonic)
+        self.last_scheduled: SchedulerOutput | None = None  # the step the last step() completed, if any
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -186,6 +187,7 @@ class LLMEngine:
 
     # -- one iteration ------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        self.last_scheduled = None
         if len(self.schedulers) > 1:
             return self._pipelined_step()
         scheduled = self.scheduler.schedule()
@@ -231,6 +233,7 @@ class LLMEngine:
     def _apply(self, scheduler: Scheduler, scheduled: SchedulerOutput, result: ModelRunnerOutput
                ) -> list[RequestOutput]:
         """A step's sampled tokens -> the scheduler's state and the requests' outputs."""
+        self.last_scheduled = scheduled
         self._record_logprobs(result)
         touched = self._fail({s.request: result.failed[s.request.request_id] for s in scheduled.scheduled
                               if s.request.request_id in result.failed})

@@ -78,6 +78,10 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: TokenizerLi
         api.include_router(make_router(config.image_model))
 
     app.include_router(api)
+    if config.web_ui:
+        from pagoda.server.web_ui import make_router as make_web_ui_router
+
+        app.include_router(make_web_ui_router(client, config, model.name))
 
     @app.get("/health")
     async def health() -> Response:

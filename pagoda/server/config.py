@@ -15,3 +15,4 @@ class ServerConfig:
     retry_after_s: int = 1  # the Retry-After header of a 503
     image_model: str | None = None  # a diffusion model for /v1/images/generations, if any
     log_level: str = "info"
+    web_ui: bool = True  # the chat page at / and the live dashboard at /dashboard

@@ -25,12 +25,14 @@ from pagoda.engine.args import EngineArgs
 from pagoda.engine.stats import EngineStats
 from pagoda.errors import InvalidRequestError
 from pagoda.sampling_params import SamplingParams
+from pagoda.server.dashboard_snapshot import DashboardSnapshot
 from pagoda.server.engine_process import make_llm_engine, run_engine_process
 from pagoda.server.messages import (
     AbortRequest,
     AddRequest,
     EngineFailed,
     EngineReady,
+    GetDashboard,
     GetStats,
     RequestDelta,
     RequestRejected,
@@ -213,6 +215,20 @@ class EngineClient:
         finally:
             self._stats_waiters.pop(token, None)
 
+    async def get_dashboard(self, since_step: int = -1, since_time: float = 0.0,
+                            timeout_s: float = 30.0) -> DashboardSnapshot:
+        """A dashboard snapshot, taken after every message this process sent before the call."""
+        self._check_alive()
+        self._bind_loop()
+        token = next(self._tokens)
+        fut = asyncio.get_running_loop().create_future()
+        self._stats_waiters[token] = fut
+        try:
+            self._in_q.put(GetDashboard(token, since_step, since_time))
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._stats_waiters.pop(token, None)
+
     # --- the reader thread and the event loop side ---
 
     def _read_loop(self) -> None:
@@ -233,7 +249,8 @@ class EngineClient:
             if isinstance(msg, StepResult):
                 if msg.stats is not None:
                     self.latest_stats = msg.stats
-                if msg.deltas or msg.rejected or msg.stats_token is not None:
+                if (msg.deltas or msg.rejected or msg.stats_token is not None
+                        or msg.dashboard_token is not None):
                     self._call_in_loop(self._dispatch, msg)
 
     def _call_in_loop(self, fn: Callable, *args: Any) -> None:
@@ -269,6 +286,10 @@ class EngineClient:
             fut = self._stats_waiters.get(result.stats_token)
             if fut is not None and not fut.done():
                 fut.set_result(result.stats)
+        if result.dashboard_token is not None:
+            fut = self._stats_waiters.get(result.dashboard_token)
+            if fut is not None and not fut.done():
+                fut.set_result(result.dashboard)
 
     def _fail_all(self, failure: EngineFailed) -> None:
         for stream in self._streams.values():

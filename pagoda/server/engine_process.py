@@ -15,18 +15,21 @@ import logging
 import multiprocessing
 import os
 import queue
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from pagoda.engine.args import EngineArgs
 from pagoda.errors import InvalidRequestError
+from pagoda.server.dashboard_feed import DashboardFeed
 from pagoda.server.delta_tracker import DeltaTracker
 from pagoda.server.messages import (
     AbortRequest,
     AddRequest,
     EngineFailed,
     EngineReady,
+    GetDashboard,
     GetStats,
     RequestDelta,
     RequestRejected,
@@ -69,6 +72,7 @@ class EngineLoop:
         self.out_q = out_q
         self.tracker = DeltaTracker()
         self.in_flight: set[str] = set()
+        self.dashboard = DashboardFeed(engine)
 
     def run(self) -> None:
         try:
@@ -132,10 +136,14 @@ class EngineLoop:
                     logger.exception("abort_request %s failed", msg.request_id)
         elif isinstance(msg, GetStats):
             result.stats_token = msg.token
+        elif isinstance(msg, GetDashboard):
+            result.dashboard = self.dashboard.snapshot(msg.since_step, msg.since_time)
+            result.dashboard_token = msg.token
         else:
             logger.error("unknown message %r", msg)
 
     def _step(self, result: StepResult) -> None:
+        start = time.monotonic()
         try:
             outputs = self.engine.step()
         except Exception as e:  # noqa: BLE001
@@ -153,6 +161,7 @@ class EngineLoop:
                     samples=[SampleDelta(index=0, text="", token_ids=[], finish_reason="error")]))
             self.in_flight.clear()
             return
+        self.dashboard.on_step(start, outputs)
         for out in outputs:
             if out.request_id not in self.in_flight:
                 continue  # aborted while the step ran
