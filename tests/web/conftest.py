@@ -26,13 +26,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture(scope="session")
-def web_server(tiny_llama_dir: str) -> Iterator[LiveServer]:
+def web_server(tiny_llama_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    from pagoda.diffusion.tiny import build_tiny_text_to_image
+
+    image_model = build_tiny_text_to_image(str(tmp_path_factory.mktemp("tiny-sd-web")), seed=5)
     client = EngineClient(tiny_engine_args(tiny_llama_dir))
     client.start()
     server = LiveServer(client, {
         "main": ServerConfig(served_model_name=MODEL),
         "keyed": ServerConfig(served_model_name=MODEL, api_key=API_KEY),
         "off": ServerConfig(served_model_name=MODEL, web_ui=False),
+        "images": ServerConfig(served_model_name=MODEL, image_model=image_model),
     })
     yield server
     server.stop()
@@ -63,7 +67,8 @@ def page(browser: Any) -> Iterator[Any]:
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.js_errors = errors
+    pg.urls_requested = []  # what the page fetched: everything must come from the server itself
+    pg.on("request", lambda r: pg.urls_requested.append(r.url))
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"

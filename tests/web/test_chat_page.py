@@ -54,6 +54,7 @@ def test_chat_streams_the_servers_answer(server, page, screenshot) -> None:
                   {"role": "user", "content": "And one more thing."}])
     assert second == expected2.choices[0].message.content
     screenshot(page, "chat")
+    assert page.urls_requested and all(u.startswith(server.url + "/") for u in page.urls_requested)
 
 
 def test_stop_button_ends_the_request(server, page) -> None:
@@ -116,3 +117,33 @@ def test_chat_page_asks_for_the_key(server, page) -> None:
     page.fill("#prompt", "hi")
     page.click("#send")
     page.wait_for_selector(".message.assistant[data-state='done']", timeout=60_000)
+
+
+def test_image_tab_generates_with_a_sampler_preset(server, page, screenshot) -> None:
+    from pagoda.diffusion.presets import PRESETS
+
+    url = server.urls["images"]
+    _open(page, url)
+    assert page.is_visible("#tab-image")
+    page.click("#tab-image")
+    options = page.eval_on_selector_all("#image-sampler option", "os => os.map(o => o.value)")
+    assert options == list(PRESETS)
+    page.fill("#image-prompt", "a red pagoda")
+    page.select_option("#image-sampler", "DDIM Trailing")
+    page.fill("#image-steps", "3")
+    page.fill("#image-seed", "11")
+    page.click("#image-generate")
+    page.wait_for_selector("#images img", timeout=120_000)
+    src = page.get_attribute("#images img", "src")
+    assert "DDIM Trailing, 3 steps" in page.text_content("#image-status")
+    # the same request through the API gives the same image
+    expected = server.post("/v1/images/generations", name="images", json={
+        "prompt": "a red pagoda", "sampler": "DDIM Trailing", "steps": 3, "seed": 11, "n": 1,
+        "guidance_scale": 7.5, "response_format": "b64_json"}).json()
+    assert src == "data:image/png;base64," + expected["data"][0]["b64_json"]
+    screenshot(page, "image")
+
+
+def test_the_image_tab_is_hidden_without_an_image_model(server, page) -> None:
+    _open(page, server.url)
+    assert not page.is_visible("#tab-image")

@@ -97,6 +97,7 @@ def test_block_map_follows_the_requests_and_the_timeline_advances(server, page, 
     assert all(s[1] > 0 and s[2] >= 1 for s in steps)
     assert "tok/s" in page.text_content("#gen-tps-minute")
     assert page.text_content("#ttft-p50") != "–" and page.text_content("#itl-p50") != "–"
+    assert all(u.startswith(server.url + "/") for u in page.urls_requested)  # nothing from a CDN
 
 
 def test_prefix_hits_are_shown(server, page) -> None:
