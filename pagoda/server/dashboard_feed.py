@@ -17,7 +17,7 @@ from pagoda.engine.step_timeline import StepTimeline
 from pagoda.kv_cache.block_map import compact_block_map
 from pagoda.server.dashboard_snapshot import DashboardSnapshot, QueueEntry
 
-WATCH_TIMEOUT_S = 3.0  # a dashboard that stopped asking for this long is closed
+WATCH_TIMEOUT_S = 10.0  # a dashboard that stopped asking for this long is closed (generous: loaded hosts)
 QUEUE_LIMIT = 256  # requests listed per snapshot (counts stay exact)
 _LATENCY_SAMPLES = 8192  # per kind, between two snapshots at most
 
