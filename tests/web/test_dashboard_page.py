@@ -68,7 +68,7 @@ def test_block_map_follows_the_requests_and_the_timeline_advances(server, page, 
     assert _attr(page, _BLOCKS, "owned") == 0
     last_step = _attr(page, _TIMELINE, "last-step")
 
-    load = _load(server, n=6, max_tokens=300)
+    load = _load(server, n=6, max_tokens=200)
     # while the requests run, their blocks show as owned and the queue lists them
     page.wait_for_function(f"Number(document.querySelector('{_BLOCKS}').dataset.owned) >= 6", timeout=60_000)
     assert load.is_alive()
@@ -77,7 +77,7 @@ def test_block_map_follows_the_requests_and_the_timeline_advances(server, page, 
     time.sleep(1.0)  # a few timeline steps into the decode
     if load.is_alive():
         screenshot(page, "dashboard")
-    load.join(120)
+    load.join(600)  # generous: a loaded machine
     assert not load.is_alive() and not load.errors
 
     # afterwards every block is free or cached (prefix caching keeps the prompts' full blocks)
@@ -91,7 +91,7 @@ def test_block_map_follows_the_requests_and_the_timeline_advances(server, page, 
     assert (state.count("."), state.count("c"), state.count("o") + state.count("h")) == (free, cached, 0)
 
     # the timeline advanced by the steps the engine ran, with prefill and decode tokens in them
-    assert _attr(page, _TIMELINE, "last-step") >= last_step + 300
+    assert _attr(page, _TIMELINE, "last-step") >= last_step + 199  # one decode token per request per step
     steps = page.evaluate("views[0].steps")
     assert sum(s[3] for s in steps) >= 0 and sum(s[4] for s in steps) > 0
     assert all(s[1] > 0 and s[2] >= 1 for s in steps)
@@ -115,7 +115,7 @@ def test_prefix_hits_are_shown(server, page) -> None:
     load.start()
     page.wait_for_function(f"Number(document.querySelector('{_BLOCKS}').dataset.hits) > {before}",
                            timeout=60_000)
-    load.join(60)
+    load.join(600)
     assert done, "the request failed"
     assert page.text_content("#hit-rate") not in ("–", "0.0%")
 
@@ -150,7 +150,7 @@ def test_updates_are_bounded_and_coalesced(server) -> None:
             if time.monotonic() - started > 3.0:
                 break
     elapsed = time.monotonic() - started
-    load.join(120)
+    load.join(600)
     assert not load.errors
     assert 5 <= events <= 10 * elapsed + 1, (events, elapsed)
 
