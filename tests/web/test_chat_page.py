@@ -126,6 +126,7 @@ def test_image_tab_generates_with_a_sampler_preset(server, page, screenshot) -> 
     _open(page, url)
     assert page.is_visible("#tab-image")
     page.click("#tab-image")
+    assert page.is_visible("#image-panel") and not page.is_visible("#chat-panel")
     options = page.eval_on_selector_all("#image-sampler option", "os => os.map(o => o.value)")
     assert options == list(PRESETS)
     page.fill("#image-prompt", "a red pagoda")
@@ -146,4 +147,7 @@ def test_image_tab_generates_with_a_sampler_preset(server, page, screenshot) -> 
 
 def test_the_image_tab_is_hidden_without_an_image_model(server, page) -> None:
     _open(page, server.url)
-    assert not page.is_visible("#tab-image")
+    assert not page.is_visible("#tab-image") and not page.is_visible("#image-panel")
+    assert page.is_visible("#settings") and page.is_visible("#chat-panel")
+    # the settings sit beside the conversation, not below it
+    assert page.eval_on_selector("#settings", "e => e.getBoundingClientRect().top") < 100

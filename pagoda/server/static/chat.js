@@ -178,6 +178,7 @@ function showTab(id) {
   for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === id);
   $("chat-panel").hidden = id !== "chat-panel";
   $("image-panel").hidden = id !== "image-panel";
+  $("settings").hidden = id !== "chat-panel";  // the sampling settings are the chat's
 }
 
 async function main() {
