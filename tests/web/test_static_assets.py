@@ -41,3 +41,15 @@ def test_every_referenced_file_is_served(server) -> None:
     config = httpx.get(server.url + "/ui/config.json", timeout=10).json()
     assert config == {"auth_required": False, "image_model": False, "samplers": [], "max_updates_per_s": 10.0}
     assert httpx.get(server.urls["keyed"] + "/ui/config.json", timeout=10).json()["auth_required"] is True
+
+
+def test_serve_has_a_no_web_ui_switch() -> None:
+    import argparse
+
+    from pagoda.cli import serve
+    from pagoda.server.config import ServerConfig
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    assert parser.parse_args([]).web_ui is ServerConfig.web_ui is True
+    assert parser.parse_args(["--no-web-ui"]).web_ui is False
