@@ -141,18 +141,20 @@ def test_stream_needs_the_key_and_the_page_asks_for_it(server, page, screenshot)
 
 
 def test_updates_are_bounded_and_coalesced(server) -> None:
+    """At most 10 frames a second, whatever the engine does (fewer when its steps are slow: a snapshot is
+    taken between steps)."""
     load = _load(server, n=4, max_tokens=300)
     events, started = 0, time.monotonic()
-    with httpx.stream("GET", server.url + "/dashboard/stream", timeout=30) as r:
+    with httpx.stream("GET", server.url + "/dashboard/stream", timeout=60) as r:
         for line in r.iter_lines():
             if line.startswith("data: "):
                 events += 1
-            if time.monotonic() - started > 3.0:
+            if time.monotonic() - started > 3.0 and events >= 2:
                 break
     elapsed = time.monotonic() - started
     load.join(600)
     assert not load.errors
-    assert 5 <= events <= 10 * elapsed + 1, (events, elapsed)
+    assert events <= 10 * elapsed + 1, (events, elapsed)
 
 
 def test_no_web_ui_turns_both_pages_off(server) -> None:
