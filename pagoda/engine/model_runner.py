@@ -39,7 +39,6 @@ class StepInputs:
     positions: torch.Tensor
     metadata: AttentionMetadata
     block_copies: list[tuple[int, int]]
-    num_padding_rows: int = 0  # static batching's discarded rows, the first sequences of the batch
 
 
 def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
@@ -47,19 +46,30 @@ def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
     return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * elem
 
 
+@dataclass
+class StepHandle:
+    """A submitted step: its inputs and the model's hidden states, sampled on ``complete``."""
+
+    inputs: StepInputs
+    hidden: torch.Tensor
+
+
 class ModelRunner:
-    """Owns the model and the KV cache tensors: one pair per layer, of ``num_blocks`` blocks plus a
-    scratch block that padding rows (static batching) write to."""
+    """The ``Runner`` of one process. Owns the model and the KV cache tensors: one pair per layer,
+    of ``num_blocks`` blocks plus a scratch block (``KVCacheManager.scratch_block``) that dummy
+    rows write to. ``sampler`` is None on a worker rank, which only runs ``forward``."""
+
+    num_virtual_engines = 1
+    alive = True
 
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
-                 sampler: Sampler, device: torch.device, attention_backend: str = "auto") -> None:
+                 sampler: Sampler | None, device: torch.device, attention_backend: str = "auto") -> None:
         self.model = model
         self.config = model_config
         self.block_size = cache_config.block_size
         self.sampler = sampler
         self.device = device
         self.attention = get_backend(attention_backend)
-        self.scratch_block = cache_config.num_blocks  # never handed out by the block pool
         shape = self.attention.kv_cache_shape(cache_config.num_blocks + 1, cache_config.block_size,
                                               model_config.num_key_value_heads, model_config.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=model_config.dtype, device=device),
@@ -70,15 +80,31 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         """One step on this process: ``prepare`` -> ``forward`` -> ``sample``. A multi-process
         executor runs ``prepare`` and ``sample`` on the driver and ``forward`` on every rank."""
+        return self.complete(self.submit(out))
+
+    @torch.inference_mode()
+    def submit(self, out: SchedulerOutput) -> StepHandle:
+        if not self.kv_caches:
+            raise RuntimeError("the model runner has been shut down")
         inputs = self.prepare(out)
-        hidden = self.forward(inputs)
-        return self.sample(inputs, hidden)
+        return StepHandle(inputs, self.forward(inputs))
+
+    @torch.inference_mode()
+    def complete(self, handle: StepHandle) -> ModelRunnerOutput:
+        return self.sample(handle.inputs, handle.hidden)
+
+    def stats(self) -> None:
+        return None  # one process: no per-rank seconds
+
+    def shutdown(self) -> None:
+        """Frees the KV cache (the model goes with the runner)."""
+        self.kv_caches = []
 
     def prepare(self, out: SchedulerOutput) -> StepInputs:
         # decodes (one new token) first: attention runs them together
         scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
-        input_ids, positions, metadata = self._prepare_inputs(scheduled, out.num_padding_rows)
-        return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies, out.num_padding_rows)
+        input_ids, positions, metadata = self._prepare_inputs(scheduled)
+        return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies)
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:
@@ -88,11 +114,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def sample(self, inputs: StepInputs, hidden: torch.Tensor) -> ModelRunnerOutput:
-        scheduled, metadata, padding = inputs.scheduled, inputs.metadata, inputs.num_padding_rows
+        assert self.sampler is not None, "a worker rank does not sample"
+        scheduled, starts = inputs.scheduled, inputs.metadata.query_start_loc_list
         result = ModelRunnerOutput()
-        if padding:  # a padded batch runs the LM head on its finished rows too
-            self.model.compute_logits(hidden[:padding])
-        starts = metadata.query_start_loc_list[padding:]
         sample_rows = [i for i, s in enumerate(scheduled) if s.sample]
         prompt_rows = [i for i, s in enumerate(scheduled) if self._wants_prompt_logprobs(s)]
         if prompt_rows:
@@ -132,16 +156,15 @@ class ModelRunner:
         guard = guarded_processors(request.request_id, request.params, failed)
         return replace(request.params, logits_processors=[guard])
 
-    def _prepare_inputs(self, scheduled: list[ScheduledRequest], num_padding_rows: int = 0
+    def _prepare_inputs(self, scheduled: list[ScheduledRequest]
                         ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         bs = self.block_size
-        # padding rows first: one token each at position 0 of the scratch block
-        ids: list[int] = [0] * num_padding_rows
-        pos: list[int] = [0] * num_padding_rows
-        slots: list[int] = [self.scratch_block * bs] * num_padding_rows
-        query_start = list(range(num_padding_rows + 1))
-        seq_lens: list[int] = [1] * num_padding_rows
-        num_decodes = num_padding_rows
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        query_start = [0]
+        seq_lens: list[int] = []
+        num_decodes = 0
         for s in scheduled:
             end = s.start + s.num_new_tokens
             ids.extend(s.request.all_token_ids[s.start:end])
@@ -153,8 +176,7 @@ class ModelRunner:
             seq_lens.append(end)
             num_decodes += s.num_new_tokens == 1
         max_blocks = max(len(s.block_table) for s in scheduled)
-        tables = ([[self.scratch_block] + [0] * (max_blocks - 1)] * num_padding_rows
-                  + [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled])
+        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled]
         dev = self.device
         metadata = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),

@@ -8,6 +8,7 @@ import torch
 
 from pagoda.detokenizer import IncrementalDetokenizer
 from pagoda.engine.request import Request
+from pagoda.logits_processor import CloneableProcessor
 from pagoda.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from pagoda.sampling_params import SamplingParams
 from pagoda.tokenizer import Tokenizer
@@ -93,5 +94,5 @@ def fresh_processors(params: SamplingParams) -> SamplingParams:
     copy through their ``clone()``."""
     if not params.logits_processors:
         return params
-    return replace(params, logits_processors=[p.clone() if hasattr(p, "clone") else p
+    return replace(params, logits_processors=[p.clone() if isinstance(p, CloneableProcessor) else p
                                               for p in params.logits_processors])

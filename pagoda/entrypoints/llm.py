@@ -9,9 +9,10 @@ from typing import Any
 from tqdm import tqdm
 
 from pagoda.engine.args import EngineArgs
-from pagoda.engine.llm_engine import LLMEngine
+from pagoda.engine.engine_factory import build_engine
 from pagoda.outputs import RequestOutput
 from pagoda.sampling_params import SamplingParams
+from pagoda.tokenizer import Tokenizer
 
 Prompt = str | list[int]
 Message = dict[str, Any]
@@ -23,13 +24,28 @@ class LLM:
     ``LLM()`` loads the bundled SmolLM2-135M-Instruct; ``LLM(model=path, **options)`` a Hugging Face
     directory or a GGUF file, with the options of ``EngineArgs`` (dtype, max_model_len,
     kv_cache_memory_gb, max_num_seqs, max_num_batched_tokens, batching, ...).
+
+    ``shutdown()``, or leaving ``with LLM(...) as llm:``, stops a parallel engine's worker ranks,
+    leaves the process group, frees the KV cache and removes temp folders, so that another engine
+    of any layout can be built in this process; dropping the object does the same when it is
+    collected.
     """
 
     def __init__(self, model: str | None = None, **options: Any) -> None:
-        self.engine = LLMEngine.from_engine_args(EngineArgs(model=model, **options))
+        self.engine = build_engine(EngineArgs(model=model, **options))
         self._ids = itertools.count()
 
-    def get_tokenizer(self):
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Releases the engine (idempotent); generating afterwards raises."""
+        self.engine.shutdown()
+
+    def get_tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
 
     def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams |
