@@ -27,6 +27,7 @@ def test_padding_rows_are_dummy_scheduled_rows():
         padding = [s for s in out.scheduled if s.request.request_id == PADDING_REQUEST_ID]
         real = [s for s in out.scheduled if s.request.request_id != PADDING_REQUEST_ID]
         assert len(padding) == len(finished)  # one row per finished request of the batch
+        assert {s.request.request_id for s in real} == set(lengths) - finished
         assert out.scheduled[:len(padding)] == padding  # leading rows
         for row in padding:
             assert (row.start, row.num_new_tokens, row.block_table) == (0, 1, [kv.scratch_block])
