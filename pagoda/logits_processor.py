@@ -22,17 +22,17 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class LogitsProcessor(Protocol):
-    def __call__(self, output_token_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, output_token_ids: Sequence[int], logits: torch.Tensor, /) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class DrawVerifier(Protocol):
-    def verify_draw(self, output_token_ids: Sequence[int], token_id: int) -> int | None: ...
+    def verify_draw(self, output_token_ids: Sequence[int], token_id: int, /) -> int | None: ...
 
 
 @runtime_checkable
 class TokenForcer(Protocol):
-    def forced_tokens(self, output_token_ids: Sequence[int]) -> list[int]: ...
+    def forced_tokens(self, output_token_ids: Sequence[int], /) -> list[int]: ...
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.util import Finalize
 from typing import Any
@@ -59,7 +60,7 @@ class InFlightStep:
     """A step that stage 0 has run and sent on; its results come back from the last stage."""
 
     parts: list[StepInputs]
-    hidden: list[torch.Tensor]  # stage 0's outputs (the final hidden states when there is one stage)
+    hidden: list[torch.Tensor | None]  # stage 0's outputs (the final hidden states when there is one stage)
 
 
 class MultiprocExecutor:
@@ -75,6 +76,8 @@ class MultiprocExecutor:
         if parallel.nnodes > 1:
             if parallel.node_rank != 0:
                 raise ValueError("the engine runs on node 0; other nodes run `python -m pagoda.distributed.node`")
+            if parallel.master_port is None:
+                raise ValueError("a multi-host layout needs master_port (or $MASTER_PORT)")
             name = node_shm_name(parallel.master_port, 0)
         else:
             name = f"pagoda-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -91,7 +94,8 @@ class MultiprocExecutor:
         init_method = f"tcp://{parallel.master_addr}:{port}"
         if parallel.nnodes > 1:  # the other hosts' launchers fetch their ranks' spec from here
             store = dist.TCPStore(parallel.master_addr, port + 1, is_master=True, wait_for_workers=False)
-            store.set(SPEC_KEY, pickle.dumps(WorkerSpec(
+            # bytes are fine; torch's stub says str
+            store.set(SPEC_KEY, pickle.dumps(WorkerSpec(  # type: ignore[arg-type]
                 -1, parallel, model_path, model_config, cache_config, quantization, "", init_method)))
             self._resources["spec_store"] = store
         for rank in parallel.local_ranks(0)[1:]:
@@ -141,7 +145,7 @@ class MultiprocExecutor:
         parts = [runner.prepare(o) for o in split_micro_batches(out, self._num_micro_batches())]
         self.state.publish(StepMessage([MicroBatch(p.input_ids, p.positions, p.metadata, p.block_copies)
                                    for p in parts]))
-        hidden = []
+        hidden: list[torch.Tensor | None] = []
         for k, inputs in enumerate(parts):
             with stats.busy(self.state.comm_seconds, micro_batch=k):
                 hidden.append(runner.forward(inputs))
@@ -155,12 +159,13 @@ class MultiprocExecutor:
         t0 = time.perf_counter()
         runner, stats = self.runner, self.state.stats
         result = ModelRunnerOutput()
-        hidden_size = self.state.model.config.hidden_size
+        hidden_size, dtype = self.state.config.hidden_size, self.state.config.dtype
         for k, inputs in enumerate(step.parts):
             h = step.hidden[k]
             if self.state.out_ring is not None:  # the last stage's output (waiting here is bubble)
                 (h,) = self.state.out_ring.recv([(inputs.input_ids.shape[0], hidden_size)],
-                                                self.state.model.config.dtype)
+                                                dtype)
+            assert h is not None  # the last stage's hidden states, here or from the ring
             with stats.busy(self.state.comm_seconds, micro_batch=k):
                 _merge(result, runner.sample(inputs, h))
         self._step_s += time.perf_counter() - t0
@@ -196,7 +201,7 @@ def _claim_process_group() -> None:
                            "`with LLM(...) as llm:`) before building the next one")
 
 
-def _check_workers(ranks: list[int], procs: list[subprocess.Popen], error_dir: str) -> None:
+def _check_workers(ranks: Sequence[int], procs: list[subprocess.Popen], error_dir: str) -> None:
     for rank, proc in zip(ranks, procs, strict=True):
         if proc.poll() is not None:
             path = os.path.join(error_dir, f"rank{rank}.err")

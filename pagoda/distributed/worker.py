@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -114,6 +115,7 @@ class RankState:
 
         p, config = spec.parallel, spec.model_config
         self.rank = spec.rank
+        self.config = config
         torch.set_num_threads(p.threads_per_rank)
         dist.init_process_group("gloo", init_method=spec.init_method, rank=spec.rank, world_size=p.world_size,
                                 timeout=timedelta(seconds=p.startup_timeout_s))
@@ -139,12 +141,13 @@ class RankState:
         pp = p.pipeline_parallel_size
         layers = p.stage_layer_ranges(config)[stage]
         first, last = stage == 0, stage == pp - 1
-        files = ModelFiles(spec.model_path)
+        files: ModelFiles | StageFiles = ModelFiles(spec.model_path)
         prune = None
         if pp > 1:
             files = StageFiles(files, lambda name: stage_keeps(name, layers, first, last))
             prune = stage_pruner(layers, first, last)
-        self.model = load_model(files, config, torch.device("cpu"), quantization=spec.quantization,
+        # StageFiles answers the same reads as ModelFiles
+        self.model = load_model(cast(ModelFiles, files), config, torch.device("cpu"), quantization=spec.quantization,
                                 show_progress=False, tp=tp, prune=prune)
         self.rings: list[ShmRing | GlooLink] = []
         self.out_ring: ShmRing | GlooLink | None = None
@@ -152,6 +155,7 @@ class RankState:
         slot = ring_slot_bytes(p, config)
         for name, (src, dst) in ring_names(spec.shm_name, p).items():
             if spec.rank in (src, dst):
+                ring: ShmRing | GlooLink
                 if p.node_of(src) == p.node_of(dst):
                     ring = ShmRing(name, p.ring_slots, slot, watchdog)
                 else:  # the next stage is on another host

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
 from pagoda.engine.args import EngineArgs
-from pagoda.engine.model_runner import ModelRunner, kv_cache_bytes_per_block
+from pagoda.engine.model_runner import ModelRunner, StepModel, kv_cache_bytes_per_block
 from pagoda.engine.runner import Runner
 from pagoda.engine.schedulers import BATCHING
 from pagoda.sample.sampler import Sampler
@@ -81,4 +81,4 @@ def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cach
         return MultiprocExecutor(args.parallel_config(), files.path, model_config, cache_config, sampler,
                                  quantization)
     model = load_model(files, model_config, device, quantization=quantization, show_progress=args.show_progress)
-    return ModelRunner(model, model_config, cache_config, sampler, device)
+    return ModelRunner(cast(StepModel, model), model_config, cache_config, sampler, device)  # a causal LM

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
-from torch import nn
 
 from pagoda.attention.backend import get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
+from pagoda.distributed.parallel_stats import ParallelStats
 from pagoda.engine.guarded_processors import guarded_processors
 from pagoda.engine.request import Request
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
@@ -41,6 +42,17 @@ class StepInputs:
     block_copies: list[tuple[int, int]]
 
 
+class StepModel(Protocol):
+    """What the runner calls on its model: the forward over a flat batch (hidden states; None from a
+    pipeline stage that sends them on to the next), and the LM head."""
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], metadata: AttentionMetadata
+                 ) -> torch.Tensor | None: ...
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
 def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
     elem = torch.empty(0, dtype=config.dtype).element_size()
     return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * elem
@@ -62,7 +74,7 @@ class ModelRunner:
     num_virtual_engines = 1
     alive = True
 
-    def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
+    def __init__(self, model: StepModel, model_config: ModelConfig, cache_config: CacheConfig,
                  sampler: Sampler | None, device: torch.device, attention_backend: str = "auto") -> None:
         self.model = model
         self.config = model_config
@@ -87,13 +99,15 @@ class ModelRunner:
         if not self.kv_caches:
             raise RuntimeError("the model runner has been shut down")
         inputs = self.prepare(out)
-        return StepHandle(inputs, self.forward(inputs))
+        hidden = self.forward(inputs)
+        assert hidden is not None, "one process runs every layer"
+        return StepHandle(inputs, hidden)
 
     @torch.inference_mode()
     def complete(self, handle: StepHandle) -> ModelRunnerOutput:
         return self.sample(handle.inputs, handle.hidden)
 
-    def stats(self) -> None:
+    def stats(self) -> ParallelStats | None:
         return None  # one process: no per-rank seconds
 
     def shutdown(self) -> None:
@@ -107,7 +121,7 @@ class ModelRunner:
         return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies)
 
     @torch.inference_mode()
-    def forward(self, inputs: StepInputs) -> torch.Tensor:
+    def forward(self, inputs: StepInputs) -> torch.Tensor | None:
         """Block copies, then the model over the flat batch; returns hidden states [tokens, hidden]."""
         self._copy_blocks(inputs.block_copies)
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
@@ -211,12 +225,14 @@ class ModelRunner:
             h = hidden[starts[i] + (first - s.start): starts[i] + (last - s.start)]
             logits = self.model.compute_logits(h)
             targets = r.prompt_token_ids[first + 1: last + 1]
-            result.prompt_logprobs[r.request_id] = position_logprobs(logits, targets, r.params.prompt_logprobs)
+            top = r.params.prompt_logprobs
+            assert top is not None  # _wants_prompt_logprobs
+            result.prompt_logprobs[r.request_id] = position_logprobs(logits, targets, top)
 
 
 def _positioned_generator(request: Request) -> torch.Generator | None:
     """A seeded request's draw for output position k depends only on (seed, k): the same whether it
     runs alone or batched, after a preemption, or after grammar-forced tokens skipped draws."""
-    if request.generator is None:
+    if request.generator is None or request.seed is None:
         return None
     return request.generator.manual_seed((request.seed * 1_000_003 + request.num_output_tokens) % (1 << 63))

@@ -249,7 +249,7 @@ class Scheduler(SchedulerInterface):
         if token in request.stop_token_ids and n >= request.params.min_tokens:
             status = RequestStatus.FINISHED_STOPPED
             # as vLLM: the eos token is not a "stop reason", an explicit stop token id is
-            reason = token if token in request.params.stop_token_ids else None
+            reason = token if token in (request.params.stop_token_ids or ()) else None
         elif n >= request.max_tokens or request.num_tokens >= self.config.max_model_len:
             status = RequestStatus.FINISHED_LENGTH
         if status is not None:

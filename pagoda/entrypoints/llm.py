@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from tqdm import tqdm
 
@@ -74,13 +74,12 @@ class LLM:
              add_generation_prompt: bool = True, chat_template_kwargs: dict[str, Any] | None = None
              ) -> list[RequestOutput]:
         """Applies the model's chat template to one conversation or a list of them, then generates."""
-        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        conversations = cast(list[list[Message]], [messages] if messages and isinstance(messages[0], dict)
+                             else list(messages))
         tokenizer = self.engine.tokenizer
-        prompts: list[Prompt] = [
-            tokenizer.encode(tokenizer.apply_chat_template(
-                conv, add_generation_prompt=add_generation_prompt, tokenize=False, **(chat_template_kwargs or {})),
-                add_special_tokens=False)
-            for conv in conversations]
+        texts = [tokenizer.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                               **(chat_template_kwargs or {})) for conv in conversations]
+        prompts: list[Prompt] = [tokenizer.encode(cast(str, text), add_special_tokens=False) for text in texts]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

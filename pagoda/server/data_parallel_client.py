@@ -8,7 +8,7 @@ every replica is: one that dies fails the health check, as a lone engine would.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import fields, replace
 from typing import Any
@@ -82,7 +82,8 @@ class DataParallelClient:
     @property
     def latest_stats(self) -> EngineStats | None:
         parts = [r.latest_stats for r in self.replicas]
-        return None if any(p is None for p in parts) else merge_stats(parts)
+        known = [p for p in parts if p is not None]
+        return merge_stats(known) if len(known) == len(parts) else None
 
     @property
     def num_waiting(self) -> int:
@@ -95,7 +96,7 @@ class DataParallelClient:
     # --- requests ---
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                        priority: int = 0, arrival_time: float | None = None,
-                       cache_salt: str | None = None) -> AsyncIterator[RequestDelta]:
+                       cache_salt: str | None = None) -> AsyncGenerator[RequestDelta, None]:
         if not self.alive:
             raise EngineDeadError(self.dead_reason or "engine is not running")
         i = self.router.choose(prompt_token_ids, [r.num_in_flight for r in self.replicas])

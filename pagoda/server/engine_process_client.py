@@ -17,7 +17,7 @@ import multiprocessing
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,7 +149,7 @@ class EngineProcessClient:
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                        priority: int = 0, arrival_time: float | None = None,
-                       cache_salt: str | None = None) -> AsyncIterator[RequestDelta]:
+                       cache_salt: str | None = None) -> AsyncGenerator[RequestDelta, None]:
         """Yields the request's deltas until the last one (``finished=True``).
 
         Raises InvalidRequestError if the engine rejects the request, EngineRequestError if it

@@ -13,6 +13,7 @@ from test_tensor_parallel import GREEDY, PROMPTS, assert_same
 from tiny_heads import build_six_head_model
 
 from pagoda import LLM
+from pagoda.distributed.executor import MultiprocExecutor
 from pagoda.engine.runner import Runner
 
 OPTIONS = {"dtype": "float32", "num_kv_blocks": 64, "show_progress": False}
@@ -31,7 +32,7 @@ def test_tp3_then_pp2_then_a_dropped_engine(tmp_path):
 
     with LLM(path, tensor_parallel_size=3, **OPTIONS) as llm:
         executor = llm.engine.runner
-        assert isinstance(executor, Runner)
+        assert isinstance(executor, Runner) and isinstance(executor, MultiprocExecutor)
         assert_same(reference, llm.generate(PROMPTS, GREEDY, use_tqdm=False))
         assert executor.runner.kv_caches
     _released(executor._procs)
