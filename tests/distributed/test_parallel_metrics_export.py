@@ -93,6 +93,9 @@ class _CountingRunner:
         self.calls += 1
         return ParallelStats([float(self.calls)] * 2, [0.0, 0.0], [0.0, 0.0], 2.0 * self.calls)
 
+    def shutdown(self) -> None:
+        pass
+
 
 def test_get_stats_rate_limits_the_all_gather(tiny_llama_dir, make_llm, monkeypatch):
     engine = make_llm(tiny_llama_dir).engine
