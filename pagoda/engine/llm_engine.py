@@ -100,11 +100,10 @@ class LLMEngine:
             if request_id not in self.requests:
                 continue
             sample_ids = [s.request.request_id for s in self.requests.group(request_id).samples]
-            schedulers = [self.requests.scheduler_of(sid) for sid in sample_ids]
+            scheduler = self.requests.scheduler_of(sample_ids[0])  # a group's samples share one
             self.requests.remove(request_id)
-            for sid, scheduler in zip(sample_ids, schedulers, strict=True):
-                if scheduler is not None:
-                    scheduler.finish_request(sid, RequestStatus.FINISHED_ABORTED)
+            if scheduler is not None:
+                scheduler.finish_requests(sample_ids, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
         return len(self.requests) > 0 or any(s.has_unfinished_requests() for s in self.schedulers)
