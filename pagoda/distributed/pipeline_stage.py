@@ -16,6 +16,7 @@ from torch import nn
 
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import ModelConfig
+from pagoda.distributed.gloo_channels import GlooLink
 from pagoda.distributed.shm_ring import ShmRing
 
 
@@ -107,7 +108,7 @@ class PipelineStage:
     to the next one inside the call."""
 
     def __init__(self, model: nn.Module, layers: range, first: bool, last: bool,
-                 recv: ShmRing | None, send: ShmRing | None) -> None:
+                 recv: ShmRing | GlooLink | None, send: ShmRing | GlooLink | None) -> None:
         self.model, self.layers, self.first, self.last = model, layers, first, last
         self.recv, self.send = recv, send
         self.hidden_size = model.config.hidden_size

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "server"))
 from live_server import API_KEY, MODEL, LiveServer, tiny_engine_args  # noqa: E402
 
 from pagoda.server.config import ServerConfig  # noqa: E402
-from pagoda.server.engine_client import EngineClient  # noqa: E402
+from pagoda.server.engine_process_client import EngineProcessClient  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,7 +30,7 @@ def web_server(tiny_llama_dir: str, tmp_path_factory: pytest.TempPathFactory) ->
     from pagoda.diffusion.tiny import build_tiny_text_to_image
 
     image_model = build_tiny_text_to_image(str(tmp_path_factory.mktemp("tiny-sd-web")), seed=5)
-    client = EngineClient(tiny_engine_args(tiny_llama_dir))
+    client = EngineProcessClient(tiny_engine_args(tiny_llama_dir))
     client.start()
     server = LiveServer(client, {
         "main": ServerConfig(served_model_name=MODEL),

@@ -14,7 +14,7 @@ from pagoda.engine.args import EngineArgs
 from pagoda.sampling_params import SamplingParams
 from pagoda.server.dashboard_hub import DashboardHub
 from pagoda.server.data_parallel_client import DataParallelClient
-from pagoda.server.engine_client import EngineClient
+from pagoda.server.engine_process_client import EngineProcessClient
 
 
 async def _generate(client: Any, n: int) -> None:
@@ -49,7 +49,7 @@ def test_tensor_parallel_ranks_and_data_parallel_replicas(tiny_llama_dir: str, s
     # the page draws frames handed to it (the live server's own stream is cut, so they stay)
     page.route("**/dashboard/stream", lambda route: route.abort())
     page.goto(server.url + "/dashboard")
-    tp = EngineClient(EngineArgs(model=tiny_llama_dir, dtype="float32", num_kv_blocks=64, tensor_parallel_size=2,
+    tp = EngineProcessClient(EngineArgs(model=tiny_llama_dir, dtype="float32", num_kv_blocks=64, tensor_parallel_size=2,
                                  show_progress=False))
     tp.start()
     try:
