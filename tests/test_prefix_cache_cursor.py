@@ -20,7 +20,7 @@ def test_insert_after_the_cursors_node_was_evicted_keeps_the_books() -> None:
     assert kv.cache is not None and kv.cache.num_evictions == 1
     kv.free("c")
     tokens = prompt + [9] * bs
-    assert kv.append("b", 12, 8) is not None
+    assert kv.allocate("b", 12, 8) is not None
     kv.cache_blocks("b", tokens, 12)
     kv.check_integrity()
     # b's blocks are reachable again: a new request with the same tokens hits all of them

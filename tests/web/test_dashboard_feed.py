@@ -62,7 +62,7 @@ def test_compact_block_map_matches_the_managers_snapshot(seed: int) -> None:
             rid = rng.choice(list(live))
             tokens = live[rid]
             new = tokens + [rng.randrange(50) for _ in range(rng.randrange(1, 6))]
-            if kv.append(rid, len(new), len(tokens)) is not None:
+            if kv.allocate(rid, len(new), len(tokens)) is not None:
                 kv.cache_blocks(rid, new, len(new))
                 live[rid] = new
         elif op < 0.75:  # a second sample shares the blocks
