@@ -174,7 +174,7 @@ class MultiprocExecutor:
             h = step.hidden[k]
             if self.state.out_ring is not None:  # the last stage's output (waiting here is bubble)
                 (h,) = self.state.out_ring.recv([(inputs.input_ids.shape[0], hidden_size)],
-                                                self.state.model.config.dtype)
+                                                torch.float32)  # the final norm's output is float32
             with stats.busy(self.state.comm_seconds, micro_batch=k):
                 _merge(result, runner.sample(inputs, h))
         self._step_s += time.perf_counter() - t0
