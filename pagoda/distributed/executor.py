@@ -159,12 +159,12 @@ class MultiprocExecutor:
         t0 = time.perf_counter()
         runner, stats = self.runner, self.state.stats
         result = ModelRunnerOutput()
-        hidden_size, dtype = self.state.config.hidden_size, self.state.config.dtype
+        hidden_size = self.state.config.hidden_size
         for k, inputs in enumerate(step.parts):
             h = step.hidden[k]
             if self.state.out_ring is not None:  # the last stage's output (waiting here is bubble)
                 (h,) = self.state.out_ring.recv([(inputs.input_ids.shape[0], hidden_size)],
-                                                dtype)
+                                                torch.float32)  # the final norm's output is float32
             assert h is not None  # the last stage's hidden states, here or from the ring
             with stats.busy(self.state.comm_seconds, micro_batch=k):
                 _merge(result, runner.sample(inputs, h))

@@ -18,7 +18,7 @@ from pagoda.config import ModelConfig
 from pagoda.layers.activation import SiluAndMul
 from pagoda.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagoda.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from pagoda.layers.norm import RMSNorm
+from pagoda.layers.norm import FinalRMSNorm, RMSNorm
 from pagoda.layers.rotary import RopeStep, RotaryEmbedding
 from pagoda.parallel import SINGLE, TensorParallel
 
@@ -88,7 +88,7 @@ class LlamaModel(nn.Module):
         self.rotary = RotaryEmbedding(config.head_dim, config.max_model_len, config.rope_theta, config.rope_scaling)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, attention_backend, tp)
                                     for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = FinalRMSNorm(config.hidden_size, config.rms_norm_eps)  # float32 out, for the LM head
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 metadata: AttentionMetadata) -> torch.Tensor:
