@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from pagoda.attention.backend import register_backend
 from pagoda.attention.torch_backend import TorchAttentionBackend
 
 
-@register_backend("cpu")
 class CpuAttentionBackend(TorchAttentionBackend):
     def _write_cache(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      slot_mapping: torch.Tensor) -> None:

@@ -112,6 +112,7 @@ class PipelineStage:
         self.recv, self.send = recv, send
         self.hidden_size = model.config.hidden_size
         self.dtype = model.config.dtype
+        self.attention_backend = model.attention_backend
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list,

@@ -85,7 +85,8 @@ class LLMEngine:
         files = ModelFiles(path)
         dtype = resolve_dtype(args.dtype, device)
         hf_config = files.hf_config()
-        model_config = ModelConfig.from_hf_config(hf_config, dtype, args.max_model_len)
+        model_config = replace(ModelConfig.from_hf_config(hf_config, dtype, args.max_model_len),
+                               attention_backend=args.attention_backend)
         tokenizer = files.tokenizer(args.tokenizer)
         quantization = resolve_quantization(args.quantization, files, device)
         distributed = args.tensor_parallel_size * args.pipeline_parallel_size > 1  # ranks load their own shards
@@ -101,12 +102,10 @@ class LLMEngine:
                            model_config.max_model_len, capacity)
             model_config = replace(model_config, max_model_len=capacity)
         cache_config = CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching)
-        if args.batching not in ("continuous", "static"):
-            raise ValueError(f"batching must be 'continuous' or 'static', got {args.batching!r}")
         scheduler_config = SchedulerConfig(
             max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-            max_model_len=model_config.max_model_len, batching=args.batching, policy=args.scheduling_policy,
-            max_wait_s=args.max_wait_s)
+            max_model_len=model_config.max_model_len, batching=args.batching, scheduling_policy=args.scheduling_policy,
+            max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill)
         sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
         if distributed:  # issue 8: rank 0 here, the other ranks in worker processes
             from pagoda.distributed.executor import MultiprocExecutor

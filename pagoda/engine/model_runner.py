@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from pagoda.attention.backend import get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
 from pagoda.engine.guarded_processors import guarded_processors
@@ -52,13 +51,13 @@ class ModelRunner:
     scratch block that padding rows (static batching) write to."""
 
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
-                 sampler: Sampler, device: torch.device, attention_backend: str = "auto") -> None:
+                 sampler: Sampler, device: torch.device) -> None:
         self.model = model
         self.config = model_config
         self.block_size = cache_config.block_size
         self.sampler = sampler
         self.device = device
-        self.attention = get_backend(attention_backend)
+        self.attention = model.attention_backend  # resolved once, by the model loader
         self.scratch_block = cache_config.num_blocks  # never handed out by the block pool
         shape = self.attention.kv_cache_shape(cache_config.num_blocks + 1, cache_config.block_size,
                                               model_config.num_key_value_heads, model_config.head_dim)

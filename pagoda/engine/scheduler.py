@@ -30,14 +30,14 @@ class SchedulerCounters:
 
 
 def make_policy(config: SchedulerConfig, kv_cache: KVCacheManager) -> SchedulingPolicy:
-    if config.policy == "fcfs":
+    if config.scheduling_policy == "fcfs":
         return FCFSPolicy(config.max_wait_s)
-    if config.policy == "priority":
+    if config.scheduling_policy == "priority":
         return PriorityPolicy(config.max_wait_s)
-    if config.policy == "lpm":
+    if config.scheduling_policy == "lpm":
         return LongestPrefixMatchPolicy(
             config.max_wait_s, lambda r: len(kv_cache.match_prefix(r.all_token_ids, r.cache_salt)))
-    raise ValueError(f"unknown scheduling policy {config.policy!r}; choose fcfs, priority or lpm")
+    raise ValueError(f"unknown scheduling policy {config.scheduling_policy!r}; choose fcfs, priority or lpm")
 
 
 class Scheduler:

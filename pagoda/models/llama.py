@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from pagoda.attention.backend import get_backend
+from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import ModelConfig
 from pagoda.layers.activation import SiluAndMul
@@ -26,14 +26,14 @@ KVCache = tuple[torch.Tensor, torch.Tensor]
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, attention_backend: str, tp: TensorParallel) -> None:
+    def __init__(self, config: ModelConfig, attention_backend: type[AttentionBackend], tp: TensorParallel) -> None:
         super().__init__()
         d = config.head_dim
         self.qkv_proj = QKVParallelLinear(config.hidden_size, d, config.num_attention_heads,
                                           config.num_key_value_heads, bias=config.attention_bias, tp=tp)
         self.num_heads, self.num_kv_heads, self.head_dim = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, d
         self.o_proj = RowParallelLinear(config.num_attention_heads * d, config.hidden_size, bias=False, tp=tp)
-        self.attn = get_backend(attention_backend)(self.num_heads, self.num_kv_heads, d, d ** -0.5)
+        self.attn = attention_backend(self.num_heads, self.num_kv_heads, d, d ** -0.5)
 
     def forward(self, rope: RopeStep, x: torch.Tensor, kv_cache: KVCache,
                 metadata: AttentionMetadata) -> torch.Tensor:
@@ -62,7 +62,7 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, attention_backend: str, tp: TensorParallel) -> None:
+    def __init__(self, config: ModelConfig, attention_backend: type[AttentionBackend], tp: TensorParallel) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, attention_backend, tp)
         self.mlp = LlamaMLP(config, tp)
@@ -82,7 +82,7 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, attention_backend: str, tp: TensorParallel) -> None:
+    def __init__(self, config: ModelConfig, attention_backend: type[AttentionBackend], tp: TensorParallel) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
         self.rotary = RotaryEmbedding(config.head_dim, config.max_model_len, config.rope_theta, config.rope_scaling)
@@ -108,9 +108,11 @@ class LlamaForCausalLM(nn.Module):
         ("gate_proj", "gate_up_proj", 0), ("up_proj", "gate_up_proj", 1),
     ]
 
-    def __init__(self, config: ModelConfig, attention_backend: str = "auto", tp: TensorParallel = SINGLE):
+    def __init__(self, config: ModelConfig, attention_backend: type[AttentionBackend],
+                 tp: TensorParallel = SINGLE) -> None:
         super().__init__()
         self.config = config
+        self.attention_backend = attention_backend  # resolved once by the loader; the runner sizes its KV cache by it
         self.model = LlamaModel(config, attention_backend, tp)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
         if config.tie_word_embeddings:

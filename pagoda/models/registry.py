@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from pagoda.models.llama import LlamaForCausalLM
+from pagoda.registry import Registry
+
+MODELS: Registry[type[nn.Module]] = Registry("architecture")
+
 
 # Mistral and Qwen2 are Llama with other defaults (Qwen2: q/k/v biases, set in ModelConfig).
 # Mistral's sliding window is not applied: outputs match only within the window (4096 tokens).
-MODEL_REGISTRY: dict[str, type[nn.Module]] = {
-    "LlamaForCausalLM": LlamaForCausalLM,
-    "MistralForCausalLM": LlamaForCausalLM,
-    "Qwen2ForCausalLM": LlamaForCausalLM,
-}
+@MODELS.register("LlamaForCausalLM")
+@MODELS.register("MistralForCausalLM")
+@MODELS.register("Qwen2ForCausalLM")
+def _llama() -> type[nn.Module]:
+    from pagoda.models.llama import LlamaForCausalLM
 
-
-def get_model_class(architecture: str) -> type[nn.Module]:
-    if architecture not in MODEL_REGISTRY:
-        raise ValueError(f"unsupported architecture {architecture!r}; supported: {sorted(MODEL_REGISTRY)}")
-    return MODEL_REGISTRY[architecture]
+    return LlamaForCausalLM

@@ -12,7 +12,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pagoda.config import ModelConfig
-from pagoda.models.registry import get_model_class
+from pagoda.attention.registry import resolve_backend
+from pagoda.models.registry import MODELS
 from pagoda.parallel import SINGLE, TensorParallel
 
 
@@ -117,18 +118,19 @@ def resolve_quantization(quantization: str | None, files: ModelFiles, device: to
     return quantization
 
 
-def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, attention_backend: str = "auto",
-               quantization: str | None = None, show_progress: bool = True, tp: TensorParallel = SINGLE,
+def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, quantization: str | None = None, show_progress: bool = True, tp: TensorParallel = SINGLE,
                prune: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint.
 
     ``quantization="gguf"`` keeps Q4_0 / Q4_1 matrices packed (see ``pagoda.quantization``).
     With ``tp`` the module holds only this rank's shard (each parameter's weight_loader slices);
     ``prune`` drops modules before loading (a pipeline stage's other layers; ``files`` must skip them).
+    The attention backend named by ``config.attention_backend`` is resolved here, once; the model
+    keeps it as ``model.attention_backend`` for the runner.
     """
-    cls = get_model_class(config.architecture)
+    cls = MODELS.create(config.architecture)
     with _default_dtype(config.dtype), torch.device(device):
-        model = cls(config, attention_backend=attention_backend, tp=tp)
+        model = cls(config, attention_backend=resolve_backend(config.attention_backend), tp=tp)
     if prune is not None:
         prune(model)
     keep = quantization == "gguf"
