@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pagoda.config import ModelConfig
 from pagoda.attention.registry import resolve_backend
+from pagoda.config import ModelConfig
 from pagoda.models.registry import MODELS
 from pagoda.parallel import SINGLE, TensorParallel
 

@@ -44,7 +44,7 @@ def test_configs_keep_the_option_names_and_defaults():
             if f.default is not MISSING:
                 assert f.default == options[f.name], f"{config.__name__}.{f.name}"
     assert ModelConfig.__dataclass_fields__["attention_backend"].default == EngineArgs.attention_backend
-    for config, name in RESOLVED:  # resolved from an option that is None ("work it out") or absent
+    for _, name in RESOLVED:  # resolved from an option that is None ("work it out") or absent
         assert options.get(name) is None
 
 
