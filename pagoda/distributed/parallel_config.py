@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from pagoda.config import ModelConfig
@@ -25,6 +26,22 @@ class ParallelConfig:
     max_num_batched_tokens: int = EngineArgs.max_num_batched_tokens  # sizes the activation slots between stages
     nnodes: int = EngineArgs.nnodes  # hosts; ranks are numbered host by host, rank 0 (the driver) on node 0
     node_rank: int = EngineArgs.node_rank
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> ParallelConfig:
+        """The tensor / pipeline layout, resolved: each rank gets the host's cores shared out."""
+        ranks = args.tensor_parallel_size * args.pipeline_parallel_size // args.nnodes  # on this host
+        port = args.master_port or (int(os.environ["MASTER_PORT"]) if "MASTER_PORT" in os.environ else None)
+        return cls(
+            tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
+            distributed_backend=args.distributed_backend,
+            num_threads=args.num_threads or max(1, (os.cpu_count() or 1) // ranks),
+            pipeline_micro_batches=args.pipeline_micro_batches,
+            pipeline_virtual_engines=args.pipeline_virtual_engines or args.pipeline_parallel_size,
+            pipeline_stage_layers=args.pipeline_stage_layers,
+            max_num_batched_tokens=args.max_num_batched_tokens, nnodes=args.nnodes, node_rank=args.node_rank,
+            master_addr=args.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1"), master_port=port,
+            startup_timeout_s=args.startup_timeout_s)
 
     @property
     def ring_slots(self) -> int:

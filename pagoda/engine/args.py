@@ -13,12 +13,8 @@ This module imports no torch, so ``pagoda --help`` stays light.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pagoda.distributed.parallel_config import ParallelConfig
+from typing import Any
 
 # option -> the values it takes (None as a choice is spelt "none" on the command line)
 DTYPES = ("auto", "float32", "bfloat16")
@@ -175,23 +171,6 @@ class EngineArgs:
                        help="node 0's rendezvous port ($MASTER_PORT)")
         p.add_argument("--startup-timeout-s", type=float, default=d.startup_timeout_s,
                        help="how long ranks wait for each other to start")
-
-    def parallel_config(self) -> ParallelConfig:
-        """The tensor / pipeline layout, resolved: each rank gets the host's cores shared out."""
-        from pagoda.distributed.parallel_config import ParallelConfig
-
-        ranks = self.tensor_parallel_size * self.pipeline_parallel_size // self.nnodes  # on this host
-        port = self.master_port or (int(os.environ["MASTER_PORT"]) if "MASTER_PORT" in os.environ else None)
-        return ParallelConfig(
-            tensor_parallel_size=self.tensor_parallel_size, pipeline_parallel_size=self.pipeline_parallel_size,
-            distributed_backend=self.distributed_backend,
-            num_threads=self.num_threads or max(1, (os.cpu_count() or 1) // ranks),
-            pipeline_micro_batches=self.pipeline_micro_batches,
-            pipeline_virtual_engines=self.pipeline_virtual_engines or self.pipeline_parallel_size,
-            pipeline_stage_layers=self.pipeline_stage_layers,
-            max_num_batched_tokens=self.max_num_batched_tokens, nnodes=self.nnodes, node_rank=self.node_rank,
-            master_addr=self.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1"), master_port=port,
-            startup_timeout_s=self.startup_timeout_s)
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:

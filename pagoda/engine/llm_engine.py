@@ -109,8 +109,9 @@ class LLMEngine:
         sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
         if distributed:  # issue 8: rank 0 here, the other ranks in worker processes
             from pagoda.distributed.executor import MultiprocExecutor
+            from pagoda.distributed.parallel_config import ParallelConfig
 
-            runner = MultiprocExecutor(args.parallel_config(), files.path, model_config, cache_config, sampler,
+            runner = MultiprocExecutor(ParallelConfig.from_engine_args(args), files.path, model_config, cache_config, sampler,
                                        quantization)
         else:
             runner = ModelRunner(model, model_config, cache_config, sampler, device)

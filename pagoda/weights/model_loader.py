@@ -15,6 +15,7 @@ from pagoda.attention.registry import resolve_backend
 from pagoda.config import ModelConfig
 from pagoda.models.registry import MODELS
 from pagoda.parallel import SINGLE, TensorParallel
+from pagoda.tokenizer import Tokenizer
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -87,13 +88,13 @@ class ModelFiles:
         return {hf_tensor_name(t.name): t.tensor_type for t in self.gguf.reader.tensors
                 if t.name != "rope_freqs.weight"}
 
-    def tokenizer(self, tokenizer_path: str | None = None):
-        from pagoda.tokenizer import Tokenizer
-
+    def tokenizer(self, tokenizer_path: str | None = None) -> Tokenizer:
         if tokenizer_path is not None:
             return Tokenizer.from_pretrained(tokenizer_path)
         if self.gguf is not None:
-            return Tokenizer.from_gguf(self.gguf)
+            from pagoda.weights.gguf_tokenizer import tokenizer_from_gguf
+
+            return tokenizer_from_gguf(self.gguf)
         return Tokenizer.from_pretrained(self.path)
 
 

@@ -86,7 +86,7 @@ def test_the_parallel_config_carries_the_options_under_their_names():
     args = EngineArgs(tensor_parallel_size=2, pipeline_parallel_size=2, distributed_backend="gloo",
                       pipeline_micro_batches=2, pipeline_stage_layers=(1, 3), max_num_batched_tokens=99,
                       num_threads=1, startup_timeout_s=12.0)
-    p = args.parallel_config()
+    p = ParallelConfig.from_engine_args(args)
     for name in ("tensor_parallel_size", "pipeline_parallel_size", "distributed_backend", "pipeline_micro_batches",
                  "pipeline_stage_layers", "max_num_batched_tokens", "num_threads", "startup_timeout_s"):
         assert getattr(p, name) == getattr(args, name)
