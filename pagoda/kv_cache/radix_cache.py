@@ -122,10 +122,3 @@ class RadixCache:
     def blocks(self) -> list[int]:
         """Every block the tree holds a reference on (for integrity checks and snapshots)."""
         return [n.block for n in self._nodes()]
-
-    def clear(self) -> None:
-        for node in list(self._nodes()):
-            self.pool.set_cached(node.block, False)
-            self.pool.free([node.block])
-        self._roots.clear()
-        self.num_cached_blocks = 0

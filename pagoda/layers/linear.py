@@ -45,11 +45,6 @@ class LinearBase(nn.Module):
         return linear(x, self.weight, self.bias, self.packed)
 
 
-class ReplicatedLinear(LinearBase):
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
-        super().__init__(in_features, out_features, bias, SINGLE)
-
-
 class ColumnParallelLinear(LinearBase):
     """Output features split across ranks; each rank returns its slice (no collective)."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import secrets
 
@@ -71,8 +70,6 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: TokenizerLi
         return await tokenization.detokenize(request)
 
     if config.image_model is not None:
-        if importlib.util.find_spec("pagoda.server.images") is None:
-            raise RuntimeError("--image-model needs pagoda.server.images, which this build lacks")
         from pagoda.server.images import make_router
 
         api.include_router(make_router(config.image_model))

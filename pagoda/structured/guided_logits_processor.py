@@ -34,10 +34,6 @@ class MaskStats:
         """Tokens sampled under the constraint: each is either checked and kept, or masked."""
         return self.num_checks - self.num_rejected + self.num_masks
 
-    @property
-    def mean_seconds_per_token(self) -> float:
-        return self.seconds / self.num_tokens if self.num_tokens else 0.0
-
 
 @dataclass(eq=False)
 class _Sequence:
