@@ -115,3 +115,18 @@ def test_the_llm_constructor_refuses_a_bad_option_before_loading():
 def test_the_cli_refuses_a_bad_choice():
     with pytest.raises(SystemExit):
         engine_parser().parse_args(["--scheduling-policy", "sjf"])
+
+
+def test_serve_and_sampling_flags_read_their_defaults_from_the_configs():
+    from pagoda.cli.main import build_parser
+    from pagoda.sampling_params import SamplingParams
+    from pagoda.server.config import ServerConfig
+
+    args = vars(build_parser().parse_args(["serve"]))
+    server_fields = {f.name for f in fields(ServerConfig)} & set(args)
+    assert server_fields >= {"host", "port", "served_model_name", "api_key", "max_waiting", "image_model", "log_level"}
+    assert {k: args[k] for k in server_fields} == {k: getattr(ServerConfig(), k) for k in server_fields}
+    assert {k: v for k, v in args.items() if k in {f.name for f in fields(EngineArgs)}} == asdict(EngineArgs())
+    gen = vars(build_parser().parse_args(["generate", "hi"]))
+    for name in ("top_p", "top_k", "min_p", "repetition_penalty", "stop"):
+        assert gen[name] == getattr(SamplingParams, name)  # the field defaults, before normalising
