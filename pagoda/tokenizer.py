@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from tokenizers import Tokenizer as FastTokenizer
 from tokenizers import models
@@ -21,10 +21,11 @@ _NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token
 class Tokenizer:
     """A fast tokenizer plus what serving needs around it: special ids, eos set, chat template."""
 
-    def __init__(self, backend: FastTokenizer, *, special_tokens: dict[str, str] | None = None,
+    def __init__(self, backend: FastTokenizer, *, special_tokens: dict[str, str | None] | None = None,
                  extra_eos_token_ids: tuple[int, ...] = (), chat_template: str | None = None,
                  clean_up_tokenization_spaces: bool = False) -> None:
-        """`special_tokens` maps names like "bos_token" to token strings (the chat template sees them)."""
+        """`special_tokens` maps names like "bos_token" to token strings (the chat template sees them;
+        None entries are dropped)."""
         self.backend = backend
         self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
         self.chat_template = chat_template
@@ -35,9 +36,9 @@ class Tokenizer:
         self.unk_token_id = self._id_of("unk_token")
         eos = {self.eos_token_id} if self.eos_token_id is not None else set()
         self.eos_token_ids: frozenset[int] = frozenset(eos | set(extra_eos_token_ids))
-        named = {self._id_of(name) for name in self.special_tokens}
+        named = {i for i in map(self._id_of, self.special_tokens) if i is not None}
         added = {i for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
-        self.all_special_ids: list[int] = sorted((named | added) - {None})
+        self.all_special_ids: list[int] = sorted(named | added)
 
     def _id_of(self, name: str) -> int | None:
         token = self.special_tokens.get(name)
@@ -94,6 +95,18 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     # ---- chat -----------------------------------------------------------------------------
+
+    @overload
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = ...,
+                            tokenize: Literal[False] = ..., *, tools: list[dict] | None = ...,
+                            documents: list[dict] | None = ..., chat_template: str | None = ...,
+                            **kwargs: Any) -> str: ...
+
+    @overload
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = ...,
+                            *, tokenize: Literal[True], tools: list[dict] | None = ...,
+                            documents: list[dict] | None = ..., chat_template: str | None = ...,
+                            **kwargs: Any) -> list[int]: ...
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
                             tokenize: bool = False, *, tools: list[dict] | None = None,

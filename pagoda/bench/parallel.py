@@ -108,9 +108,11 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
         timeline = executor.timeline() if executor else None
         stage_layers = suggested = None
         if pp > 1:
+            assert executor is not None  # more than one rank
             ranges = executor.parallel.stage_layer_ranges(llm.engine.model_config)
             stage_layers = [len(r) for r in ranges]
             phase, phase_wall = (decode, decode_wall) if decode else (stats, wall)
+            assert phase is not None  # an executor has stats
             # the driver's engine work between steps (scheduling, outputs) is stage 0's too
             work = list(phase.work_s)
             work[0] += max(0.0, phase_wall - phase.step_s)
@@ -155,7 +157,8 @@ def plot_timelines(timelines: list[tuple[str, tuple[int, int], list]], path: str
 
     fig, axes = plt.subplots(len(timelines), 1, figsize=(11, 1.2 + 0.7 * sum(t[1][0] * t[1][1] for t in timelines)),
                              squeeze=False)
-    colors = plt.get_cmap("tab10").colors
+    cmap = plt.get_cmap("tab10")
+    colors = [cmap(k) for k in range(10)]
     for ax, (name, (tp, _), spans) in zip(axes[:, 0], timelines, strict=True):
         driver = spans[0]
         per_step = 2 * max(1, max((s.micro_batch for s in driver), default=0) + 1)  # forwards + samplings

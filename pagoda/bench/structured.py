@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = [tok.encode(tok.apply_chat_template(
         [{"role": "user", "content": f"Describe customer number {i} of our shop as a JSON record."}],
         tokenize=False), add_special_tokens=False) for i in range(args.num_requests)]
-    spec = GuidedDecodingParams(json=SCHEMA)
+    spec = GuidedDecodingParams(json=json.dumps(SCHEMA, ensure_ascii=False, separators=(",", ":")))
     guided_logits_processor(spec, tok)  # compile (and build the tokenizer tables) before timing
     llm.generate(prompts, SamplingParams(max_tokens=8), use_tqdm=False)  # warm up
 

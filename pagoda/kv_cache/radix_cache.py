@@ -58,11 +58,12 @@ class RadixCache:
             limit = min(limit, max_blocks)
         node, path = self._root(salt), []
         for key in self._keys(token_ids, limit):
-            node = node.children.get(key)
-            if node is None:
+            child = node.children.get(key)
+            if child is None:
                 break
-            node.touch()
-            path.append(node)
+            child.touch()
+            path.append(child)
+            node = child
         return path
 
     def insert(self, token_ids: Sequence[int], blocks: Sequence[int], salt: str | None = None,

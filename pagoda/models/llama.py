@@ -21,6 +21,7 @@ from pagoda.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, 
 from pagoda.layers.norm import RMSNorm
 from pagoda.layers.rotary import RopeStep, RotaryEmbedding
 from pagoda.parallel import SINGLE, TensorParallel
+from pagoda.weights.quantized_tensor import QuantizedTensor
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -44,7 +45,7 @@ class LlamaAttention(nn.Module):
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
-        q, k = RotaryEmbedding.apply(q, k, rope)
+        q, k = RotaryEmbedding.rotate(q, k, rope)
         o = self.attn.forward(q, k, v, kv_cache[0], kv_cache[1], metadata)
         return self.o_proj(o.reshape(t, q_size))
 
@@ -147,10 +148,10 @@ class LlamaForCausalLM(nn.Module):
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
             target, shard_id = self._fused_target(name)
-            if hasattr(tensor, "dequantize"):
-                module = modules.get(target.rpartition(".")[0])
-                if hasattr(module, "load_quantized"):
-                    module.load_quantized(tensor.ggml_type, tensor.data, tensor.shape, shard_id)
+            if isinstance(tensor, QuantizedTensor):
+                load_quantized = getattr(modules.get(target.rpartition(".")[0]), "load_quantized", None)
+                if load_quantized is not None:  # a packed int4 layer
+                    load_quantized(tensor.ggml_type, tensor.data, tensor.shape, shard_id)
                     loaded.add(target)
                     continue
                 tensor = tensor.dequantize()

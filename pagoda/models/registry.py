@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pagoda.registry import Registry
 
-MODELS: Registry[type[nn.Module]] = Registry("architecture")
+if TYPE_CHECKING:
+    from pagoda.models.llama import LlamaForCausalLM
+
+# Every architecture so far is a Llama-family decoder (ModelConfig's shape), built by one class.
+MODELS: Registry[type[LlamaForCausalLM]] = Registry("architecture")
 
 
 # Mistral and Qwen2 are Llama with other defaults (Qwen2: q/k/v biases, set in ModelConfig).
@@ -14,7 +18,7 @@ MODELS: Registry[type[nn.Module]] = Registry("architecture")
 @MODELS.register("LlamaForCausalLM")
 @MODELS.register("MistralForCausalLM")
 @MODELS.register("Qwen2ForCausalLM")
-def _llama() -> type[nn.Module]:
+def _llama() -> type[LlamaForCausalLM]:
     from pagoda.models.llama import LlamaForCausalLM
 
     return LlamaForCausalLM

@@ -103,8 +103,7 @@ def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str) -> FastToken
     # Tokens are stored byte-level spelled; a few (added ones) may be raw text: spell those too.
     vocab = {(t if set(t) <= letters else "".join(alphabet[b] for b in t.encode())): i
              for i, t in enumerate(tokens)}
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    backend = FastTokenizer(models.BPE(vocab, pairs, ignore_merges=pre in _IGNORE_MERGES))
+    backend = FastTokenizer(models.BPE(vocab, _merge_pairs(merges), ignore_merges=pre in _IGNORE_MERGES))
     if pre not in _PRE_SPLITS:
         logger.warning("GGUF pre-tokenizer %r is unknown here; splitting text as llama.cpp's 'default'", pre)
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _PRE_SPLITS.get(pre, _PRE_SPLITS["default"])]
@@ -124,7 +123,7 @@ def _sentencepiece_bpe(tokens: list[str], scores: list[float] | None, merges: li
     """
     vocab = {t: i for i, t in enumerate(tokens)}
     if merges:
-        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        pairs = _merge_pairs(merges)
     else:
         pairs = _merges_from_scores(vocab, scores or [0.0] * len(tokens))
     unk = tokens[unk_id] if unk_id is not None else None
@@ -138,9 +137,18 @@ def _sentencepiece_bpe(tokens: list[str], scores: list[float] | None, merges: li
     return backend
 
 
+def _merge_pairs(merges: list[str]) -> list[tuple[str, str]]:
+    """GGUF's "a b" merge strings as (a, b) pairs."""
+    pairs = []
+    for m in merges:
+        a, b = m.split(" ", 1)
+        pairs.append((a, b))
+    return pairs
+
+
 def _merges_from_scores(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
     """Every split of a piece into two pieces, best merged score first (as transformers' converter)."""
-    merges = []
+    merges: list[tuple[float, str, str]] = []
     for piece, piece_id in vocab.items():
         local = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
         local.sort(key=lambda pair: (vocab[pair[0]], vocab[pair[1]]))

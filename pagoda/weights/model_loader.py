@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from pagoda.attention.registry import resolve_backend
@@ -16,6 +15,9 @@ from pagoda.config import ModelConfig
 from pagoda.models.registry import MODELS
 from pagoda.parallel import SINGLE, TensorParallel
 from pagoda.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from pagoda.models.llama import LlamaForCausalLM
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -119,8 +121,9 @@ def resolve_quantization(quantization: str | None, files: ModelFiles, device: to
     return quantization
 
 
-def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, quantization: str | None = None, show_progress: bool = True, tp: TensorParallel = SINGLE,
-               prune: Callable[[nn.Module], None] | None = None) -> nn.Module:
+def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, quantization: str | None = None,
+               show_progress: bool = True, tp: TensorParallel = SINGLE,
+               prune: Callable[[LlamaForCausalLM], None] | None = None) -> LlamaForCausalLM:
     """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint.
 
     ``quantization="gguf"`` keeps Q4_0 / Q4_1 matrices packed (see ``pagoda.quantization``).
@@ -147,8 +150,9 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
 
         finalize_int4_linears(model)
     for module in model.modules():
-        if hasattr(module, "prepack"):
-            module.prepack()
+        prepack = getattr(module, "prepack", None)
+        if prepack is not None:
+            prepack()
     expected = {n for n, _ in model.named_parameters()}  # packed layers have none left
     missing = expected - loaded
     if missing:
