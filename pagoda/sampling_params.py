@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pagoda.errors import InvalidRequestError
-
-# A per-request logits processor: (output token ids so far, logits row [vocab]) -> logits row.
-# It runs before sampling (after logit_bias and penalties); grammar masks plug in here. Optional
-# methods the engine uses when present: ``forced_tokens(output_token_ids) -> list[int]`` (tokens the
-# constraint forces next: appended without a model step, "jump-forward"), ``verify_draw(output_token_ids,
-# token_id) -> int | None`` (a mask that can check a token drawn from the unmasked row: the sampler
-# then masks only refused draws; see Sampler) and ``clone()`` (a fresh copy for each of n > 1
-# samples, for stateful processors).
-LogitsProcessor = Callable[[Sequence[int], Any], Any]
+from pagoda.logits_processor import LogitsProcessor  # the hooks' protocols: pagoda.logits_processor
 
 _GREEDY_EPS = 1e-5
 

@@ -118,8 +118,7 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
             work[0] += max(0.0, phase_wall - phase.step_s)
             suggested = rebalanced_stage_sizes(work, ranges, tp)
     finally:
-        if executor:
-            executor.close()
+        llm.shutdown()
     tokens = [o.outputs[0].token_ids for o in outputs]
     generated = sum(len(t) for t in tokens)
     result = LayoutResult(

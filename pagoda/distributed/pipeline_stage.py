@@ -16,10 +16,10 @@ from torch import nn
 
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import ModelConfig
+from pagoda.distributed.gloo_channels import GlooLink
 from pagoda.distributed.shm_ring import ShmRing
 
 if TYPE_CHECKING:
-    from pagoda.distributed.gloo_channels import GlooLink
     from pagoda.models.llama import LlamaForCausalLM
 
 

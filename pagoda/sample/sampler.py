@@ -17,9 +17,11 @@ over 100 ms here); and a draw uses one uniform per row (inverse CDF), because to
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 
+from pagoda.logits_processor import DrawVerifier
 from pagoda.sample.penalties import apply_frequency_presence_penalties, apply_repetition_penalty, token_pairs
 from pagoda.sample.row_ops import argmax, count_above, per_row, row_index, sample_from_probs, topk
 from pagoda.sample.sampling_batch import RowLogprobs, SamplerOutput, SamplingBatch
@@ -93,7 +95,8 @@ class Sampler:
         drawn = token_ids.tolist()
         refused = []
         for i in checked:
-            token = params[i].logits_processors[0].verify_draw(outputs[i], drawn[i])
+            verifier = cast(DrawVerifier, params[i].logits_processors[0])  # checks_after_draw chose the row
+            token = verifier.verify_draw(outputs[i], drawn[i])
             if token is None:
                 refused.append(i)
             elif token != drawn[i]:
@@ -202,7 +205,7 @@ def checks_after_draw(params: SamplingParams) -> bool:
     that can verify one drawn token (``verify_draw(output_token_ids, token_id) -> token | None``),
     and the row does not truncate (top_p, top_k and min_p are computed on the masked distribution)."""
     processors = params.logits_processors
-    return len(processors) == 1 and hasattr(processors[0], "verify_draw") and (
+    return len(processors) == 1 and isinstance(processors[0], DrawVerifier) and (
         params.greedy or (params.top_p >= 1.0 and not 0 < params.top_k and params.min_p <= 0.0))
 
 

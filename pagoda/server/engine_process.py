@@ -17,7 +17,7 @@ import os
 import queue
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pagoda.engine.args import EngineArgs
 from pagoda.errors import InvalidRequestError
@@ -36,20 +36,24 @@ from pagoda.server.messages import (
 )
 from pagoda.structured.deferred_processor import bind_deferred_processors
 
+if TYPE_CHECKING:
+    from pagoda.engine.llm_engine import LLMEngine
+
 logger = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 1.0  # how often an idle engine checks that its parent still lives
 
 
-def make_llm_engine(engine_args: EngineArgs) -> Any:
-    from pagoda.engine.llm_engine import LLMEngine
+def make_llm_engine(engine_args: EngineArgs) -> LLMEngine:
+    from pagoda.engine.engine_factory import build_engine
 
-    return LLMEngine.from_engine_args(engine_args)
+    return build_engine(engine_args)
 
 
 def run_engine_process(engine_args: EngineArgs, in_q: Any, out_q: Any,
-                       make_engine: Callable[[EngineArgs], Any] = make_llm_engine) -> None:
-    """Entry point of the spawned process: build the engine, announce it, serve until Shutdown."""
+                       make_engine: Callable[[EngineArgs], LLMEngine] = make_llm_engine) -> None:
+    """Entry point of the spawned process: build the engine, announce it, serve until Shutdown,
+    then shut the engine down (its worker ranks, when parallel)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     try:
         engine = make_engine(engine_args)
@@ -59,11 +63,14 @@ def run_engine_process(engine_args: EngineArgs, in_q: Any, out_q: Any,
     out_q.put(EngineReady(model_name=engine.model_name, max_model_len=engine.model_config.max_model_len,
                           vocab_size=engine.model_config.vocab_size, pid=os.getpid(),
                           tokenizer=engine.tokenizer))
-    EngineLoop(engine, in_q, out_q).run()
+    try:
+        EngineLoop(engine, in_q, out_q).run()
+    finally:
+        engine.shutdown()
 
 
 class EngineLoop:
-    def __init__(self, engine: Any, in_q: Any, out_q: Any) -> None:
+    def __init__(self, engine: LLMEngine, in_q: Any, out_q: Any) -> None:
         self.engine = engine
         self.in_q = in_q
         self.out_q = out_q

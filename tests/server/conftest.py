@@ -12,12 +12,12 @@ import pytest
 from live_server import API_KEY, MODEL, LiveServer, tiny_engine_args
 
 from pagoda.server.config import ServerConfig
-from pagoda.server.engine_client import EngineClient
+from pagoda.server.engine_process_client import EngineProcessClient
 
 
 @pytest.fixture(scope="session")
 def live_server(tiny_llama_dir: str) -> Iterator[LiveServer]:
-    client = EngineClient(tiny_engine_args(tiny_llama_dir))
+    client = EngineProcessClient(tiny_engine_args(tiny_llama_dir))
     client.start()
     server = LiveServer(client, {
         "main": ServerConfig(served_model_name=MODEL, api_key=API_KEY, max_waiting=1000),
@@ -42,7 +42,7 @@ def start_server(tiny_llama_dir: str) -> Iterator[Callable[..., LiveServer]]:
 
     def start(make_engine: Callable | None = None, **config: Any) -> LiveServer:
         kwargs = {"make_engine": make_engine} if make_engine is not None else {}
-        client = EngineClient(tiny_engine_args(tiny_llama_dir), **kwargs)
+        client = EngineProcessClient(tiny_engine_args(tiny_llama_dir), **kwargs)
         client.start()
         s = LiveServer(client, {"main": ServerConfig(served_model_name=MODEL, api_key=API_KEY, **config)})
         started.append(s)
