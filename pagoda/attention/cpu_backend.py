@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from pagoda.attention.backend import register_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.attention.torch_backend import TorchAttentionBackend
 
 
-@register_backend("cpu")
 class CpuAttentionBackend(TorchAttentionBackend):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:

@@ -13,17 +13,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     EngineArgs.add_cli_args(parser)
     g = parser.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
-    g.add_argument("--port", type=int, default=8000)
-    g.add_argument("--served-model-name", default=None,
+    g.add_argument("--host", default=ServerConfig.host, help="address to listen on (0.0.0.0 for all)")
+    g.add_argument("--port", type=int, default=ServerConfig.port)
+    g.add_argument("--served-model-name", default=ServerConfig.served_model_name,
                    help="the model name clients pass (default: the model file or directory name)")
-    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>' on the API")
-    g.add_argument("--max-waiting", type=int, default=1024,
+    g.add_argument("--api-key", default=ServerConfig.api_key, help="require 'Authorization: Bearer <key>' on the API")
+    g.add_argument("--max-waiting", type=int, default=ServerConfig.max_waiting,
                    help="requests allowed to wait for their first token; past it new ones get 503 + Retry-After")
-    g.add_argument("--image-model", default=None, help="also serve /v1/images/generations with this model")
+    g.add_argument("--image-model", default=ServerConfig.image_model, help="also serve /v1/images/generations with this model")
     g.add_argument("--web-ui", action=argparse.BooleanOptionalAction, default=ServerConfig.web_ui,
                    help="the chat page at / and the live dashboard at /dashboard (--no-web-ui: neither)")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--log-level", default=ServerConfig.log_level, choices=["debug", "info", "warning", "error"])
     g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                    help="log every HTTP request")
 

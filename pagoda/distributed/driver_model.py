@@ -17,6 +17,7 @@ class DriverModel:
     def __init__(self, model: StepModel, publish: Callable[[Message], None]) -> None:
         self.model = model
         self.publish = publish
+        self.attention_backend = model.attention_backend
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor | None:
         return self.model(*args, **kwargs)

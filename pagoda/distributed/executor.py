@@ -130,7 +130,7 @@ class MultiprocExecutor:
     @property
     def num_virtual_engines(self) -> int:
         """How many steps the engine may keep in flight (``submit`` before ``complete``)."""
-        return self.parallel.virtual_engines if self.parallel.pipeline_parallel_size > 1 else 1
+        return self.parallel.pipeline_virtual_engines if self.parallel.pipeline_parallel_size > 1 else 1
 
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         return self.complete(self.submit(out))
@@ -172,7 +172,7 @@ class MultiprocExecutor:
         return result
 
     def _num_micro_batches(self) -> int:
-        return self.parallel.micro_batches if self.parallel.pipeline_parallel_size > 1 else 1
+        return self.parallel.pipeline_micro_batches if self.parallel.pipeline_parallel_size > 1 else 1
 
     def stats(self) -> ParallelStats:
         """Every rank's seconds (the workers answer through an all-gather)."""

@@ -70,7 +70,7 @@ def ring_names(shm_name: str, parallel: ParallelConfig) -> dict[str, tuple[int, 
 
 
 def ring_slot_bytes(parallel: ParallelConfig, config: ModelConfig) -> int:
-    return parallel.max_step_tokens * config.hidden_size * 2 * 4  # hidden + residual, up to float32
+    return parallel.max_num_batched_tokens * config.hidden_size * 2 * 4  # hidden + residual, up to float32
 
 
 def create_node_segments(shm_name: str, parallel: ParallelConfig, config: ModelConfig, node: int) -> list[str]:
@@ -80,7 +80,7 @@ def create_node_segments(shm_name: str, parallel: ParallelConfig, config: ModelC
     if p.nnodes == 1:
         paths.append(create_segment(f"{shm_name}-w", p.world_size, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES,
                                     p.message_slots))
-    if p.tensor_parallel_size > 1 and p.backend == "shm":
+    if p.tensor_parallel_size > 1 and p.distributed_backend == "shm":
         paths += [create_segment(f"{shm_name}-tp{s}", p.tensor_parallel_size)
                   for s in range(p.pipeline_parallel_size)
                   if p.tp_group_local(s) and p.node_of(s * p.tensor_parallel_size) == node]
@@ -116,7 +116,7 @@ class RankState:
         p, config = spec.parallel, spec.model_config
         self.rank = spec.rank
         self.config = config
-        torch.set_num_threads(p.threads_per_rank)
+        torch.set_num_threads(p.num_threads)
         dist.init_process_group("gloo", init_method=spec.init_method, rank=spec.rank, world_size=p.world_size,
                                 timeout=timedelta(seconds=p.startup_timeout_s))
         multi_host = p.nnodes > 1
@@ -127,12 +127,12 @@ class RankState:
         self.stage = stage
         self.tp_comm: ShmCommunicator | None = None
         groups = []
-        if tp_size > 1 and (p.backend == "gloo" or multi_host):  # every rank takes part in creating every group
+        if tp_size > 1 and (p.distributed_backend == "gloo" or multi_host):  # every rank takes part in creating every group
             groups = [dist.new_group(list(range(s * tp_size, (s + 1) * tp_size)))
                       for s in range(p.pipeline_parallel_size)]
         if tp_size == 1:
             tp = TensorParallel()
-        elif p.backend == "shm" and p.tp_group_local(stage):
+        elif p.distributed_backend == "shm" and p.tp_group_local(stage):
             self.tp_comm = ShmCommunicator(f"{spec.shm_name}-tp{stage}", tp_rank, tp_size, watchdog=watchdog)
             tp = HostTensorParallel(tp_rank, tp_size, None, self.tp_comm)
         else:

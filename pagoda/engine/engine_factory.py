@@ -14,7 +14,6 @@ from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.model_runner import ModelRunner, StepModel, kv_cache_bytes_per_block
 from pagoda.engine.runner import Runner
-from pagoda.engine.schedulers import BATCHING
 from pagoda.sample.sampler import Sampler
 from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype, resolve_quantization
 
@@ -30,15 +29,14 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     if args.data_parallel_size > 1:
         raise ValueError("data_parallel_size > 1 runs replicas behind a router: use `pagoda serve --dp N`; "
                          "one engine is one replica")
-    if args.batching not in BATCHING:
-        raise ValueError(f"batching must be 'continuous' or 'static', got {args.batching!r}")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     device = torch.device("cpu")
     start = time.perf_counter()
     files = ModelFiles(_model_path(args))
     dtype = resolve_dtype(args.dtype, device)
-    model_config = ModelConfig.from_hf_config(files.hf_config(), dtype, args.max_model_len)
+    model_config = replace(ModelConfig.from_hf_config(files.hf_config(), dtype, args.max_model_len),
+                           attention_backend=args.attention_backend)
     tokenizer = files.tokenizer(args.tokenizer)
     cache_config = _cache_config(args, model_config)
     if model_config.max_model_len > cache_config.num_blocks * args.block_size:
@@ -49,8 +47,8 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         model_config = replace(model_config, max_model_len=capacity)
     scheduler_config = SchedulerConfig(
         max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-        max_model_len=model_config.max_model_len, batching=args.batching, policy=args.scheduling_policy,
-        max_wait_s=args.max_wait_s)
+        max_model_len=model_config.max_model_len, batching=args.batching, scheduling_policy=args.scheduling_policy,
+        max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill)
     sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
     runner = _runner(args, files, model_config, cache_config, sampler, device)
     logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
@@ -77,8 +75,9 @@ def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cach
     quantization = resolve_quantization(args.quantization, files, device)
     if args.tensor_parallel_size * args.pipeline_parallel_size > 1:  # ranks load their own shards
         from pagoda.distributed.executor import MultiprocExecutor
+        from pagoda.distributed.parallel_config import ParallelConfig
 
-        return MultiprocExecutor(args.parallel_config(), files.path, model_config, cache_config, sampler,
+        return MultiprocExecutor(ParallelConfig.from_engine_args(args), files.path, model_config, cache_config, sampler,
                                  quantization)
     model = load_model(files, model_config, device, quantization=quantization, show_progress=args.show_progress)
     return ModelRunner(cast(StepModel, model), model_config, cache_config, sampler, device)  # a causal LM

@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
 from pagoda.distributed.parallel_stats import ParallelStats
-from pagoda.engine.args import EngineArgs
 from pagoda.engine.input_processor import InputProcessor
 from pagoda.engine.model_runner import ModelRunnerOutput
 from pagoda.engine.output_processor import OutputProcessor
@@ -76,12 +75,6 @@ class LLMEngine:
         self._parallel_at = 0.0  # and when they were taken (time.monotonic)
         self._shut_down = False
         self.last_scheduled: SchedulerOutput | None = None  # the step the last step() completed, if any
-
-    @classmethod
-    def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
-        from pagoda.engine.engine_factory import build_engine
-
-        return build_engine(args)
 
     # -- requests -----------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams, *,

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from pagoda.attention.backend import get_backend
+from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
 from pagoda.distributed.parallel_stats import ParallelStats
@@ -44,7 +44,11 @@ class StepInputs:
 
 class StepModel(Protocol):
     """What the runner calls on its model: the forward over a flat batch (hidden states; None from a
-    pipeline stage that sends them on to the next), and the LM head."""
+    pipeline stage that sends them on to the next), and the LM head. ``attention_backend`` is the
+    backend its attention layers run (resolved once by the model loader); the runner lays out the
+    KV cache for it."""
+
+    attention_backend: type[AttentionBackend]
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor,
                  kv_caches: list[tuple[torch.Tensor, torch.Tensor]], metadata: AttentionMetadata
@@ -75,13 +79,13 @@ class ModelRunner:
     alive = True
 
     def __init__(self, model: StepModel, model_config: ModelConfig, cache_config: CacheConfig,
-                 sampler: Sampler | None, device: torch.device, attention_backend: str = "auto") -> None:
+                 sampler: Sampler | None, device: torch.device) -> None:
         self.model = model
         self.config = model_config
         self.block_size = cache_config.block_size
         self.sampler = sampler
         self.device = device
-        self.attention = get_backend(attention_backend)
+        self.attention = model.attention_backend  # resolved once, by the model loader
         shape = self.attention.kv_cache_shape(cache_config.num_blocks + 1, cache_config.block_size,
                                               model_config.num_key_value_heads, model_config.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=model_config.dtype, device=device),

@@ -20,14 +20,14 @@ from pagoda.kv_cache.kv_cache_manager import KVCacheManager
 
 
 def make_policy(config: SchedulerConfig, kv_cache: KVCacheManager) -> SchedulingPolicy:
-    if config.policy == "fcfs":
+    if config.scheduling_policy == "fcfs":
         return FCFSPolicy(config.max_wait_s)
-    if config.policy == "priority":
+    if config.scheduling_policy == "priority":
         return PriorityPolicy(config.max_wait_s)
-    if config.policy == "lpm":
+    if config.scheduling_policy == "lpm":
         return LongestPrefixMatchPolicy(
             config.max_wait_s, lambda r: len(kv_cache.match_prefix(r.all_token_ids, r.cache_salt)))
-    raise ValueError(f"unknown scheduling policy {config.policy!r}; choose fcfs, priority or lpm")
+    raise ValueError(f"unknown scheduling policy {config.scheduling_policy!r}; choose fcfs, priority or lpm")
 
 
 class Scheduler(SchedulerInterface):

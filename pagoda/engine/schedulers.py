@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pagoda.config import SchedulerConfig
+from pagoda.engine.args import BATCHING
 from pagoda.engine.scheduler_interface import SchedulerInterface
 from pagoda.kv_cache.kv_cache_manager import KVCacheManager
-
-BATCHING = ("continuous", "static")
 
 
 def make_scheduler(config: SchedulerConfig, kv_cache: KVCacheManager) -> SchedulerInterface:

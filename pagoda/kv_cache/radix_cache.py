@@ -59,11 +59,12 @@ class RadixCache:
             limit = min(limit, max_blocks)
         node, path = self._root(salt), []
         for key in self._keys(token_ids, limit):
-            node = node.children.get(key)
-            if node is None:
+            child = node.children.get(key)
+            if child is None:
                 break
-            node.touch()
-            path.append(node)
+            child.touch()
+            path.append(child)
+            node = child
         return path
 
     def insert(self, token_ids: Sequence[int], blocks: Sequence[int], salt: str | None = None,
@@ -129,11 +130,3 @@ class RadixCache:
     def blocks(self) -> list[int]:
         """Every block the tree holds a reference on (for integrity checks and snapshots)."""
         return [n.block for n in self._nodes()]
-
-    def clear(self) -> None:
-        for node in list(self._nodes()):
-            node.evicted = True
-            self.pool.set_cached(node.block, False)
-            self.pool.free([node.block])
-        self._roots.clear()
-        self.num_cached_blocks = 0

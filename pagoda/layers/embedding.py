@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagoda.kernels import cpu_kernels
+from pagoda.layers.linear import set_weight_loader
 from pagoda.parallel import SINGLE, TensorParallel
 
 
@@ -18,7 +19,7 @@ class VocabParallelEmbedding(nn.Module):
         self.shard_size = -(-vocab_size // tp.size)  # ceil: the last shard may be padded
         self.start = tp.rank * self.shard_size
         self.weight = nn.Parameter(torch.empty(self.shard_size, hidden_size), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        set_weight_loader(self.weight, self.weight_loader)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         part = loaded[self.start:self.start + self.shard_size]

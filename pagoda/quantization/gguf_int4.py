@@ -101,7 +101,8 @@ class Int4Linear(nn.Module):
                        shard_id: object) -> None:
         codes, scale, offset = unpack_q4_affine(ggml_type, data, shape)
         for staging, loaded in ((self._codes, codes), (self._scale, scale), (self._offset, offset)):
-            self.base_loader(_Staging(staging), loaded, shard_id)
+            # a Parameter sharing the staging tensor's storage: the layer's loader writes into it
+            self.base_loader(nn.Parameter(staging, requires_grad=False), loaded, shard_id)
         self._shards.add(shard_id)
 
     def finalize(self) -> None:
@@ -133,13 +134,3 @@ class Int4Linear(nn.Module):
             y = self.tp.all_reduce(y)
         return y if self.bias is None else y + self.bias
 
-
-class _Staging:
-    """Lets a layer's ``weight_loader`` (which writes ``param.data``) fill a staging tensor."""
-
-    def __init__(self, data: torch.Tensor) -> None:
-        self.data = data
-        self.shape = data.shape
-
-    def dim(self) -> int:
-        return self.data.dim()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import secrets
 
@@ -15,7 +14,7 @@ from pagoda.server.config import ServerConfig
 from pagoda.server.engine_client import EngineClient
 from pagoda.server.errors import APIError, install_error_handlers
 from pagoda.server.metrics import ServerMetrics
-from pagoda.server.openai_serving import ModelInfo, TokenizerLike
+from pagoda.server.openai_serving import ModelInfo
 from pagoda.server.protocol import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
 from pagoda.server.serving_chat import ChatServing
 from pagoda.server.serving_completion import CompletionServing
@@ -26,10 +25,10 @@ logger = logging.getLogger(__name__)
 _STATS_TIMEOUT_S = 2.0  # a scrape waits at most this long for the engine to finish its step
 
 
-def build_app(client: EngineClient, config: ServerConfig, tokenizer: TokenizerLike | None = None) -> FastAPI:
+def build_app(client: EngineClient, config: ServerConfig) -> FastAPI:
     """The app for an engine that has started (``client.info`` is set)."""
     assert client.info is not None, "start the EngineClient first"
-    tokenizer = tokenizer or client.info.tokenizer
+    tokenizer = client.info.tokenizer
     model = ModelInfo(name=config.served_model_name or client.info.model_name,
                       max_model_len=client.info.max_model_len, vocab_size=client.info.vocab_size)
     metrics = ServerMetrics(model.name, lambda: client.latest_stats)
@@ -71,8 +70,6 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: TokenizerLi
         return await tokenization.detokenize(request)
 
     if config.image_model is not None:
-        if importlib.util.find_spec("pagoda.server.images") is None:
-            raise RuntimeError("--image-model needs pagoda.server.images, which this build lacks")
         from pagoda.server.images import make_router
 
         api.include_router(make_router(config.image_model))

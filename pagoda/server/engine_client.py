@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class EngineClient(Protocol):
 
     def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                  priority: int = 0, arrival_time: float | None = None,
-                 cache_salt: str | None = None) -> AsyncIterator[RequestDelta]: ...
+                 cache_salt: str | None = None) -> AsyncGenerator[RequestDelta, None]: ...
 
     def abort(self, request_id: str) -> None: ...
 

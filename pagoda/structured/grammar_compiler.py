@@ -6,7 +6,8 @@ import threading
 import weakref
 from collections import OrderedDict
 
-from pagoda.structured.backend_registry import backend_factory
+from pagoda.errors import InvalidRequestError
+from pagoda.structured.backend_registry import GRAMMAR_BACKENDS
 from pagoda.structured.grammar_backend import CompiledGrammar, GrammarBackend
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 from pagoda.tokenizer import Tokenizer
@@ -29,7 +30,10 @@ class GrammarCompiler:
     def backend(self, name: str) -> GrammarBackend:
         with self._lock:
             if name not in self._backends:
-                self._backends[name] = backend_factory(name)(self.tokenizer)
+                if name not in GRAMMAR_BACKENDS:
+                    raise InvalidRequestError(f"unknown grammar backend {name!r}; choose from "
+                                              f"{GRAMMAR_BACKENDS.names()}", "guided_decoding_backend")
+                self._backends[name] = GRAMMAR_BACKENDS.create(name, self.tokenizer)
             return self._backends[name]
 
     def compile(self, spec: GuidedDecodingParams) -> CompiledGrammar:

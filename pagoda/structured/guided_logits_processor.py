@@ -106,12 +106,13 @@ class GuidedLogitsProcessor:
         start = time.perf_counter()
         seq = self._sync(output_token_ids)
         only = self._only_choice(seq)
+        verified: int | None = token_id
         if only is None and not seq.matcher.allows(token_id):
             self.stats.num_rejected += 1
-            token_id = None
+            verified = None
         self.stats.seconds += time.perf_counter() - start
         self.stats.num_checks += 1
-        return token_id if only is None else only
+        return verified if only is None else only
 
     def forced_tokens(self, output_token_ids: Sequence[int]) -> list[int]:
         """The tokens stepwise decoding would have no choice about, accepted into the matcher (rolled

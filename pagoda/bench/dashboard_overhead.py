@@ -7,7 +7,7 @@ same whether a browser or this reader consumes the stream); it records what the 
 measured: time spent feeding the dashboard (per-step records + snapshots) over time spent in
 ``engine.step()``. After each open round the script waits until the engine's feed has closed.
 
-    flock /tmp/pagoda-bench.lock python benchmarks/dashboard_overhead.py --rounds 3
+    flock /tmp/pagoda-bench.lock python -m pagoda.bench.dashboard_overhead --rounds 3
 """
 
 from __future__ import annotations

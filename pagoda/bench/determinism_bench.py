@@ -2,7 +2,7 @@
 random tokens, each generating 128, generated tokens per second with prefill) for two source trees,
 in interleaved rounds in one session (old, new, old, new, ...), medians and ranges.
 
-    flock /tmp/pagoda-bench.lock python benchmarks/determinism_bench.py --old /work/main --new . --rounds 3
+    flock /tmp/pagoda-bench.lock python -m pagoda.bench.determinism_bench --old /work/main --new . --rounds 3
 
 Each round runs each tree in a fresh process (PYTHONPATH=<tree>), so each gets its own build of the
 C++ kernels and nothing is shared between them.

@@ -7,7 +7,7 @@ at every position of the sequence each system predicts the next token with the t
 forcing), and we count how often its top-1 equals float32's. Pagoda's predictions come from
 ``prompt_logprobs`` (its LM head's float32 logits).
 
-    python benchmarks/fidelity_bench.py [--answer-len 48]
+    python -m pagoda.bench.fidelity_bench [--answer-len 48]
 """
 
 from __future__ import annotations

@@ -1,0 +1,36 @@
+"""Attention backends by name; ``resolve_backend`` picks one once, at model load."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pagoda.registry import Registry
+
+if TYPE_CHECKING:  # the names are known without importing torch (``pagoda --help``)
+    from pagoda.attention.backend import AttentionBackend
+
+ATTENTION_BACKENDS: Registry[type[AttentionBackend]] = Registry("attention backend")
+
+
+@ATTENTION_BACKENDS.register("torch")
+def _torch() -> type[AttentionBackend]:
+    from pagoda.attention.torch_backend import TorchAttentionBackend
+
+    return TorchAttentionBackend
+
+
+@ATTENTION_BACKENDS.register("cpu")
+def _cpu() -> type[AttentionBackend]:
+    from pagoda.attention.cpu_backend import CpuAttentionBackend
+
+    return CpuAttentionBackend
+
+
+def resolve_backend(name: str = "auto") -> type[AttentionBackend]:
+    """``"auto"``: the C++ CPU kernels when they are built (they fall back to PyTorch on other
+    devices), else the portable PyTorch backend."""
+    if name == "auto":
+        from pagoda.kernels import cpu_kernels
+
+        name = "cpu" if cpu_kernels.available() else "torch"
+    return ATTENTION_BACKENDS.create(name)
