@@ -127,6 +127,8 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams", "sampling_params")
         prompt_text, prompt_ids = self._tokenize(prompt)
+        if params.pooling == "mean":  # every prompt row is needed: no prefix-cache hit may skip one
+            cache_salt = f"{cache_salt or ''}\x00pooling:{request_id}"
         max_len = self.model_config.max_model_len
         if len(prompt_ids) >= max_len:
             raise InvalidRequestError(
@@ -235,6 +237,8 @@ class LLMEngine:
         touched = self._fail({s.request: result.failed[s.request.request_id] for s in scheduled.scheduled
                               if s.request.request_id in result.failed})
         progressed = scheduler.update(scheduled, result.sampled)
+        if result.pooled or any(s.request.params.pooling is not None for s in scheduled.scheduled):
+            self._finish_pooling(scheduler, scheduled, result, touched)
         for request in progressed:
             group = self._sample_to_group.get(request.request_id)
             if group is None:
@@ -252,6 +256,25 @@ class LLMEngine:
             if group is not None and group.params.prompt_logprobs is not None:
                 touched[group.request_id] = group
         return self._batch_results(scheduler, [self._output(g) for g in touched.values()])
+
+    def _finish_pooling(self, scheduler: Scheduler, scheduled: SchedulerOutput, result: ModelRunnerOutput,
+                        touched: dict[str, RequestGroup]) -> None:
+        """Pooling requests: add this step's rows; once the prompt is computed, the (mean or last)
+        hidden state is the request's embedding and it finishes without sampling."""
+        for s in scheduled.scheduled:
+            request = s.request
+            group = self._sample_to_group.get(request.request_id)
+            if request.params.pooling is None or group is None or request.status.finished:
+                continue
+            part = result.pooled.get(request.request_id)
+            if part is not None:
+                total, rows = group.pooled or (torch.zeros_like(part[0]), 0)
+                group.pooled = (total + part[0], rows + part[1])
+            if request.num_computed_tokens >= request.num_prompt_tokens and group.pooled is not None:
+                total, rows = group.pooled
+                group.embedding = (total / rows).tolist()
+                scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
+                touched[group.request_id] = group
 
     def _batch_results(self, scheduler: Scheduler, outputs: list[RequestOutput]) -> list[RequestOutput]:
         """Continuous batching returns each result as soon as it is done; static batching a batch's
