@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pagoda.errors import InvalidRequestError
 from pagoda.server.tool_parsers import FunctionSpec, ToolParser
+from pagoda.server.tool_parsers.tool_parser import ToolChoiceMode
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 
 ToolMode = Literal["none", "auto", "required", "named"]
@@ -36,7 +37,7 @@ class ToolRequest:
         if self.mode == "none":
             return None
         functions = [f for f in self.functions if self.named is None or f.name == self.named]
-        mode = "auto" if self.mode == "auto" else ("named" if self.mode == "named" else "required")
+        mode: ToolChoiceMode = "auto" if self.mode == "auto" else ("named" if self.mode == "named" else "required")
         return GuidedDecodingParams(grammar=parser.grammar(functions, mode, self.parallel))
 
 

@@ -102,6 +102,7 @@ class ResponsesServing(ChatServing):
     def _response(self, rid: str, req: ResponsesRequest, output: list[dict[str, Any]], finish: str | None,
                   num_prompt: int, num_generated: int | None) -> dict[str, Any]:
         done = num_generated is not None
+        generated = num_generated or 0
         status = "in_progress" if not done else ("incomplete" if finish == "length" else "completed")
         return {
             "id": rid, "object": "response", "created_at": int(time.time()), "model": self.model.name,
@@ -112,8 +113,8 @@ class ResponsesServing(ChatServing):
             "parallel_tool_calls": req.parallel_tool_calls is not False, "tool_choice": req.tool_choice or "auto",
             "tools": req.tools or [], "text": req.text or {"format": {"type": "text"}}, "store": False,
             "output": output,
-            "usage": {"input_tokens": num_prompt, "output_tokens": num_generated,
-                      "total_tokens": num_prompt + num_generated, "input_tokens_details": {"cached_tokens": 0},
+            "usage": {"input_tokens": num_prompt, "output_tokens": generated,
+                      "total_tokens": num_prompt + generated, "input_tokens_details": {"cached_tokens": 0},
                       "output_tokens_details": {"reasoning_tokens": 0}} if done else None,
         }
 

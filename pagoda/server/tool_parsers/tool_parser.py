@@ -176,6 +176,6 @@ def parse_call_object(text: str, start: int, args_keys: tuple[str, ...]) -> tupl
     obj = json.loads(text[start:end])  # ValueError if malformed
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         raise ValueError("not a tool call object")
-    args = next((obj[k] for k in args_keys if k in obj), {})
+    args: Any = next((obj[k] for k in args_keys if k in obj), {})
     arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
     return ParsedCall(obj["name"], arguments, complete=True), end
