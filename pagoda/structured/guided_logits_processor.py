@@ -197,8 +197,10 @@ class GuidedLogitsProcessor:
         left = self.max_tokens - seq.num_accepted
         if left > _STEER_HORIZON or left <= 0:
             return None
-        if seq.matcher.is_accepting() and seq.steering:
-            return self.eos_token_id
+        if seq.matcher.is_accepting():
+            # steering ends with eos; before it starts, a text that is already a complete match stays
+            # valid wherever max_tokens cuts it (prose under a tool "auto" grammar, a regex's repetition)
+            return self.eos_token_id if seq.steering else None
         path = self._closing_path(seq.matcher, left)
         if path is None:
             return None
