@@ -48,6 +48,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
+    # embeddings: "last" or "mean" returns the pooled final hidden state of the prompt (RequestOutput
+    # extra["embedding"], float32, not normalised) instead of sampling
+    pooling: str | None = None
 
     def __post_init__(self) -> None:
         _check_type("n", self.n, (int,))
@@ -87,6 +90,10 @@ class SamplingParams:
                 bias[tok] = float(v)
             self.logit_bias = bias
         _check_type("seed", self.seed, (int,), allow_none=True)
+        if self.pooling not in (None, "last", "mean"):
+            raise InvalidRequestError(f"pooling must be 'last' or 'mean', got {self.pooling!r}", "pooling")
+        if self.pooling is not None and self.n != 1:
+            raise InvalidRequestError("a pooling (embedding) request has one output: n must be 1", "n")
         if self.stop is None:
             self.stop = []
         elif isinstance(self.stop, str):

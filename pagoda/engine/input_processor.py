@@ -27,6 +27,8 @@ class InputProcessor:
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams", "sampling_params")
         prompt_text, prompt_ids = self.tokenize(prompt)
+        if params.pooling == "mean":  # every prompt row is needed: no prefix-cache hit may skip one
+            cache_salt = f"{cache_salt or ''}\x00pooling:{request_id}"
         max_len = self.max_model_len
         if len(prompt_ids) >= max_len:
             raise InvalidRequestError(

@@ -143,6 +143,7 @@ class LLMEngine:
                              if s.request.request_id in result.failed})
         progressed = scheduler.update(scheduled, result.sampled)
         touched = failed | self.output_processor.process(scheduler, progressed, result)
+        touched |= self.output_processor.finish_pooling(scheduler, scheduled, result)
         return scheduler.release(self.output_processor.outputs(touched))
 
     def _step_failed(self, scheduled: SchedulerOutput, exc: Exception) -> list[RequestOutput]:

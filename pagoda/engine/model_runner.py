@@ -28,6 +28,9 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
     # requests whose own code (a logits processor) raised: they fail, the others go on
     failed: dict[str, str] = field(default_factory=dict)
+    # pooling requests: (sum of this step's prompt rows' final hidden states, number of rows); for
+    # "last" pooling only the last prompt row, once it is computed
+    pooled: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,7 +138,10 @@ class ModelRunner:
         assert self.sampler is not None, "a worker rank does not sample"
         scheduled, starts = inputs.scheduled, inputs.metadata.query_start_loc_list
         result = ModelRunnerOutput()
-        sample_rows = [i for i, s in enumerate(scheduled) if s.sample]
+        pool_rows = [i for i, s in enumerate(scheduled) if s.request.params.pooling is not None]
+        if pool_rows:
+            self._pool(scheduled, pool_rows, hidden, starts, result)
+        sample_rows = [i for i, s in enumerate(scheduled) if s.sample and s.request.params.pooling is None]
         prompt_rows = [i for i, s in enumerate(scheduled) if self._wants_prompt_logprobs(s)]
         if prompt_rows:
             self._prompt_logprobs(scheduled, prompt_rows, hidden, starts, result)
@@ -208,6 +214,19 @@ class ModelRunner:
         )
         return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev),
                 metadata)
+
+    @staticmethod
+    def _pool(scheduled: list[ScheduledRequest], rows: list[int], hidden: torch.Tensor, starts: list[int],
+              result: ModelRunnerOutput) -> None:
+        for i in rows:
+            s = scheduled[i]
+            r = s.request
+            last = min(s.start + s.num_new_tokens, r.num_prompt_tokens)  # prompt positions of this chunk
+            h = hidden[starts[i]: starts[i] + (last - s.start)].float()
+            if r.params.pooling == "mean":
+                result.pooled[r.request_id] = (h.sum(0), h.shape[0])
+            elif last == r.num_prompt_tokens and h.shape[0]:
+                result.pooled[r.request_id] = (h[-1].clone(), 1)
 
     @staticmethod
     def _wants_prompt_logprobs(s: ScheduledRequest) -> bool:

@@ -3,11 +3,14 @@ formatting, grammar jump-forward, incremental detokenization with stop strings).
 
 from __future__ import annotations
 
+import torch
+
 from pagoda.engine.model_runner import ModelRunnerOutput
 from pagoda.engine.request import Request, RequestStatus
 from pagoda.engine.request_group import RequestGroup
 from pagoda.engine.request_registry import RequestRegistry
 from pagoda.engine.scheduler_interface import SchedulerInterface
+from pagoda.engine.scheduler_output import SchedulerOutput
 from pagoda.logits_processor import TokenForcer
 from pagoda.outputs import Logprob, PositionLogprobs, RequestOutput
 from pagoda.sample.sampler import RowLogprobs
@@ -51,6 +54,28 @@ class OutputProcessor:
         for rid in result.prompt_logprobs:
             group = self.requests.group_of(rid)
             if group is not None and group.params.prompt_logprobs is not None:
+                touched[group.request_id] = group
+        return touched
+
+    def finish_pooling(self, scheduler: SchedulerInterface, scheduled: SchedulerOutput,
+                       result: ModelRunnerOutput) -> dict[str, RequestGroup]:
+        """Pooling requests: add this step's rows; once the prompt is computed, the (mean or last)
+        hidden state is the request's embedding and it finishes without sampling. Returns the
+        groups that finished."""
+        touched: dict[str, RequestGroup] = {}
+        for s in scheduled.scheduled:
+            request = s.request
+            group = self.requests.group_of(request.request_id)
+            if request.params.pooling is None or group is None or request.status.finished:
+                continue
+            part = result.pooled.get(request.request_id)
+            if part is not None:
+                total, rows = group.pooled or (torch.zeros_like(part[0]), 0)
+                group.pooled = (total + part[0], rows + part[1])
+            if request.num_computed_tokens >= request.num_prompt_tokens and group.pooled is not None:
+                total, rows = group.pooled
+                group.embedding = (total / rows).tolist()
+                scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
                 touched[group.request_id] = group
         return touched
 

@@ -33,6 +33,9 @@ class RequestGroup:
     params: SamplingParams
     samples: list[Sample]
     metrics: RequestMetrics
+    # a pooling request's running (sum, rows) of final hidden states, and its result
+    pooled: tuple[torch.Tensor, int] | None = None
+    embedding: list[float] | None = None
 
     @classmethod
     def create(cls, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
@@ -87,7 +90,8 @@ class RequestGroup:
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
             outputs=outputs, finished=self.finished, prompt_logprobs=prompt_logprobs, metrics=self.metrics,
             num_cached_tokens=self.samples[0].request.num_cached_tokens,
-            extra={"error": errors[0]} if errors else {})
+            extra=({"error": errors[0]} if errors else {}) | (
+                {"embedding": self.embedding} if self.embedding is not None else {}))
 
 
 def fresh_processors(params: SamplingParams) -> SamplingParams:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -82,6 +83,14 @@ class LLM:
         prompts: list[Prompt] = [tokenizer.encode(cast(str, text), add_special_tokens=False) for text in texts]
         return self.generate(prompts, sampling_params, use_tqdm)
 
+    def embed(self, texts: Prompt | Sequence[Prompt], pooling: str = "last", normalize: bool = True,
+              use_tqdm: bool = True) -> list[list[float]]:
+        """One embedding per text (a string or token ids): the final hidden state of the last prompt
+        token ("last") or the mean over the prompt ("mean"), L2-normalised unless ``normalize=False``.
+        The prompts' prefills batch with everything else the engine runs."""
+        outputs = self.generate(texts, SamplingParams(max_tokens=1, pooling=pooling), use_tqdm)
+        return [normalized(o.extra["embedding"]) if normalize else o.extra["embedding"] for o in outputs]
+
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
         bar = tqdm(total=len(request_ids), desc="Generating", unit=" req",
@@ -98,6 +107,12 @@ class LLM:
         finally:
             bar.close()
         return [finished[r] for r in request_ids]
+
+
+def normalized(vector: list[float]) -> list[float]:
+    """``vector`` over its L2 norm (unchanged when it is zero)."""
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else list(vector)
 
 
 def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:

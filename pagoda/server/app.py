@@ -18,6 +18,8 @@ from pagoda.server.openai_serving import ModelInfo
 from pagoda.server.protocol import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
 from pagoda.server.serving_chat import ChatServing
 from pagoda.server.serving_completion import CompletionServing
+from pagoda.server.serving_embedding import EmbeddingServing
+from pagoda.server.serving_responses import ResponsesServing
 from pagoda.server.serving_tokenization import TokenizationServing
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ def build_app(client: EngineClient, config: ServerConfig) -> FastAPI:
     completions = CompletionServing(client, tokenizer, model, config, metrics)
     chat = ChatServing(client, tokenizer, model, config, metrics)
     tokenization = TokenizationServing(client, tokenizer, model, config, metrics)
+    responses = ResponsesServing(client, tokenizer, model, config, metrics)
+    embeddings = EmbeddingServing(client, tokenizer, model, config, metrics)
 
     app = FastAPI(title="Pagoda", description="OpenAI-compatible LLM server")
     install_error_handlers(app)
@@ -60,6 +64,14 @@ def build_app(client: EngineClient, config: ServerConfig) -> FastAPI:
     @api.post("/v1/chat/completions")
     async def create_chat_completion(request: Request) -> Response:
         return await chat.create(request)
+
+    @api.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        return await responses.create_response(request)
+
+    @api.post("/v1/embeddings")
+    async def create_embedding(request: Request) -> Response:
+        return await embeddings.create(request)
 
     @api.post("/tokenize")
     async def tokenize(request: Request) -> TokenizeResponse:

@@ -100,6 +100,7 @@ class RequestDelta:
     metrics: RequestMetrics | None = None  # sent with the last delta
     num_cached_tokens: int = 0
     error: str | None = None  # set when the engine failed this request (finish_reason 'error')
+    embedding: list[float] | None = None  # a pooling request's result, with its last delta
 
 
 @dataclass(frozen=True)

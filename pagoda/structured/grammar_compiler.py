@@ -26,6 +26,20 @@ class GrammarCompiler:
         self._cache: OrderedDict[GuidedDecodingParams, CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
         self.num_compiled = 0  # cache misses that compiled (hits are free)
+        self._closing: tuple[int, ...] | None = None
+
+    def closing_tokens(self) -> tuple[int, ...]:
+        """Single-character tokens in budget steering's order of preference (see GuidedLogitsProcessor)."""
+        if self._closing is None:
+            from pagoda.structured.guided_logits_processor import CLOSING_CHARACTERS
+
+            ids = []
+            for ch in CLOSING_CHARACTERS:
+                encoded = self.tokenizer.encode(ch, add_special_tokens=False)
+                if len(encoded) == 1 and encoded[0] not in ids:
+                    ids.append(encoded[0])
+            self._closing = tuple(ids)
+        return self._closing
 
     def backend(self, name: str) -> GrammarBackend:
         with self._lock:
