@@ -1,7 +1,7 @@
 """Valid-output share of constrained requests at tight max_tokens: the JSONSchemaBench sample
 (``/work/shared/data/jsonschemabench``) and a set of regexes, greedy, on the bundled model.
 
-    PYTHONPATH=<checkout> .venv/bin/python benchmarks/budget_steering_bench.py --max-tokens 128 256
+    PYTHONPATH=<checkout> .venv/bin/python -m pagoda.bench.budget_steering_bench --max-tokens 128 256
 
 Run it from two checkouts (one without budget steering) to compare: the script only uses
 ``guided_sampling_params``, which steers by default where steering exists. A schema the grammar

@@ -21,16 +21,18 @@ from pagoda.server.serving_completion import CompletionServing
 from pagoda.server.serving_embedding import EmbeddingServing
 from pagoda.server.serving_responses import ResponsesServing
 from pagoda.server.serving_tokenization import TokenizationServing
+from pagoda.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
 _STATS_TIMEOUT_S = 2.0  # a scrape waits at most this long for the engine to finish its step
 
 
-def build_app(client: EngineClient, config: ServerConfig) -> FastAPI:
-    """The app for an engine that has started (``client.info`` is set)."""
+def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer | None = None) -> FastAPI:
+    """The app for an engine that has started (``client.info`` is set); ``tokenizer`` replaces the
+    engine's own for rendering chats (several apps over one engine with other chat templates)."""
     assert client.info is not None, "start the EngineClient first"
-    tokenizer = client.info.tokenizer
+    tokenizer = tokenizer or client.info.tokenizer
     model = ModelInfo(name=config.served_model_name or client.info.model_name,
                       max_model_len=client.info.max_model_len, vocab_size=client.info.vocab_size)
     metrics = ServerMetrics(model.name, lambda: client.latest_stats)

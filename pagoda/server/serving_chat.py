@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Any
 
 from fastapi import Request, Response
 
@@ -62,7 +63,7 @@ class OutputPlan:
 
 
 class ChatServing(OpenAIServing):
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.chat_template: str | None = getattr(self.tokenizer, "chat_template", None)
         self.tool_parser: ToolParser = tool_parser_for(self.config.tool_call_parser, self.chat_template)
@@ -102,15 +103,15 @@ class ChatServing(OpenAIServing):
                     tools: ToolRequest | None) -> str:
         native = template_renders_tools(self.chat_template)
         conv = conversation(messages, native, self.tool_parser)
-        kwargs = {}
+        native_tools: list[dict[str, Any]] | None = None
         if tools is not None:
             if native:
-                kwargs["tools"] = list(tools.tools)
+                native_tools = list(tools.tools)
             else:
                 conv = with_default_tool_prompt(conv, list(tools.tools), self.tool_parser)
         try:
             return self.tokenizer.apply_chat_template(conv, add_generation_prompt=add_generation_prompt,
-                                                      tokenize=False, **kwargs)  # type: ignore[call-arg]
+                                                      tokenize=False, tools=native_tools)
         except Exception as e:  # noqa: BLE001 - a template may reject a conversation (role order, ...)
             raise APIError(400, f"the chat template rejected the messages: {e}", param="messages") from None
 
@@ -134,7 +135,7 @@ class ChatServing(OpenAIServing):
             spec = dataclasses.replace(spec, reasoning=(self.reasoning_parser.start_tag, self.reasoning_parser.end_tag,
                                                         starts_in_reasoning))
         try:
-            compiler_for(self.tokenizer).compile(spec)  # type: ignore[arg-type]
+            compiler_for(self.tokenizer).compile(spec)
         except InvalidRequestError as exc:
             raise InvalidRequestError(exc.message, param) from None
         others = [p for p in params.logits_processors if not isinstance(p, DeferredGuidedProcessor)]

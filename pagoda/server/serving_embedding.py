@@ -54,10 +54,10 @@ class EmbeddingServing(OpenAIServing):
         if not x:
             raise APIError(400, "input is empty", param="input")
         if isinstance(x[0], int):
-            return [list(x)]  # type: ignore[arg-type]
+            return [list(x)]
         if isinstance(x[0], str):
-            return [self.tokenizer.encode(s) for s in x]  # type: ignore[arg-type]
-        return [list(ids) for ids in x]  # type: ignore[arg-type]
+            return [self.tokenizer.encode(s) for s in x]
+        return [list(ids) for ids in x]
 
     async def _embed(self, req: EmbeddingRequest, prompts: list[list[int]], params: SamplingParams) -> dict[str, Any]:
         vectors: dict[int, list[float]] = {}

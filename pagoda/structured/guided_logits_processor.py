@@ -13,7 +13,12 @@ import torch
 from pagoda.structured.grammar_backend import CompiledGrammar, GrammarMatcher
 from pagoda.structured.grammar_compiler import compiler_for
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
-from pagoda.structured.token_bitmask import allow_only_, allowed_token_ids, apply_token_bitmask_, bitmask_words
+from pagoda.structured.token_bitmask import (
+    allow_only_,
+    allowed_token_ids,
+    apply_token_bitmask_,
+    bitmask_words,
+)
 from pagoda.tokenizer import Tokenizer
 
 _MAX_FORCED_PER_CALL = 256  # bounds one jump; the rest follows after the next step

@@ -65,7 +65,7 @@ def tools_model_dir(tiny_model_factory) -> str:
 def tools_server(tools_model_dir: str) -> Iterator[LiveServer]:
     """Apps over one engine (a tiny model with room for tool prompts): each tool parser, a template with
     native tools, reasoning, mean pooling."""
-    client = EngineClient(tiny_engine_args(tools_model_dir, num_kv_blocks=512))
+    client = EngineProcessClient(tiny_engine_args(tools_model_dir, num_kv_blocks=512))
     client.start()
     chatml = client.info.tokenizer
     native = copy.copy(chatml)

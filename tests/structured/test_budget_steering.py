@@ -33,7 +33,7 @@ def test_tight_budgets_end_valid(tiny_llm, max_tokens):
                                             budget_steering=False) for s in range(len(PROMPTS))]
         outs = tiny_llm.generate(PROMPTS, params, use_tqdm=False)
         before = tiny_llm.generate(PROMPTS, unsteered, use_tqdm=False)
-        for o, b in zip(outs, before, strict=True):
+        for o in outs:
             out = o.outputs[0]
             assert len(out.token_ids) <= max_tokens
             if "json" in spec:
