@@ -21,7 +21,7 @@ from pagoda.attention.metadata import AttentionMetadata
 from pagoda.kernels import cpu_kernels
 from pagoda.layers.activation import SiluAndMul
 from pagoda.layers.embedding import ParallelLMHead
-from pagoda.layers.linear import ReplicatedLinear
+from pagoda.layers.linear import ColumnParallelLinear
 from pagoda.layers.norm import FinalRMSNorm, RMSNorm
 from pagoda.layers.rotary import RotaryEmbedding
 from pagoda.quantization.gguf_int4 import Int4Linear
@@ -53,7 +53,7 @@ def _rows_alone_equal_batch(fn, x: torch.Tensor, rows: list[int]) -> None:
 def _q4_linear(kind: Q, out_features: int, in_features: int, dtype: torch.dtype, seed: int) -> Int4Linear:
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((out_features, in_features)) * 0.05).astype(np.float32)
-    layer = Int4Linear(ReplicatedLinear(in_features, out_features), dtype)
+    layer = Int4Linear(ColumnParallelLinear(in_features, out_features), dtype)
     layer.load_quantized(kind, quants.quantize(w, kind), (out_features, in_features), None)
     layer.finalize()
     return layer
@@ -80,7 +80,7 @@ def test_gguf_q4_linear_matches_the_dequantized_weights(kind: Q) -> None:
     dense = torch.from_numpy(quants.dequantize(packed, kind).reshape(64, 128).astype(np.float32))
     x = torch.randn(9, 128, generator=torch.Generator().manual_seed(0))
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
-        layer = Int4Linear(ReplicatedLinear(128, 64), dtype)
+        layer = Int4Linear(ColumnParallelLinear(128, 64), dtype)
         layer.load_quantized(kind, packed, (64, 128), None)
         layer.finalize()
         xd = x.to(dtype)
@@ -94,7 +94,7 @@ def test_gguf_q4_linear_matches_the_dequantized_weights(kind: Q) -> None:
 def test_dense_linear_is_batch_invariant(dtype: torch.dtype, batch: int, seed: int) -> None:
     """bfloat16: oneDNN's prepacked GEMM (measured invariant); float32: the fixed-order kernel."""
     g = torch.Generator().manual_seed(seed)
-    layer = ReplicatedLinear(256, 320)
+    layer = ColumnParallelLinear(256, 320)
     layer.weight.data.copy_(torch.randn(320, 256, generator=g) * 0.05)
     layer.to(dtype)
     layer.prepack()
@@ -152,7 +152,7 @@ def test_norms_rope_and_activation_are_batch_invariant(dtype: torch.dtype, batch
         pos = qk[:, 0].long()
         q = qk[:, 1:129].to(dtype).clone().view(-1, 4, 32)
         k = qk[:, 129:].to(dtype).clone().view(-1, 2, 32)
-        q, k = RotaryEmbedding.apply(q, k, rope.step(pos, dtype))
+        q, k = RotaryEmbedding.rotate(q, k, rope.step(pos, dtype))
         return torch.cat([q.reshape(len(pos), -1), k.reshape(len(pos), -1)], -1)
 
     rows = torch.cat([positions[:, None].double(), torch.randn(batch, 192, generator=g).double()], -1)

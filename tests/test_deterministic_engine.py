@@ -14,7 +14,7 @@ import pytest
 from pagoda import LLM, SamplingParams
 from pagoda.engine.args import EngineArgs
 from pagoda.server.config import ServerConfig
-from pagoda.server.engine_client import EngineClient
+from pagoda.server.engine_process_client import EngineProcessClient
 
 sys.path.insert(0, str(Path(__file__).parent / "server"))
 from live_server import API_KEY, LiveServer  # noqa: E402
@@ -81,7 +81,7 @@ def test_after_a_preemption(reference):
 
 
 def test_server_streamed_and_not_first_and_repeat(reference):
-    client = EngineClient(EngineArgs(show_progress=False))
+    client = EngineProcessClient(EngineArgs(show_progress=False))
     client.start()
     server = LiveServer(client, {"main": ServerConfig(served_model_name="default", api_key=API_KEY)})
     try:

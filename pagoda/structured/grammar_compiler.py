@@ -12,6 +12,10 @@ from pagoda.structured.grammar_backend import CompiledGrammar, GrammarBackend
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 from pagoda.tokenizer import Tokenizer
 
+# single characters budget steering tries, in this order, to close a grammar quickly: closers first,
+# then separators, then short values (the grammar's forced text is always taken first)
+CLOSING_CHARACTERS = '"}])' + " ,:0.1aAeE-_/\n" + "".join(chr(c) for c in range(33, 127))
+
 _CACHE_SIZE = 256
 
 
@@ -31,8 +35,6 @@ class GrammarCompiler:
     def closing_tokens(self) -> tuple[int, ...]:
         """Single-character tokens in budget steering's order of preference (see GuidedLogitsProcessor)."""
         if self._closing is None:
-            from pagoda.structured.guided_logits_processor import CLOSING_CHARACTERS
-
             ids = []
             for ch in CLOSING_CHARACTERS:
                 encoded = self.tokenizer.encode(ch, add_special_tokens=False)

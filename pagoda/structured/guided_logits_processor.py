@@ -26,9 +26,6 @@ _STEER_HORIZON = 64  # budget steering looks for a way to close the grammar once
 # steering starts while the closing path plus eos plus this many tokens still fit: one free token can
 # lengthen the path by several (the first byte of a 4-byte character needs 3 more before a quote)
 _STEER_MARGIN = 4
-# single characters tried, in this order, to close a grammar quickly: closers first, then separators,
-# then short values (the grammar's forced text is always taken first)
-CLOSING_CHARACTERS = '"}])' + " ,:0.1aAeE-_/\n" + "".join(chr(c) for c in range(33, 127))
 
 
 @dataclass

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pagoda.engine.args import EngineArgs
+from pagoda.engine.engine_factory import build_engine
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.request import Request
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
@@ -105,7 +106,7 @@ def test_step_tokens_split_into_prefill_decode_and_jump_forward() -> None:
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama_dir: str) -> LLMEngine:
-    return LLMEngine.from_engine_args(EngineArgs(model=tiny_llama_dir, dtype="float32", num_kv_blocks=64,
+    return build_engine(EngineArgs(model=tiny_llama_dir, dtype="float32", num_kv_blocks=64,
                                                  max_num_seqs=4, max_num_batched_tokens=64, show_progress=False))
 
 
