@@ -51,6 +51,11 @@ def register_backend(name: str):
     return wrap
 
 
+def resolve_backend_name(name: str, device: torch.device) -> str:
+    """``"auto"`` on a CUDA device is the Triton backend; elsewhere ``get_backend`` chooses."""
+    return "triton" if name == "auto" and device.type == "cuda" else name
+
+
 def get_backend(name: str = "auto") -> type[AttentionBackend]:
     """``"auto"``: the C++ CPU kernels when they are built (they fall back to PyTorch on other
     devices), else the portable PyTorch backend."""
@@ -59,6 +64,8 @@ def get_backend(name: str = "auto") -> type[AttentionBackend]:
 
     if name == "auto":
         name = "cpu" if cpu_kernels.available() else "torch"
+    if name == "triton":
+        import pagoda.attention.triton_backend  # noqa: F401  (needs the triton package: imported only when asked)
     if name not in _REGISTRY:
         raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_REGISTRY)}")
     return _REGISTRY[name]

@@ -27,6 +27,9 @@ class EngineArgs:
     scheduling_policy: str = "fcfs"  # "fcfs" | "priority" | "lpm"
     max_wait_s: float = 60.0  # starvation guard: older waiting requests go first, whatever the policy
     seed: int = 0
+    device: str = "auto"  # "auto" (CUDA when torch sees a GPU) | "cpu" | "cuda" | "cuda:N"
+    attention_backend: str = "auto"  # "auto" (triton on CUDA, else the C++ CPU kernels) | "cpu" | "torch" | "triton"
+    enforce_eager: bool = False  # CUDA: no CUDA graphs for decode steps
     num_threads: int | None = None  # with TP/PP: threads per rank (default: the cores shared out)
     show_progress: bool = True
     tensor_parallel_size: int = 1
@@ -49,7 +52,7 @@ class EngineArgs:
                        help="Hugging Face model directory or GGUF file (default: bundled SmolLM2-135M-Instruct)")
         g.add_argument("--tokenizer", default=None)
         g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-        g.add_argument("--quantization", default="auto", choices=["auto", "gguf", "none"])
+        g.add_argument("--quantization", default="auto", choices=["auto", "gguf", "fp8", "none"])
         g.add_argument("--max-model-len", type=int, default=None)
         g.add_argument("--block-size", type=int, default=16)
         g.add_argument("--kv-cache-memory-gb", type=float, default=1.0)
@@ -62,6 +65,11 @@ class EngineArgs:
         g.add_argument("--max-wait-s", type=float, default=60.0,
                        help="a request waiting longer is admitted before newer ones, whatever the policy")
         g.add_argument("--seed", type=int, default=0)
+        g.add_argument("--device", default=EngineArgs.device,
+                       help="'auto' (CUDA when a GPU is visible), 'cpu', 'cuda' or 'cuda:N'")
+        g.add_argument("--attention-backend", default=EngineArgs.attention_backend,
+                       choices=["auto", "cpu", "torch", "triton"])
+        g.add_argument("--enforce-eager", action="store_true", help="CUDA: run decode steps without CUDA graphs")
         g.add_argument("--num-threads", type=int, default=None)
         d = parser.add_argument_group("distributed")
         d.add_argument("--tensor-parallel-size", "--tp", type=int, default=1,

@@ -10,7 +10,9 @@ from dataclasses import replace
 
 import torch
 
+from pagoda.attention.backend import resolve_backend_name
 from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
+from pagoda.device import resolve_device
 from pagoda.distributed.parallel_stats import ParallelStats
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.model_runner import ModelRunner, ModelRunnerOutput, kv_cache_bytes_per_block
@@ -74,7 +76,8 @@ class LLMEngine:
                              "one engine is one replica")
         if args.num_threads:
             torch.set_num_threads(args.num_threads)
-        device = torch.device("cpu")
+        device = resolve_device(args.device)
+        attention_backend = resolve_backend_name(args.attention_backend, device)
         start = time.perf_counter()
         if args.model is None:
             from pagoda.weights.default_model import default_model_path
@@ -89,8 +92,8 @@ class LLMEngine:
         tokenizer = files.tokenizer(args.tokenizer)
         quantization = resolve_quantization(args.quantization, files, device)
         distributed = args.tensor_parallel_size * args.pipeline_parallel_size > 1  # ranks load their own shards
-        model = None if distributed else load_model(files, model_config, device, quantization=quantization,
-                                                    show_progress=args.show_progress)
+        model = None if distributed else load_model(files, model_config, device, attention_backend,
+                                                    quantization=quantization, show_progress=args.show_progress)
 
         per_block = kv_cache_bytes_per_block(model_config, args.block_size)
         num_blocks = args.num_kv_blocks or max(1, int(args.kv_cache_memory_gb * 2**30 // per_block))
@@ -114,7 +117,7 @@ class LLMEngine:
             runner = MultiprocExecutor(args.parallel_config(), files.path, model_config, cache_config, sampler,
                                        quantization)
         else:
-            runner = ModelRunner(model, model_config, cache_config, sampler, device)
+            runner = ModelRunner(model, model_config, cache_config, sampler, device, attention_backend)
         logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                     time.perf_counter() - start, num_blocks, args.block_size)
         return cls(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)

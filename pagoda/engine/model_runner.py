@@ -10,6 +10,7 @@ from torch import nn
 from pagoda.attention.backend import get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
+from pagoda.device import to_device
 from pagoda.engine.guarded_processors import guarded_processors
 from pagoda.engine.request import Request
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
@@ -99,7 +100,7 @@ class ModelRunner:
             self._prompt_logprobs(scheduled, prompt_rows, hidden, starts, result)
         if not sample_rows:
             return result
-        last = torch.tensor([starts[i + 1] - 1 for i in sample_rows], device=self.device)
+        last = to_device([starts[i + 1] - 1 for i in sample_rows], torch.int64, self.device)
         logits = self.model.compute_logits(hidden[last])
         requests = [scheduled[i].request for i in sample_rows]
         batch = SamplingBatch(
@@ -156,18 +157,18 @@ class ModelRunner:
         tables = ([[self.scratch_block] + [0] * (max_blocks - 1)] * num_padding_rows
                   + [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled])
         dev = self.device
+        # built on the host (pinned for a GPU) and copied without blocking: no sync while preparing
         metadata = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            query_start_loc=torch.tensor(query_start, dtype=torch.int64, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int64, device=dev),
+            slot_mapping=to_device(slots, torch.int64, dev),
+            query_start_loc=to_device(query_start, torch.int64, dev),
+            seq_lens=to_device(seq_lens, torch.int64, dev),
+            block_tables=to_device(tables, torch.int64, dev),
             num_decodes=num_decodes,
             max_seq_len=max(seq_lens),
             query_start_loc_list=query_start,
             seq_lens_list=seq_lens,
         )
-        return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev),
-                metadata)
+        return to_device(ids, torch.int64, dev), to_device(pos, torch.int64, dev), metadata
 
     @staticmethod
     def _wants_prompt_logprobs(s: ScheduledRequest) -> bool:
