@@ -15,7 +15,7 @@ class EngineArgs:
     model: str | None = None  # HF directory or .gguf file; None: the bundled SmolLM2-135M-Instruct
     tokenizer: str | None = None  # defaults to the model's own
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16"
-    quantization: str | None = "auto"  # "auto": "gguf" for GGUF files; None: dequantize
+    quantization: str | None = "auto"  # "auto": "gguf" for GGUF files on CPU; "fp8": E4M3 weights; None: dense
     max_model_len: int | None = None
     block_size: int = 16
     kv_cache_memory_gb: float = 1.0  # KV pool budget
