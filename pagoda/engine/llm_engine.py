@@ -118,6 +118,8 @@ class LLMEngine:
                                        quantization)
         else:
             runner = ModelRunner(model, model_config, cache_config, sampler, device, attention_backend)
+            if device.type == "cuda" and not args.enforce_eager:
+                runner.enable_decode_graphs(scheduler_config.max_num_seqs, model_config.max_model_len)
         logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                     time.perf_counter() - start, num_blocks, args.block_size)
         return cls(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)

@@ -11,6 +11,7 @@ from pagoda.attention.backend import get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
 from pagoda.device import to_device
+from pagoda.engine.decode_graphs import DecodeGraphs
 from pagoda.engine.guarded_processors import guarded_processors
 from pagoda.engine.request import Request
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
@@ -67,6 +68,16 @@ class ModelRunner:
                            torch.zeros(shape, dtype=model_config.dtype, device=device))
                           for _ in range(model_config.num_hidden_layers)]
 
+    decode_graphs: DecodeGraphs | None = None
+
+    def enable_decode_graphs(self, max_num_seqs: int, max_model_len: int, capture: bool = True) -> None:
+        """Decode steps replay CUDA graphs (captured now, per batch-size bucket); ``capture=False`` runs
+        the same padded path eagerly (CPU tests)."""
+        self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size,
+                                          self.scratch_block, self.device)
+        if capture:
+            self.decode_graphs.capture()
+
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         """One step on this process: ``prepare`` -> ``forward`` -> ``sample``. A multi-process
@@ -85,6 +96,8 @@ class ModelRunner:
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """Block copies, then the model over the flat batch; returns hidden states [tokens, hidden]."""
         self._copy_blocks(inputs.block_copies)
+        if self.decode_graphs is not None and self.decode_graphs.can_run(inputs.metadata):
+            return self.decode_graphs.run(inputs.input_ids, inputs.positions, inputs.metadata)
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
 
     @torch.inference_mode()

@@ -21,20 +21,36 @@ PROMPTS = [
 ]
 
 
-def _generate(model_dir: str, backend: str, device: str = "cpu") -> list[list[int]]:
+def _generate(model_dir: str, backend: str, device: str = "cpu", padded_decode: bool = False) -> list[list[int]]:
     llm = LLM(model_dir, dtype="float32", attention_backend=backend, device=device, num_kv_blocks=64,
               max_num_batched_tokens=24, show_progress=False)  # 24-token budget: long prompts go in chunks
-    attn = llm.engine.runner.model.model.layers[0].self_attn.attn
-    assert type(attn).__name__ == {"triton": "TritonAttentionBackend", "cpu": "CpuAttentionBackend"}[backend]
+    runner = llm.engine.runner
+    attn = runner.model.model.layers[0].self_attn.attn
+    if backend == "triton":
+        assert isinstance(attn, TritonAttentionBackend)
+    else:  # the C++ CPU kernels, or the portable backend where they are not built
+        assert type(attn).__name__ in ("CpuAttentionBackend", "TorchAttentionBackend")
+    if padded_decode:  # the CUDA-graph path's static, padded buffers, run eagerly (a batch of 3 pads to 4)
+        runner.enable_decode_graphs(4, 128, capture=False)
+        graphs = runner.decode_graphs
+        assert graphs.buckets == [1, 2, 4]
+        padded_steps = []
+        original_run = graphs.run
+        graphs.run = lambda ids, pos, meta: padded_steps.append(graphs.bucket_for(meta.num_seqs)) or original_run(
+            ids, pos, meta)
     assert len(llm.get_tokenizer().encode(PROMPTS[0])) > 24  # prefilled in chunks
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     first = [o.outputs[0].token_ids for o in llm.generate(PROMPTS[:1], params)]  # warms the prefix cache
-    return first + [o.outputs[0].token_ids for o in llm.generate(PROMPTS[1:], params)]
+    tokens = first + [o.outputs[0].token_ids for o in llm.generate(PROMPTS[1:], params)]
+    if padded_decode:
+        assert 1 in padded_steps and 4 in padded_steps  # alone, and three sequences padded to four
+    return tokens
 
 
 def test_tiny_llama_greedy_tokens_equal_cpu_backend(tiny_llama_dir):
-    expected = _generate(tiny_llama_dir, "cpu")
+    expected = _generate(tiny_llama_dir, "auto")
     assert _generate(tiny_llama_dir, "triton", DEVICE) == expected
+    assert _generate(tiny_llama_dir, "triton", DEVICE, padded_decode=True) == expected
 
 
 def test_backend_registry_and_auto_on_cuda():
@@ -75,3 +91,12 @@ def test_mixed_step_matches_torch_backend():
 def test_cuda_device_without_gpu_is_a_clear_error(tiny_llama_dir):
     with pytest.raises(RuntimeError, match="needs an NVIDIA GPU"):
         LLM(tiny_llama_dir, device="cuda", show_progress=False)
+
+
+def test_decode_graph_buckets():
+    from pagoda.engine.decode_graphs import batch_buckets
+
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(6) == [1, 2, 4, 6]
+    assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 48, 64]
+    assert batch_buckets(40) == [1, 2, 4, 8, 16, 32, 40]
