@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -30,7 +32,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-def to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def to_device(values: list[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``values`` as a tensor on ``device``: built on the host, page-locked when the device is a GPU and
     copied without blocking (torch's pinned-memory cache keeps the buffer until the copy is done); on the
     CPU the host tensor itself (CPU torch pins nothing)."""

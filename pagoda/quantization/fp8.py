@@ -53,15 +53,13 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         codes, scale = quantize_rows(x.reshape(-1, shape[-1]))
-        bias = None if self.reduce else self.bias
-        y = torch._scaled_mm(codes, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=bias,
-                             out_dtype=x.dtype)
-        y = y.reshape(*shape[:-1], y.shape[-1])
+        # cuBLASLt's row-wise scaled matmul writes bfloat16 only; the CPU one any float type
+        out_dtype = x.dtype if x.device.type == "cpu" else torch.bfloat16
+        y = torch._scaled_mm(codes, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=out_dtype)
+        y = y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
         if self.reduce:
             y = self.tp.all_reduce(y)
-            if self.bias is not None:
-                y = y + self.bias
-        return y
+        return y if self.bias is None else y + self.bias
 
     def dequantized_weight(self) -> torch.Tensor:
         """float32 [out, in]: what the matmul multiplies by (for tests)."""

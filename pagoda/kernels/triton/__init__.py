@@ -26,3 +26,25 @@ def check_device(t: torch.Tensor) -> None:
         return
     raise RuntimeError(f"Triton kernels run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got a "
                        f"{t.device.type} tensor")
+
+
+def _fix_interpreter_scalar_index() -> None:
+    """Triton 3.6's interpreter turns a scalar into an int with ``int(array)``, which numpy 2.4 refuses for its
+    shape-(1,) scalars, so any loop with a runtime bound fails; the upstream fix (triton #9171, PR #9172)
+    squeezes first. Applied here, under the interpreter only, until a release carries it."""
+    import triton.runtime.interpreter as interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "pagoda_fixed", False):
+        return
+
+    def patched(tensor, scope) -> None:
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched.pagoda_fixed = True  # type: ignore[attr-defined]
+    interpreter._patch_lang_tensor = patched
+
+
+if on_interpreter():
+    _fix_interpreter_scalar_index()
