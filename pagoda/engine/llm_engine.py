@@ -92,6 +92,9 @@ class LLMEngine:
         tokenizer = files.tokenizer(args.tokenizer)
         quantization = resolve_quantization(args.quantization, files, device)
         distributed = args.tensor_parallel_size * args.pipeline_parallel_size > 1  # ranks load their own shards
+        if distributed and device.type == "cuda":
+            raise ValueError("tensor / pipeline parallelism runs on CPU ranks only (gloo / shared memory); "
+                             "multi-GPU over NCCL is not implemented: use device='cpu' or one GPU")
         model = None if distributed else load_model(files, model_config, device, attention_backend,
                                                     quantization=quantization, show_progress=args.show_progress)
 

@@ -112,3 +112,8 @@ def test_fp8_model_on_gpu(tiny_llama_dir):
               show_progress=False)
     out = llm.generate("Hello world", SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))[0]
     assert len(out.outputs[0].token_ids) == 4
+
+
+def test_tensor_parallel_on_cuda_is_refused(tiny_llama_dir):
+    with pytest.raises(ValueError, match="multi-GPU over NCCL is not implemented"):
+        LLM(tiny_llama_dir, device="cuda", tensor_parallel_size=2, show_progress=False)
