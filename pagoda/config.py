@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from pagoda.engine.args import EngineArgs
+
 
 @dataclass(frozen=True)
 class RopeScaling:
@@ -45,6 +47,7 @@ class ModelConfig:
     max_model_len: int
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    attention_backend: str = EngineArgs.attention_backend  # how to run it: resolved by the model loader
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any], dtype: torch.dtype, max_model_len: int | None) -> ModelConfig:
@@ -92,16 +95,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """The paged KV cache: ``num_blocks`` blocks of ``block_size`` tokens each."""
+    """The paged KV cache: ``num_blocks`` blocks of ``block_size`` tokens each (resolved from
+    ``num_kv_blocks`` or the ``kv_cache_memory_gb`` budget)."""
 
     block_size: int
     num_blocks: int
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = EngineArgs.enable_prefix_caching
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Limits of one engine step and the batching policy.
+    """Limits of one engine step and the batching policy; options keep their ``EngineArgs`` names
+    and defaults.
 
     ``batching``: "continuous" (iteration-level) or "static" (a batch is admitted together
     and nothing joins until all of it has finished; the honest baseline).
@@ -110,7 +115,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int
     max_num_seqs: int
     max_model_len: int
-    batching: str = "continuous"
-    enable_chunked_prefill: bool = True
-    policy: str = "fcfs"  # "fcfs" | "priority" | "lpm"
-    max_wait_s: float = 60.0  # past this wait a request is admitted before newer ones, whatever the policy
+    batching: str = EngineArgs.batching
+    enable_chunked_prefill: bool = EngineArgs.enable_chunked_prefill
+    scheduling_policy: str = EngineArgs.scheduling_policy
+    max_wait_s: float = EngineArgs.max_wait_s  # past this wait a request is admitted first, whatever the policy

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pagoda.errors import InvalidRequestError
-
-# A per-request logits processor: (output token ids so far, logits row [vocab]) -> logits row.
-# It runs before sampling (after logit_bias and penalties); grammar masks plug in here. Optional
-# methods the engine uses when present: ``forced_tokens(output_token_ids) -> list[int]`` (tokens the
-# constraint forces next: appended without a model step, "jump-forward"), ``verify_draw(output_token_ids,
-# token_id) -> int | None`` (a mask that can check a token drawn from the unmasked row: the sampler
-# then masks only refused draws; see Sampler) and ``clone()`` (a fresh copy for each of n > 1
-# samples, for stateful processors).
-LogitsProcessor = Callable[[Sequence[int], Any], Any]
+from pagoda.logits_processor import LogitsProcessor  # the hooks' protocols: pagoda.logits_processor
 
 _GREEDY_EPS = 1e-5
 
@@ -57,6 +48,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
+    # embeddings: "last" or "mean" returns the pooled final hidden state of the prompt (RequestOutput
+    # extra["embedding"], float32, not normalised) instead of sampling
+    pooling: str | None = None
 
     def __post_init__(self) -> None:
         _check_type("n", self.n, (int,))
@@ -96,6 +90,10 @@ class SamplingParams:
                 bias[tok] = float(v)
             self.logit_bias = bias
         _check_type("seed", self.seed, (int,), allow_none=True)
+        if self.pooling not in (None, "last", "mean"):
+            raise InvalidRequestError(f"pooling must be 'last' or 'mean', got {self.pooling!r}", "pooling")
+        if self.pooling is not None and self.n != 1:
+            raise InvalidRequestError("a pooling (embedding) request has one output: n must be 1", "n")
         if self.stop is None:
             self.stop = []
         elif isinstance(self.stop, str):

@@ -14,6 +14,7 @@ from pagoda.detokenizer import IncrementalDetokenizer
 from pagoda.tokenizer import Tokenizer
 from pagoda.weights.default_model import default_model_path
 from pagoda.weights.gguf_checkpoint import GGUFCheckpoint
+from pagoda.weights.gguf_tokenizer import tokenizer_from_gguf
 
 CORPUS = ["The quick brown fox jumps over the lazy dog.", "def f(x):\n    return x + 1\n",
           "héllo wörld ça va", "paged attention and continuous batching"] * 5
@@ -54,7 +55,7 @@ def sentencepiece(tmp_path_factory) -> Tokenizer:
         path, model="llama", tokens=[sp.id_to_piece(i) for i in range(n)], scores=[sp.get_score(i) for i in range(n)],
         token_types=[3 if sp.is_control(i) else 6 if sp.is_byte(i) else 2 if sp.is_unknown(i) else 1 for i in range(n)],
         bos=1, eos=2, unk=0, add_bos=False, add_space_prefix=True)
-    return Tokenizer.from_gguf(path)
+    return tokenizer_from_gguf(path)
 
 
 def stream(tok: Tokenizer, ids: list[int], chunks: list[int], **kwargs) -> tuple[IncrementalDetokenizer, list[str]]:
@@ -165,7 +166,7 @@ def test_decoding_is_incremental(byte_level):
 
 @pytest.mark.slow
 def test_default_model_tokenizer_streams_exactly():
-    tok = GGUFCheckpoint(default_model_path()).tokenizer()
+    tok = tokenizer_from_gguf(GGUFCheckpoint(default_model_path()))
     text = "\n".join(TEXTS) + open(__file__, encoding="utf-8").read()
     ids = tok.encode(text)
     detok, deltas = stream(tok, ids, [1] * len(ids), stop=["#" * 40])  # never in the text

@@ -16,12 +16,12 @@ from pagoda.weights import default_model as default_model_module
 from pagoda.weights.default_model import default_model_path
 from pagoda.weights.gguf_checkpoint import (
     GGUFCheckpoint,
-    QuantizedTensor,
     _llama3_rope_scaling,
     hf_tensor_name,
     llama3_rope_factors,
     unpermute_rows,
 )
+from pagoda.weights.quantized_tensor import QuantizedTensor
 
 MIXED_TYPES = {
     "embed_tokens.weight": Q.Q8_0, "q_proj.weight": Q.Q4_0, "k_proj.weight": Q.Q4_1, "v_proj.weight": Q.F16,

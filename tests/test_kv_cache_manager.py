@@ -7,8 +7,8 @@ from pagoda.kv_cache.kv_cache_manager import KVCacheManager
 def test_allocate_grows_by_blocks_and_free_returns_all():
     kv = KVCacheManager(num_blocks=8, block_size=4)
     assert kv.allocate("a", 5) == kv.get_block_table("a") and len(kv.get_block_table("a")) == 2
-    assert len(kv.append("a", 8)) == 2  # still fits in 2 blocks
-    assert len(kv.append("a", 9)) == 3
+    assert len(kv.allocate("a", 8)) == 2  # still fits in 2 blocks
+    assert len(kv.allocate("a", 9)) == 3
     kv.allocate("b", 16)
     assert kv.num_free_blocks == 1
     assert kv.allocate("c", 8) is None  # short: nothing changes

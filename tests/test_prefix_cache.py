@@ -68,7 +68,7 @@ def test_random_shared_prefix_workloads_under_pressure(groups, per_group, prefix
     rng = random.Random(seed)
     bs = 4
     kv = KVCacheManager(num_blocks, bs, enable_prefix_caching=True)
-    sched = Scheduler(SchedulerConfig(32, 4, num_blocks * bs, policy=policy, max_wait_s=0.05), kv)
+    sched = Scheduler(SchedulerConfig(32, 4, num_blocks * bs, scheduling_policy=policy, max_wait_s=0.05), kv)
     reqs = []
     for _ in range(groups):
         system = [rng.randrange(1, 49) for _ in range(prefix_len)]
@@ -99,7 +99,7 @@ def test_random_shared_prefix_workloads_under_pressure(groups, per_group, prefix
 
 def test_priority_policy_runs_lower_values_first_and_starvation_guard():
     kv = KVCacheManager(64, 4)
-    sched = Scheduler(SchedulerConfig(64, 1, 256, policy="priority", max_wait_s=0.2), kv)
+    sched = Scheduler(SchedulerConfig(64, 1, 256, scheduling_policy="priority", max_wait_s=0.2), kv)
     old = make_request(0, 4, 1)
     old.priority = 5
     old.metrics.arrival_time -= 1.0  # waited past the bound
@@ -117,7 +117,7 @@ def test_priority_policy_runs_lower_values_first_and_starvation_guard():
 
 def test_lpm_admits_longest_cached_prefix_first():
     kv = KVCacheManager(64, 4, enable_prefix_caching=True)
-    sched = Scheduler(SchedulerConfig(256, 1, 256, policy="lpm", max_wait_s=60), kv)
+    sched = Scheduler(SchedulerConfig(256, 1, 256, scheduling_policy="lpm", max_wait_s=60), kv)
     warm = make_request(0, 16, 1)
     sched.add_request(warm)
     while sched.has_unfinished_requests():

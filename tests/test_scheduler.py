@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from pagoda.config import SchedulerConfig
 from pagoda.engine.request import Request, RequestStatus
 from pagoda.engine.scheduler import Scheduler
+from pagoda.engine.schedulers import make_scheduler
+from pagoda.engine.static_batch_scheduler import PADDING_REQUEST_ID, StaticBatchScheduler
 from pagoda.kv_cache.kv_cache_manager import KVCacheManager
 from pagoda.outputs import RequestMetrics
 from pagoda.sampling_params import SamplingParams
@@ -64,7 +66,7 @@ def test_random_workloads_keep_invariants_and_outputs(workload, num_blocks, budg
     block_size = 4
     max_model_len = num_blocks * block_size  # a lone request always fits, as the engine guarantees
     kv = KVCacheManager(num_blocks, block_size)
-    sched = Scheduler(SchedulerConfig(budget, max_seqs, max_model_len, batching), kv)
+    sched = make_scheduler(SchedulerConfig(budget, max_seqs, max_model_len, batching), kv)
     requests, pending = {}, list(enumerate(workload))
     aborted = set()
     step = 0
@@ -130,14 +132,15 @@ def test_chunked_prefill_runs_alongside_decodes():
 
 def test_static_batching_admits_nothing_until_batch_done():
     kv = KVCacheManager(num_blocks=64, block_size=4)
-    sched = Scheduler(SchedulerConfig(256, 2, 256, "static"), kv)
+    sched = StaticBatchScheduler(SchedulerConfig(256, 2, 256, "static"), kv)
     for i in range(3):
         sched.add_request(make_request(i, 4, 3 + i * 5))
     seen_together, padding = [], []
     while sched.has_unfinished_requests():
         out = sched.schedule()
-        seen_together.append(sorted(out.num_scheduled_tokens))
-        padding.append(out.num_padding_rows)
+        seen_together.append(sorted(s.request.request_id for s in out.scheduled
+                                    if s.request.request_id != PADDING_REQUEST_ID))
+        padding.append(sum(s.request.request_id == PADDING_REQUEST_ID for s in out.scheduled))
         sched.update(out, {s.request.request_id: 7 for s in out.scheduled if s.sample})
     # r0's finished row is padding while r1 runs on; r2 is a batch of one
     assert padding == [1 if ids == ["r1"] else 0 for ids in seen_together] and 1 in padding

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer as FastTokenizer
 from pagoda.tokenizer import Tokenizer
 from pagoda.weights.default_model import default_model_path
 from pagoda.weights.gguf_checkpoint import GGUFCheckpoint
+from pagoda.weights.gguf_tokenizer import tokenizer_from_gguf
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Tokenizers split text into pieces.",
@@ -124,7 +125,7 @@ def _chatml_template() -> str:
 def test_gguf_byte_level_bpe_matches_the_trained_tokenizer(pre, tmp_path):
     trained = _train_bpe(pre)
     eot = 0 if pre == "llama-bpe" else None  # an end-of-turn token ends generation like eos
-    tok = Tokenizer.from_gguf(_write_bpe_gguf(trained, pre, str(tmp_path / "bpe.gguf"), eot=eot))
+    tok = tokenizer_from_gguf(_write_bpe_gguf(trained, pre, str(tmp_path / "bpe.gguf"), eot=eot))
     for text in TEXTS + [f"{SPECIALS[1]}user\n{TEXTS[4]}{SPECIALS[2]}\n", "x1y22 333 4444 " * 3]:
         ids = tok.encode(text, add_special_tokens=False)
         assert ids == trained.encode(text).ids, (pre, text)
@@ -138,7 +139,7 @@ def test_gguf_byte_level_bpe_matches_the_trained_tokenizer(pre, tmp_path):
 
 
 def test_gguf_byte_level_bpe_matches_transformers(bpe_gguf, transformers):
-    tok = Tokenizer.from_gguf(GGUFCheckpoint(bpe_gguf))
+    tok = tokenizer_from_gguf(GGUFCheckpoint(bpe_gguf))
     ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(bpe_gguf),
                                                      gguf_file=os.path.basename(bpe_gguf))
     _assert_same_tokenizer(tok, ref, TEXTS + ["<|im_start|>hi<|im_end|><|endoftext|>"])
@@ -178,7 +179,7 @@ def spm_gguf(sentencepiece_model, tmp_path_factory):
 
 def test_gguf_sentencepiece_matches_sentencepiece(sentencepiece_model, spm_gguf):
     sp = sentencepiece_model
-    tok = Tokenizer.from_gguf(spm_gguf)
+    tok = tokenizer_from_gguf(spm_gguf)
     for text in TEXTS:
         ids = tok.encode(text)
         assert ids == [1] + sp.encode(text), text
@@ -190,7 +191,7 @@ def test_gguf_sentencepiece_matches_sentencepiece(sentencepiece_model, spm_gguf)
 
 
 def test_gguf_sentencepiece_matches_transformers(spm_gguf, transformers):
-    tok = Tokenizer.from_gguf(spm_gguf)
+    tok = tokenizer_from_gguf(spm_gguf)
     ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(spm_gguf), gguf_file=os.path.basename(spm_gguf))
     # transformers' GGUF path pre-tokenizes with Metaspace, which adds no "▁" to text that starts with a
     # space or follows a special token; sentencepiece and llama.cpp do (checked above). Elsewhere they agree.
@@ -268,7 +269,7 @@ def test_from_pretrained_needs_tokenizer_json(tmp_path):
 def test_default_model_tokenizer_matches_transformers(transformers):
     path = default_model_path()
     start = time.perf_counter()
-    tok = GGUFCheckpoint(path).tokenizer()
+    tok = tokenizer_from_gguf(GGUFCheckpoint(path))
     elapsed = time.perf_counter() - start
     assert elapsed < 3, f"tokenizer took {elapsed:.1f} s"
     ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
@@ -310,7 +311,7 @@ def _assert_same_chat(tok: Tokenizer, ref, conversation: list[dict], **kwargs) -
 
 def test_tokenizer_pickles(bpe_gguf):
     """The server ships the engine's tokenizer to the API process."""
-    tok = Tokenizer.from_gguf(bpe_gguf)
+    tok = tokenizer_from_gguf(bpe_gguf)
     copy = pickle.loads(pickle.dumps(tok))
     text = f"{SPECIALS[1]}user\n{TEXTS[9]}{SPECIALS[2]}"
     assert copy.encode(text) == tok.encode(text) and copy.decode(tok.encode(text)) == tok.decode(tok.encode(text))
@@ -320,7 +321,7 @@ def test_tokenizer_pickles(bpe_gguf):
 
 def test_save_pretrained_round_trips_a_gguf_tokenizer(tmp_path):
     """The bundled GGUF's tokenizer written as an HF directory reads back the same."""
-    original = Tokenizer.from_gguf(default_model_path())
+    original = tokenizer_from_gguf(default_model_path())
     original.save_pretrained(str(tmp_path))
     loaded = Tokenizer.from_pretrained(str(tmp_path))
     text = "Hello <|im_start|>world, 1234 héllo\n\tcode()"

@@ -1,4 +1,4 @@
-"""The attention backend contract and the registry that picks an implementation."""
+"""The attention backend contract (implementations are chosen by name in ``registry``)."""
 
 from __future__ import annotations
 
@@ -39,33 +39,3 @@ class AttentionBackend(ABC):
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor: ...
-
-
-_REGISTRY: dict[str, type[AttentionBackend]] = {}
-
-
-def register_backend(name: str):
-    def wrap(cls: type[AttentionBackend]) -> type[AttentionBackend]:
-        _REGISTRY[name] = cls
-        return cls
-    return wrap
-
-
-def resolve_backend_name(name: str, device: torch.device) -> str:
-    """``"auto"`` on a CUDA device is the Triton backend; elsewhere ``get_backend`` chooses."""
-    return "triton" if name == "auto" and device.type == "cuda" else name
-
-
-def get_backend(name: str = "auto") -> type[AttentionBackend]:
-    """``"auto"``: the C++ CPU kernels when they are built (they fall back to PyTorch on other
-    devices), else the portable PyTorch backend."""
-    import pagoda.attention.cpu_backend  # noqa: F401  (registers both backends)
-    from pagoda.kernels import cpu_kernels
-
-    if name == "auto":
-        name = "cpu" if cpu_kernels.available() else "torch"
-    if name == "triton":
-        import pagoda.attention.triton_backend  # noqa: F401  (needs the triton package: imported only when asked)
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]

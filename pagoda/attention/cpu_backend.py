@@ -1,29 +1,36 @@
 """Paged attention with Pagoda's C++ CPU kernels (``pagoda.kernels``).
 
-Same head-major cache layout and prefill path as the portable backend; the cache write and the
-decode attention are one operator each, reading blocks where they are instead of gathering
-them into a copy first (a third of the memory traffic). Tensors on other devices take the
-portable path.
+Same head-major cache layout as the portable backend; the cache write and the attention are one
+operator each, reading blocks where they are instead of gathering them into a copy first.
+
+Batch-invariant: every query token, decode or prefill, is one row of the same kernel, reduced
+over its own causal context in one fixed order (scores key by key, a float32 softmax over the
+whole row, then values key by key), whatever the other rows of the step, the chunk boundaries of
+its prompt or whether its prefix came from the cache. A prefill then costs O(prompt^2) per head
+in that kernel instead of a flash-style SDPA (measured in the README). Tensors on other devices
+take the portable path.
 """
 
 from __future__ import annotations
 
 import torch
 
-from pagoda.attention.backend import register_backend
+from pagoda.attention.metadata import AttentionMetadata
 from pagoda.attention.torch_backend import TorchAttentionBackend
 
 
-@register_backend("cpu")
 class CpuAttentionBackend(TorchAttentionBackend):
-    def _write_cache(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     slot_mapping: torch.Tensor) -> None:
-        if not k.is_cpu:
-            return super()._write_cache(k, v, k_cache, v_cache, slot_mapping)
-        torch.ops.pagoda.write_kv_cache_(k, v, k_cache, v_cache, slot_mapping)
-
-    def _decode(self, out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                block_tables: torch.Tensor, seq_lens: torch.Tensor, max_len: int) -> None:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
         if not q.is_cpu:
-            return super()._decode(out, q, k_cache, v_cache, block_tables, seq_lens, max_len)
-        torch.ops.pagoda.paged_decode_attention(out, q, k_cache, v_cache, block_tables, seq_lens, self.scale)
+            return super().forward(q, k, v, k_cache, v_cache, metadata)
+        torch.ops.pagoda.write_kv_cache_(k, v, k_cache, v_cache, metadata.slot_mapping)
+        out = torch.empty_like(q)
+        if metadata.num_decodes == metadata.num_seqs:  # one token per sequence: the rows are the sequences
+            torch.ops.pagoda.paged_attention_rows(out, q, k_cache, v_cache, metadata.block_tables, metadata.seq_lens,
+                                                  None, self.scale)
+        else:
+            table_of, lens = metadata.query_rows
+            torch.ops.pagoda.paged_attention_rows(out, q, k_cache, v_cache, metadata.block_tables, lens, table_of,
+                                                  self.scale)
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -31,3 +32,19 @@ class AttentionMetadata:
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_list)
+
+    @functools.cached_property
+    def query_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query token: (its sequence's row of ``block_tables``, its causal context length), so
+        that every query, decode or prefill, can be attended as a row of its own (built once per
+        step, shared by the layers)."""
+        table_of: list[int] = []
+        lens: list[int] = []
+        starts = self.query_start_loc_list
+        for i, seq_len in enumerate(self.seq_lens_list):
+            q_len = starts[i + 1] - starts[i]
+            table_of.extend([i] * q_len)
+            lens.extend(range(seq_len - q_len + 1, seq_len + 1))
+        device = self.seq_lens.device
+        return (torch.tensor(table_of, dtype=torch.int64, device=device),
+                torch.tensor(lens, dtype=torch.int64, device=device))

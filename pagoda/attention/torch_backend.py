@@ -12,11 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pagoda.attention.backend import AttentionBackend, register_backend
+from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 
 
-@register_backend("torch")
 class TorchAttentionBackend(AttentionBackend):
     @staticmethod
     def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, ...]:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from pagoda.attention.backend import AttentionBackend, register_backend
+from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.kernels.triton.decode_attention import paged_decode_attention
 from pagoda.kernels.triton.kv_cache_write import write_kv_cache
 from pagoda.kernels.triton.prefill_attention import paged_prefill_attention
 
 
-@register_backend("triton")
 class TritonAttentionBackend(AttentionBackend):
     # a CUDA graph replays fixed grids: the runner sets this to the model's maximum length while capturing
     # decode, so the split grid does not follow the step's longest sequence

@@ -1,6 +1,6 @@
 """Fixed-shape throughput for `pagoda bench throughput`: B prompts of ``prompt_len`` random tokens,
-each generating exactly ``output_len`` tokens, timed on Pagoda and on transformers' batched ``generate``;
-the table and plot that put them next to the published llama.cpp / vLLM figures and issue 3's targets.
+each generating exactly ``output_len`` tokens, timed on Pagoda and on transformers' batched ``generate``
+in the same run (no figures of other runs or machines: those are no comparison).
 """
 
 from __future__ import annotations
@@ -10,18 +10,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pagoda.bench.throughput_report import BenchReport
-
-# Published figures from issue 3 (this machine, SmolLM2-135M-Instruct, 2 threads, 128 + 128 tokens):
-# constants, not measured by this script.
-PEERS: dict[str, dict[int, float]] = {
-    "llama.cpp Q4_1 (published)": {1: 89, 8: 131, 32: 136, 64: 149},
-    "vLLM 0.32 CPU bf16 (published)": {1: 41, 8: 246, 32: 444, 64: 511},
-}
-TARGETS: dict[int, float] = {1: 89, 8: 246, 32: 444, 64: 511}  # issue 3's "target": beat these
 TRANSFORMERS = "transformers fp32"
 
 
@@ -113,49 +102,3 @@ def measure_transformers(model: str, batch_sizes: Sequence[int], prompt_len: int
                                         int(out[:, prompt_len:].numel()), seconds))
         bar.set_postfix_str(f"B={b}: {results[-1].tokens_per_s:.1f} tok/s")
     return results
-
-
-# -- printing ------------------------------------------------------------------------------------------
-def format_fixed_table(report: BenchReport, batch_sizes: Sequence[int]) -> str:
-    systems = list(dict.fromkeys(r.system for r in report.fixed_shape)) + list(report.unavailable)
-    by = {(r.system, r.batch_size): r.tokens_per_s for r in report.fixed_shape}
-    header = ["B", *systems, *PEERS, "target"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for b in batch_sizes:
-        cells = [str(b)] + [f"{by[s, b]:.1f}" if (s, b) in by else "n/a" for s in systems]
-        cells += [f"{peer[b]:g}" if b in peer else "-" for peer in PEERS.values()]
-        cells.append(f"> {TARGETS[b]:g}" if b in TARGETS else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# -- plots -------------------------------------------------------------------------------------------
-def plot_throughput(report: BenchReport, batch_sizes: Sequence[int], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for system in dict.fromkeys(r.system for r in report.fixed_shape):
-        rows = sorted((r.batch_size, r.tokens_per_s) for r in report.fixed_shape if r.system == system)
-        ax.plot(*zip(*rows), marker="o", label=system)
-    for name, peer in PEERS.items():
-        rows = sorted((b, v) for b, v in peer.items() if b in batch_sizes)
-        if rows:
-            ax.plot(*zip(*rows), marker="x", linestyle="--", label=name)
-    targets = sorted((b, v) for b, v in TARGETS.items() if b in batch_sizes)
-    if targets:
-        ax.plot(*zip(*targets), color="k", linestyle=":", marker="_", markersize=14, label="target (issue 3)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(batch_sizes), [str(b) for b in batch_sizes])
-    ax.set_yscale("log")
-    shape = report.fixed_shape[0]
-    ax.set_xlabel(f"batch size B ({shape.prompt_len}-token prompts, {shape.output_len} generated each)")
-    ax.set_ylabel("generated tokens / s (prefill included)")
-    ax.set_title(f"{report.model}, {report.num_threads} threads, {report.date[:10]}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

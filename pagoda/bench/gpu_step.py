@@ -40,6 +40,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 def build_random_model(shape: str, device: torch.device, dtype: torch.dtype, max_model_len: int):
     """The model built directly on the GPU with random weights (no checkpoint to write or read)."""
+    from pagoda.attention.registry import resolve_backend
     from pagoda.models.llama import LlamaForCausalLM
 
     config = ModelConfig.from_hf_config(dict(SHAPES[shape], architectures=["LlamaForCausalLM"]), dtype,
@@ -48,7 +49,7 @@ def build_random_model(shape: str, device: torch.device, dtype: torch.dtype, max
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(config, attention_backend="triton")
+            model = LlamaForCausalLM(config, attention_backend=resolve_backend("triton"))
     finally:
         torch.set_default_dtype(old)
     gen = torch.Generator(device).manual_seed(0)

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from pagoda.distributed.pipeline_stage import rebalanced_stage_sizes
-from pagoda.engine.args import int_list
+from pagoda.engine.args import DISTRIBUTED_BACKENDS, DTYPES, EngineArgs, int_list
 
 HELP = "parallel layouts: throughput, communication share, bubble rate, timeline PNG"
 
@@ -64,15 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=128,
                         help="generated tokens per request (decode-dominated, as in bench throughput)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    parser.add_argument("--micro-batches", type=int, default=1, help="per step with PP")
-    parser.add_argument("--virtual-engines", type=int, default=None,
+    # engine options keep the engine's flag names and defaults
+    parser.add_argument("--dtype", default=EngineArgs.dtype, choices=DTYPES)
+    parser.add_argument("--pipeline-micro-batches", type=int, default=EngineArgs.pipeline_micro_batches,
+                        help="per step with PP")
+    parser.add_argument("--pipeline-virtual-engines", type=int, default=EngineArgs.pipeline_virtual_engines,
                         help="steps in flight with PP (default: one per stage)")
-    parser.add_argument("--stage-layers", type=int_list, default=None, metavar="N,N,...",
+    parser.add_argument("--pipeline-stage-layers", type=int_list, default=EngineArgs.pipeline_stage_layers,
+                        metavar="N,N,...",
                         help="layers per PP stage (default: balanced by cost, the LM head on stage 0)")
     parser.add_argument("--threads", type=int, default=None, help="threads in all (default: the cores)")
-    parser.add_argument("--backend", default="shm", choices=["shm", "gloo"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distributed-backend", default=EngineArgs.distributed_backend,
+                        choices=DISTRIBUTED_BACKENDS)
+    parser.add_argument("--seed", type=int, default=EngineArgs.seed)
     parser.add_argument("--out", default="bench_results", help="directory for JSON and PNG")
 
 
@@ -85,9 +89,10 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
     llm = LLM(args.model, dtype=args.dtype, tensor_parallel_size=tp, pipeline_parallel_size=pp,
               num_threads=threads, max_num_seqs=args.batch_size,
               max_num_batched_tokens=max(2048, args.batch_size * args.prompt_len),
-              pipeline_micro_batches=args.micro_batches, pipeline_virtual_engines=args.virtual_engines,
-              pipeline_stage_layers=args.stage_layers if pp > 1 else None,
-              distributed_backend=args.backend, show_progress=False)
+              pipeline_micro_batches=args.pipeline_micro_batches,
+              pipeline_virtual_engines=args.pipeline_virtual_engines,
+              pipeline_stage_layers=args.pipeline_stage_layers if pp > 1 else None,
+              distributed_backend=args.distributed_backend, show_progress=False)
     executor = llm.engine.runner if ranks > 1 else None
     try:
         params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
@@ -103,16 +108,17 @@ def _run_layout(args: argparse.Namespace, spec: str, prompts: list[list[int]], r
         timeline = executor.timeline() if executor else None
         stage_layers = suggested = None
         if pp > 1:
+            assert executor is not None  # more than one rank
             ranges = executor.parallel.stage_layer_ranges(llm.engine.model_config)
             stage_layers = [len(r) for r in ranges]
             phase, phase_wall = (decode, decode_wall) if decode else (stats, wall)
+            assert phase is not None  # an executor has stats
             # the driver's engine work between steps (scheduling, outputs) is stage 0's too
             work = list(phase.work_s)
             work[0] += max(0.0, phase_wall - phase.step_s)
             suggested = rebalanced_stage_sizes(work, ranges, tp)
     finally:
-        if executor:
-            executor.close()
+        llm.shutdown()
     tokens = [o.outputs[0].token_ids for o in outputs]
     generated = sum(len(t) for t in tokens)
     result = LayoutResult(
@@ -150,7 +156,8 @@ def plot_timelines(timelines: list[tuple[str, tuple[int, int], list]], path: str
 
     fig, axes = plt.subplots(len(timelines), 1, figsize=(11, 1.2 + 0.7 * sum(t[1][0] * t[1][1] for t in timelines)),
                              squeeze=False)
-    colors = plt.get_cmap("tab10").colors
+    cmap = plt.get_cmap("tab10")
+    colors = [cmap(k) for k in range(10)]
     for ax, (name, (tp, _), spans) in zip(axes[:, 0], timelines, strict=True):
         driver = spans[0]
         per_step = 2 * max(1, max((s.micro_batch for s in driver), default=0) + 1)  # forwards + samplings
@@ -219,7 +226,7 @@ def _run_layouts(args: argparse.Namespace) -> int:
     for r in results:
         if r.stage_layers and r.suggested_stage_layers != r.stage_layers:
             print(f"{r.layout}: stages ran {'/'.join(map(str, r.stage_layers))} layers; the decode phase's work "
-                  f"suggests --stage-layers {','.join(map(str, r.suggested_stage_layers))}")
+                  f"suggests --pipeline-stage-layers {','.join(map(str, r.suggested_stage_layers))}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "parallel.json"), "w") as f:
         json.dump({"args": vars(args) | {"_bench_run": None, "_run": None}, "results": [asdict(r) for r in results]},

@@ -141,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
                             args.question_len, args.seed) for cache in (False, True)]
     print(f"\nMulti-turn: {args.conversations} conversations, first turn {args.turn_len} tokens + "
           f"{args.output_len} answer, second turn adds {args.question_len}")
-    for r in turns:
-        print(f"cache {'on ' if r.cache else 'off'}: second-turn TTFT {r.mean_second_turn_ttft_s * 1e3:8.1f} ms "
-              f"(first turn {r.mean_first_turn_ttft_s * 1e3:.1f} ms)")
+    for t in turns:
+        print(f"cache {'on ' if t.cache else 'off'}: second-turn TTFT {t.mean_second_turn_ttft_s * 1e3:8.1f} ms "
+              f"(first turn {t.mean_first_turn_ttft_s * 1e3:.1f} ms)")
     print(f"second-turn TTFT {turns[0].mean_second_turn_ttft_s / turns[1].mean_second_turn_ttft_s:.1f}x lower "
           f"with the cache")
 

@@ -140,6 +140,7 @@ def run_mix(llm, requests: Sequence[MixRequest], request_rate: float, seed: int 
     timings = []
     for rid, req in zip(ids, requests):
         m = done[rid].metrics
+        assert m is not None and m.first_token_time is not None and m.finished_time is not None  # finished
         timings.append(RequestTiming(len(req.prompt_token_ids), len(done[rid].outputs[0].token_ids),
                                      m.arrival_time - start, m.first_token_time - start,
                                      m.finished_time - start))

@@ -4,8 +4,8 @@ Three parts (issue 3):
 
 1. Fixed shapes: B prompts of ``prompt_len`` random tokens, each generating exactly ``output_len``
    tokens; generated tokens per wall-clock second, prefill included. Pagoda with each
-   ``quantization`` setting next to transformers' batched ``generate`` (fp32) measured here, and
-   llama.cpp / vLLM as *published constants* (issue 3, same machine, model and metric).
+   ``quantization`` setting next to transformers' batched ``generate`` (fp32), both measured in
+   this run (peers' figures from other days or machines are no comparison and are not printed).
 2. A ShareGPT-like mix (log-normal lengths clipped to the ranges, fixed seed) under Poisson
    arrivals near saturation, continuous vs static batching: throughput, E2E latency and TTFT.
 3. KV memory of the continuous run: bytes per token, pool size, peak usage, and utilisation
@@ -31,12 +31,12 @@ import time
 
 # TRANSFORMERS is re-exported: the tests name the baseline as throughput.TRANSFORMERS
 from pagoda.bench.fixed_shape import TRANSFORMERS as TRANSFORMERS
-from pagoda.bench.fixed_shape import format_fixed_table, measure_pagoda, measure_transformers
+from pagoda.bench.fixed_shape import measure_pagoda, measure_transformers
 from pagoda.bench.kv_usage import format_kv
 from pagoda.bench.request_mix import MixResult, format_mix_table, run_mix, sharegpt_like_mix
-from pagoda.bench.throughput_report import BenchReport, write_outputs
+from pagoda.bench.throughput_report import BenchReport, format_fixed_table, write_outputs
 
-HELP = ("offline throughput: fixed batches vs transformers and peers, a ShareGPT-like mix "
+HELP = ("offline throughput: fixed batches vs transformers, a ShareGPT-like mix "
         "(continuous vs static), KV memory")
 
 QUICK = dict(batch_sizes=[1, 8], num_requests=32, max_input_len=256, max_output_len=128)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: serve (load-test any OpenAI server), throughput, prefix, parallel, profile"
+HELP = ("benchmarks: serve (load-test any OpenAI server), throughput, prefix, parallel, profile, structured, "
+        "sampler, diffusion-accuracy, digits-accuracy")
 
 BENCH_COMMANDS: dict[str, str] = {
     "serve": "pagoda.bench.serve",
@@ -17,6 +18,10 @@ BENCH_COMMANDS: dict[str, str] = {
     "prefix": "pagoda.bench.prefix_cache",
     "parallel": "pagoda.bench.parallel",
     "profile": "pagoda.bench.profile",
+    "structured": "pagoda.bench.structured",
+    "sampler": "pagoda.bench.sampler",
+    "diffusion-accuracy": "pagoda.bench.diffusion_accuracy",
+    "digits-accuracy": "pagoda.bench.digits_accuracy",
 }
 
 

@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pagoda.engine.llm_engine import LLMEngine
+    from pagoda.engine.engine_factory import build_engine
     from pagoda.errors import InvalidRequestError
 
-    engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args))
+    engine = build_engine(EngineArgs.from_cli_args(args))
     params = sampling_params_from_args(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()

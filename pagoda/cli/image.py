@@ -55,7 +55,7 @@ def enlarge(images: list, scale: int | None) -> list:
         scale = 4 if min(images[0].size) < 16 else 1
     if scale == 1:
         return images
-    return [im.resize((im.size[0] * scale, im.size[1] * scale), Image.NEAREST) for im in images]
+    return [im.resize((im.size[0] * scale, im.size[1] * scale), Image.Resampling.NEAREST) for im in images]
 
 
 def run(args: argparse.Namespace) -> int:

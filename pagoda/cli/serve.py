@@ -9,18 +9,29 @@ HELP = "serve an OpenAI-compatible API (completions, chat, /metrics) on a model"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pagoda.engine.args import EngineArgs
+    from pagoda.server.config import ServerConfig
+    from pagoda.server.reasoning_parser import REASONING_PARSERS
+    from pagoda.server.tool_parsers import TOOL_PARSERS
 
     EngineArgs.add_cli_args(parser)
     g = parser.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
-    g.add_argument("--port", type=int, default=8000)
-    g.add_argument("--served-model-name", default=None,
+    g.add_argument("--host", default=ServerConfig.host, help="address to listen on (0.0.0.0 for all)")
+    g.add_argument("--port", type=int, default=ServerConfig.port)
+    g.add_argument("--served-model-name", default=ServerConfig.served_model_name,
                    help="the model name clients pass (default: the model file or directory name)")
-    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>' on the API")
-    g.add_argument("--max-waiting", type=int, default=1024,
+    g.add_argument("--api-key", default=ServerConfig.api_key, help="require 'Authorization: Bearer <key>' on the API")
+    g.add_argument("--max-waiting", type=int, default=ServerConfig.max_waiting,
                    help="requests allowed to wait for their first token; past it new ones get 503 + Retry-After")
-    g.add_argument("--image-model", default=None, help="also serve /v1/images/generations with this model")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--image-model", default=ServerConfig.image_model, help="also serve /v1/images/generations with this model")
+    g.add_argument("--tool-call-parser", default=ServerConfig.tool_call_parser, choices=sorted(TOOL_PARSERS),
+                   help="the format of the model's tool calls (default: from the chat template, else hermes)")
+    g.add_argument("--reasoning-parser", default=ServerConfig.reasoning_parser, choices=sorted(REASONING_PARSERS),
+                   help="split <think>...</think> into message.reasoning_content (reasoning models)")
+    g.add_argument("--pooling", default=ServerConfig.pooling, choices=["last", "mean"],
+                   help="/v1/embeddings: the last prompt token's final hidden state, or the mean over the prompt")
+    g.add_argument("--web-ui", action=argparse.BooleanOptionalAction, default=ServerConfig.web_ui,
+                   help="the chat page at / and the live dashboard at /dashboard (--no-web-ui: neither)")
+    g.add_argument("--log-level", default=ServerConfig.log_level, choices=["debug", "info", "warning", "error"])
     g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                    help="log every HTTP request")
 
@@ -34,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--max-waiting must be at least 1")
     config = ServerConfig(host=args.host, port=args.port, served_model_name=args.served_model_name,
                           api_key=args.api_key, max_waiting=args.max_waiting, image_model=args.image_model,
-                          log_level=args.log_level)
+                          log_level=args.log_level, web_ui=args.web_ui, tool_call_parser=args.tool_call_parser,
+                          reasoning_parser=args.reasoning_parser, pooling=args.pooling)
     run_server(EngineArgs.from_cli_args(args), config, access_log=args.access_log)
     return 0

@@ -62,10 +62,18 @@ class DiffusionEngine:
         self.running: list[_Trajectory] = []
         self.stats = EngineStats()
 
+    def check_request(self, request: ImageRequest) -> None:
+        """Raises on a bad sampler name or step count (what ``add_request`` would refuse)."""
+        get_preset(request.sampler).schedule(self.model.noise, request.num_steps)
+
     def add_request(self, request: ImageRequest) -> None:
-        preset = get_preset(request.sampler)  # fail early on a bad name
-        preset.schedule(self.model.noise, request.num_steps)
+        self.check_request(request)  # fail early
         self.waiting.append(request)
+
+    def abort_all(self) -> None:
+        """Drops every waiting and running request (after a failed step)."""
+        self.waiting.clear()
+        self.running = []
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)

@@ -60,18 +60,27 @@ class EngineDriver:
         return self.submit(requests).result()
 
     def _admit(self, sub: _Submission) -> None:
+        """Adds the submission's requests, all or none: a bad one fails its own submission only."""
         try:
+            ids: set[str] = set()
             for r in sub.requests:
-                if r.request_id in self._by_request:
+                if r.request_id in self._by_request or r.request_id in ids:
                     raise ValueError(f"request id {r.request_id!r} is already running")
-                self.engine.add_request(r)  # validates the sampler and step count
-                self._by_request[r.request_id] = sub
-        except Exception as e:  # a bad request fails its own submission only
-            ids = {r.request_id for r in sub.requests}
-            self.engine.waiting = type(self.engine.waiting)(r for r in self.engine.waiting if r.request_id not in ids)
-            for rid in ids:
-                self._by_request.pop(rid, None)
+                ids.add(r.request_id)
+                self.engine.check_request(r)  # the sampler and step count
+        except Exception as e:  # noqa: BLE001
             sub.future.set_exception(e)
+            return
+        for r in sub.requests:
+            self.engine.add_request(r)
+            self._by_request[r.request_id] = sub
+
+    def _fail_all(self, error: BaseException) -> None:
+        self.engine.abort_all()
+        for sub in {id(s): s for s in self._by_request.values()}.values():
+            if not sub.future.done():
+                sub.future.set_exception(error)
+        self._by_request.clear()
 
     def _loop(self) -> None:
         while True:
@@ -85,14 +94,12 @@ class EngineDriver:
                 continue
             try:
                 finished = self.engine.step()
-            except BaseException as e:  # the model failed: fail everyone in flight, keep serving later callers
-                self.engine.waiting.clear()
-                self.engine.running = []
-                for sub in {id(s): s for s in self._by_request.values()}.values():
-                    if not sub.future.done():
-                        sub.future.set_exception(e)
-                self._by_request.clear()
+            except Exception as e:  # noqa: BLE001  (the model failed: fail everyone in flight, serve later callers)
+                self._fail_all(e)
                 continue
+            except BaseException as e:  # the thread ends (a later submit starts another); no caller waits forever
+                self._fail_all(e)
+                raise
             for rid, x in finished.items():
                 sub = self._by_request.pop(rid)
                 sub.results[rid] = x

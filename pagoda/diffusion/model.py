@@ -57,7 +57,7 @@ class UNetModel(DiffusionModel):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, t: torch.Tensor, conds: list[Any]) -> torch.Tensor:
-        dtype = self.unet.dtype
+        dtype = next(self.unet.parameters()).dtype
         x, t = x.to(dtype), t.to(x.device)
         if self.num_classes:
             labels = torch.tensor([self.num_classes - 1 if c is None else int(c) for c in conds], device=x.device)

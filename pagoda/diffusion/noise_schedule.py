@@ -8,7 +8,6 @@ builds them, so that σ values agree with diffusers' schedulers to the last bit 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -110,8 +109,3 @@ class NoiseSchedule:
         low, high = log_sigmas[idx], log_sigmas[idx + 1]
         w = np.clip((low - log_sigma) / (low - high), 0.0, 1.0)
         return ((1 - w) * idx + w * (idx + 1)).reshape(sigma.shape)
-
-
-def vp_scale(sigma: float) -> float:
-    """α = 1 / sqrt(1 + σ²): multiplies a σ-space sample to give the VP sample the model sees."""
-    return 1.0 / math.sqrt(1.0 + sigma * sigma)

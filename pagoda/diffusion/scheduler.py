@@ -115,6 +115,8 @@ class PagodaScheduler:
         return self.noise.num_train_timesteps
 
     def _index_for(self, timestep: int | float | torch.Tensor) -> int:
+        if self.schedule is None:
+            raise ValueError("call set_timesteps before step")
         t = float(timestep)
         for k, s in enumerate(self.schedule.timesteps):
             if abs(s - t) < 1e-3:

@@ -69,7 +69,7 @@ def build_tiny_text_to_image(out_dir: str, seed: int = 0, latent_size: int = 8) 
         scheduler=DDIMScheduler.from_config(SD_SCHEDULER), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(out_dir)
+    pipe.save_pretrained(out_dir)  # type: ignore[attr-defined]  # diffusers' lazy module hides it
     return out_dir
 
 
@@ -83,5 +83,5 @@ def build_tiny_unconditional(out_dir: str, seed: int = 0, size: int = 16, channe
         block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32,
     )
-    DDPMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(SD_SCHEDULER)).save_pretrained(out_dir)
+    DDPMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(SD_SCHEDULER)).save_pretrained(out_dir)  # type: ignore[attr-defined]  # diffusers' lazy module hides it
     return out_dir

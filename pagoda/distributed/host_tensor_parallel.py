@@ -15,12 +15,12 @@ class HostTensorParallel(TensorParallel):
     """``TensorParallel`` with the all-reduce and all-gather of ``ShmCommunicator``; the layers
     call the same two methods, so their forwards do not change."""
 
-    comm: ShmCommunicator | None = None
+    comm: ShmCommunicator | None = None  # None only for a group of one
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        return self.comm.all_reduce(x) if self.size > 1 else x
+        return x if self.comm is None or self.size == 1 else self.comm.all_reduce(x)
 
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
-        if self.size == 1:
+        if self.comm is None or self.size == 1:
             return x
         return torch.cat(self.comm.all_gather(x), dim=-1)

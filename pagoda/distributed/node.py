@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def run_node(node_rank: int, master_addr: str, master_port: int, timeout_s: floa
         for rank in p.local_ranks(node_rank):
             spec = replace(template, rank=rank, shm_name=name, error_path=os.path.join(error_dir, f"rank{rank}.err"))
             proc = subprocess.Popen([sys.executable, "-m", "pagoda.distributed.worker"], stdin=subprocess.PIPE)
+            assert proc.stdin is not None
             proc.stdin.write(pickle.dumps(spec))
             proc.stdin.close()
             procs.append(proc)
@@ -55,6 +57,7 @@ def run_node(node_rank: int, master_addr: str, master_port: int, timeout_s: floa
         path = os.path.join(error_dir, f"rank{rank}.err")
         if code and os.path.exists(path):
             print(f"rank {rank} failed:\n{open(path).read()}", file=sys.stderr)
+    shutil.rmtree(error_dir, ignore_errors=True)
     return max(codes, default=0)
 
 

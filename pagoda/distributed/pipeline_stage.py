@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import ModelConfig
+from pagoda.distributed.gloo_channels import GlooLink
 from pagoda.distributed.shm_ring import ShmRing
+
+if TYPE_CHECKING:
+    from pagoda.models.llama import LlamaForCausalLM
 
 
 def split_layers(num_layers: int, stages: int, sizes: list[int] | None = None,
@@ -68,21 +72,26 @@ def stage_keeps(name: str, layers: range, first: bool, last: bool) -> bool:
     return True
 
 
-def stage_pruner(layers: range, first: bool, last: bool) -> Callable[[nn.Module], None]:
+def stage_pruner(layers: range, first: bool, last: bool) -> Callable[[LlamaForCausalLM], None]:
     """Drops, before loading, the modules this stage does not run (their memory is never touched)."""
 
-    def prune(model: nn.Module) -> None:
+    def prune(model: LlamaForCausalLM) -> None:
         inner = model.model
         for i in range(len(inner.layers)):
             if i not in layers:
                 inner.layers[i] = nn.Identity()
         if not first:
-            inner.embed_tokens = None
-            model.lm_head = None
+            _drop(inner, "embed_tokens")
+            _drop(model, "lm_head")
         if not last:
-            inner.norm = None
+            _drop(inner, "norm")
 
     return prune
+
+
+def _drop(module: nn.Module, name: str) -> None:
+    """Replaces a submodule this stage never calls by None (its name stays, its memory goes)."""
+    module.register_module(name, None)
 
 
 class StageFiles:
@@ -106,12 +115,13 @@ class PipelineStage:
     """Called like the model by ``ModelRunner.forward``; receives from the previous stage and sends
     to the next one inside the call."""
 
-    def __init__(self, model: nn.Module, layers: range, first: bool, last: bool,
-                 recv: ShmRing | None, send: ShmRing | None) -> None:
+    def __init__(self, model: LlamaForCausalLM, layers: range, first: bool, last: bool,
+                 recv: ShmRing | GlooLink | None, send: ShmRing | GlooLink | None) -> None:
         self.model, self.layers, self.first, self.last = model, layers, first, last
         self.recv, self.send = recv, send
         self.hidden_size = model.config.hidden_size
         self.dtype = model.config.dtype
+        self.attention_backend = model.attention_backend
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list,
@@ -120,12 +130,14 @@ class PipelineStage:
         if self.first:
             x, residual = inner.embed_tokens(input_ids), None
         else:
+            assert self.recv is not None, "a later stage receives its input"
             shape = (input_ids.shape[0], self.hidden_size)
             x, residual = self.recv.recv([shape, shape], self.dtype)  # activations of the previous stage
         rope = inner.rotary.step(positions, x.dtype)
         for i, kv_cache in zip(self.layers, kv_caches, strict=True):
             x, residual = inner.layers[i](rope, x, residual, kv_cache, metadata)
         if not self.last:
+            assert self.send is not None and residual is not None, "an earlier stage sends its output on"
             self.send.send([x, residual])
             return None
         x, _ = inner.norm(x, residual)

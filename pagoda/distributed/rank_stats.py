@@ -26,6 +26,7 @@ class RankStats:
         self.busy_s = 0.0
         self.comm_s = 0.0
         self.wait_s = 0.0
+        self.max_spans = max_spans
         self.spans: deque[BusySpan] = deque(maxlen=max_spans)
 
     @contextmanager
@@ -48,7 +49,7 @@ class RankStats:
 
     def spans_tensor(self) -> torch.Tensor:
         """The recent spans as a fixed-size [max_spans, 3] table (NaN rows unused), for an all-gather."""
-        out = torch.full((self.spans.maxlen, 3), float("nan"), dtype=torch.float64)
+        out = torch.full((self.max_spans, 3), float("nan"), dtype=torch.float64)
         if self.spans:
             out[:len(self.spans)] = torch.tensor([(s.start, s.end, s.micro_batch) for s in self.spans],
                                                  dtype=torch.float64)

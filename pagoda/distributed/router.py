@@ -15,8 +15,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 
+from pagoda.registry import Registry
+
 
 class Router(ABC):
+    """Contract: ``choose`` returns a replica index in ``range(num_replicas)``; it may keep state
+    (turns, a prefix index) but never blocks."""
+
     def __init__(self, num_replicas: int) -> None:
         self.num_replicas = num_replicas
 
@@ -25,6 +30,10 @@ class Router(ABC):
         """The replica for a new request; ``loads``: requests in flight on each replica."""
 
 
+ROUTERS: Registry[Router] = Registry("routing policy")  # creators: (num_replicas) -> Router
+
+
+@ROUTERS.register("round_robin")
 class RoundRobinRouter(Router):
     def __init__(self, num_replicas: int) -> None:
         super().__init__(num_replicas)
@@ -36,6 +45,7 @@ class RoundRobinRouter(Router):
         return i
 
 
+@ROUTERS.register("least_outstanding")
 class LeastOutstandingRouter(Router):
     def __init__(self, num_replicas: int) -> None:
         super().__init__(num_replicas)
@@ -58,6 +68,7 @@ def block_hashes(token_ids: list[int], block_size: int) -> list[int]:
     return hashes
 
 
+@ROUTERS.register("prefix_aware")
 class PrefixAwareRouter(Router):
     def __init__(self, num_replicas: int, block_size: int = 16, max_imbalance: int = 4,
                  max_entries: int = 200_000) -> None:
@@ -88,14 +99,5 @@ class PrefixAwareRouter(Router):
         return best
 
 
-ROUTERS: dict[str, type[Router]] = {
-    "round_robin": RoundRobinRouter,
-    "least_outstanding": LeastOutstandingRouter,
-    "prefix_aware": PrefixAwareRouter,
-}
-
-
 def make_router(policy: str, num_replicas: int) -> Router:
-    if policy not in ROUTERS:
-        raise ValueError(f"unknown routing policy {policy!r}; choose from {sorted(ROUTERS)}")
-    return ROUTERS[policy](num_replicas)
+    return ROUTERS.create(policy, num_replicas)

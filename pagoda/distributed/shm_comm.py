@@ -200,7 +200,8 @@ class ShmCommunicator:
         return payload
 
     def close(self) -> None:
-        self._control = self._message = self._areas = None  # drop views before closing the mapping
+        for view in ("_control", "_message", "_areas"):  # drop the views before closing the mapping
+            self.__dict__.pop(view, None)
         try:
             self._mmap.close()
         except BufferError:  # a tensor view still alive; the mapping goes with the process

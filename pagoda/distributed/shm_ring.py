@@ -92,7 +92,8 @@ class ShmRing:
         return out
 
     def close(self) -> None:
-        self._counters = self._data = None
+        for view in ("_counters", "_data"):  # drop the views before closing the mapping
+            self.__dict__.pop(view, None)
         try:
             self._mmap.close()
         except BufferError:

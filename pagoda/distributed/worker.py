@@ -12,22 +12,27 @@ import os
 import pickle
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import cast
 
 import torch
 import torch.distributed as dist
 
 from pagoda.config import CacheConfig, ModelConfig
+from pagoda.distributed.driver_model import DriverModel
 from pagoda.distributed.gloo_channels import GlooLink, GlooWorld
 from pagoda.distributed.host_tensor_parallel import HostTensorParallel
 from pagoda.distributed.messages import (
     LogitsMessage,
+    Message,
     ShutdownMessage,
     StatsMessage,
     StepMessage,
     TimelineMessage,
     decode,
+    encode,
 )
 from pagoda.distributed.parallel_config import ParallelConfig, kv_heads_per_rank
 from pagoda.distributed.pipeline_stage import (
@@ -41,6 +46,7 @@ from pagoda.distributed.shm_comm import PeerLost, ShmCommunicator, create_segmen
 from pagoda.distributed.shm_ring import ShmRing, create_ring
 from pagoda.engine.model_runner import ModelRunner, StepInputs
 from pagoda.parallel import TensorParallel
+from pagoda.sample.sampler import Sampler
 
 # the world segment carries the driver's step messages; each stage's TP segment its all-reduces
 WORLD_SLOT_BYTES = 64 << 10
@@ -64,7 +70,7 @@ def ring_names(shm_name: str, parallel: ParallelConfig) -> dict[str, tuple[int, 
 
 
 def ring_slot_bytes(parallel: ParallelConfig, config: ModelConfig) -> int:
-    return parallel.max_step_tokens * config.hidden_size * 2 * 4  # hidden + residual, up to float32
+    return parallel.max_num_batched_tokens * config.hidden_size * 2 * 4  # hidden + residual, up to float32
 
 
 def create_node_segments(shm_name: str, parallel: ParallelConfig, config: ModelConfig, node: int) -> list[str]:
@@ -74,7 +80,7 @@ def create_node_segments(shm_name: str, parallel: ParallelConfig, config: ModelC
     if p.nnodes == 1:
         paths.append(create_segment(f"{shm_name}-w", p.world_size, WORLD_SLOT_BYTES, WORLD_MESSAGE_BYTES,
                                     p.message_slots))
-    if p.tensor_parallel_size > 1 and p.backend == "shm":
+    if p.tensor_parallel_size > 1 and p.distributed_backend == "shm":
         paths += [create_segment(f"{shm_name}-tp{s}", p.tensor_parallel_size)
                   for s in range(p.pipeline_parallel_size)
                   if p.tp_group_local(s) and p.node_of(s * p.tensor_parallel_size) == node]
@@ -100,14 +106,17 @@ class WorkerSpec:
 
 
 class RankState:
-    """One rank's process group, communicators, model shard (its stage's layers) and KV cache."""
+    """One rank's process group, communicators, model shard (its stage's layers) and KV cache.
+    Rank 0 (the driver) also samples: it gets the engine's ``sampler``, and its runner's model
+    announces each LM-head call to the other ranks."""
 
-    def __init__(self, spec: WorkerSpec, watchdog) -> None:
+    def __init__(self, spec: WorkerSpec, watchdog: Callable[[], None], sampler: Sampler | None = None) -> None:
         from pagoda.weights.model_loader import ModelFiles, load_model
 
         p, config = spec.parallel, spec.model_config
         self.rank = spec.rank
-        torch.set_num_threads(p.threads_per_rank)
+        self.config = config
+        torch.set_num_threads(p.num_threads)
         dist.init_process_group("gloo", init_method=spec.init_method, rank=spec.rank, world_size=p.world_size,
                                 timeout=timedelta(seconds=p.startup_timeout_s))
         multi_host = p.nnodes > 1
@@ -118,12 +127,12 @@ class RankState:
         self.stage = stage
         self.tp_comm: ShmCommunicator | None = None
         groups = []
-        if tp_size > 1 and (p.backend == "gloo" or multi_host):  # every rank takes part in creating every group
+        if tp_size > 1 and (p.distributed_backend == "gloo" or multi_host):  # every rank takes part in creating every group
             groups = [dist.new_group(list(range(s * tp_size, (s + 1) * tp_size)))
                       for s in range(p.pipeline_parallel_size)]
         if tp_size == 1:
             tp = TensorParallel()
-        elif p.backend == "shm" and p.tp_group_local(stage):
+        elif p.distributed_backend == "shm" and p.tp_group_local(stage):
             self.tp_comm = ShmCommunicator(f"{spec.shm_name}-tp{stage}", tp_rank, tp_size, watchdog=watchdog)
             tp = HostTensorParallel(tp_rank, tp_size, None, self.tp_comm)
         else:
@@ -132,12 +141,13 @@ class RankState:
         pp = p.pipeline_parallel_size
         layers = p.stage_layer_ranges(config)[stage]
         first, last = stage == 0, stage == pp - 1
-        files = ModelFiles(spec.model_path)
+        files: ModelFiles | StageFiles = ModelFiles(spec.model_path)
         prune = None
         if pp > 1:
             files = StageFiles(files, lambda name: stage_keeps(name, layers, first, last))
             prune = stage_pruner(layers, first, last)
-        self.model = load_model(files, config, torch.device("cpu"), quantization=spec.quantization,
+        # StageFiles answers the same reads as ModelFiles
+        self.model = load_model(cast(ModelFiles, files), config, torch.device("cpu"), quantization=spec.quantization,
                                 show_progress=False, tp=tp, prune=prune)
         self.rings: list[ShmRing | GlooLink] = []
         self.out_ring: ShmRing | GlooLink | None = None
@@ -145,6 +155,7 @@ class RankState:
         slot = ring_slot_bytes(p, config)
         for name, (src, dst) in ring_names(spec.shm_name, p).items():
             if spec.rank in (src, dst):
+                ring: ShmRing | GlooLink
                 if p.node_of(src) == p.node_of(dst):
                     ring = ShmRing(name, p.ring_slots, slot, watchdog)
                 else:  # the next stage is on another host
@@ -160,8 +171,13 @@ class RankState:
         # the KV cache holds only this rank's heads of this stage's layers
         shard = replace(config, num_key_value_heads=kv_heads_per_rank(config.num_key_value_heads, tp_size),
                         num_hidden_layers=len(layers))
-        self.runner = ModelRunner(self.stage_module, shard, spec.cache_config, None, torch.device("cpu"))
+        model = DriverModel(self.stage_module, self.publish) if spec.rank == 0 else self.stage_module
+        self.runner = ModelRunner(model, shard, spec.cache_config, sampler, torch.device("cpu"))
         self.stats = RankStats()
+
+    def publish(self, message: Message) -> None:
+        """Sends the driver's message to every other rank."""
+        self.comm.send_message(encode(message))
 
     def comm_seconds(self) -> float:
         return self.tp_comm.comm_seconds if self.tp_comm is not None else 0.0
@@ -171,6 +187,7 @@ class RankState:
         return self.stage_module.recv.wait_seconds if self.stage_module.recv is not None else 0.0
 
     def close(self) -> None:
+        self.runner.shutdown()  # the KV cache
         for c in (self.comm, self.tp_comm, *self.rings):
             if c is not None:
                 c.close()

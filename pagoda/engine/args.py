@@ -1,13 +1,40 @@
 """User-facing engine options, shared by ``LLM(...)``, ``pagoda generate/chat`` and ``pagoda serve``.
 
-``EngineArgs`` is what users write; the engine resolves it once into the frozen configs of
-``pagoda.config`` and passes each component only its part.
+``EngineArgs`` is what users write and the one source of every default: the command-line flags
+read their defaults from it (``default=EngineArgs.block_size``), and so do the frozen configs of
+``pagoda.config`` and ``ParallelConfig``, which keep each option's name. The engine resolves the
+args once into those configs and passes each component only its part. Options are checked here,
+once, when the args are made (``ValueError`` naming the option); what depends on the model (heads
+that a TP size must divide) is checked by ``ParallelConfig.validate`` when the model is known.
+
+This module imports no torch, so ``pagoda --help`` stays light.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, fields
+from typing import Any
+
+# option -> the values it takes (None as a choice is spelt "none" on the command line)
+DTYPES = ("auto", "float32", "bfloat16")
+QUANTIZATIONS = ("auto", "gguf", "fp8", None)
+BATCHING = ("continuous", "static")
+SCHEDULING_POLICIES = ("fcfs", "priority", "lpm")
+DISTRIBUTED_BACKENDS = ("shm", "gloo")
+
+
+def _router_policies() -> list[str]:
+    from pagoda.distributed.router import ROUTERS
+
+    return ROUTERS.names()
+
+
+def _attention_backends() -> list[str]:
+    from pagoda.attention.registry import ATTENTION_BACKENDS
+
+    return ["auto", *ATTENTION_BACKENDS.names()]
 
 
 @dataclass
@@ -16,6 +43,7 @@ class EngineArgs:
     tokenizer: str | None = None  # defaults to the model's own
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16"
     quantization: str | None = "auto"  # "auto": "gguf" for GGUF files on CPU; "fp8": E4M3 weights; None: dense
+    attention_backend: str = "auto"  # "auto" (triton on CUDA, else the C++ CPU kernels) | a registry name
     max_model_len: int | None = None
     block_size: int = 16
     kv_cache_memory_gb: float = 1.0  # KV pool budget
@@ -24,14 +52,14 @@ class EngineArgs:
     max_num_batched_tokens: int = 2048
     batching: str = "continuous"  # "continuous" | "static"
     enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True  # off: a prompt that exceeds the step's token budget waits for room
     scheduling_policy: str = "fcfs"  # "fcfs" | "priority" | "lpm"
     max_wait_s: float = 60.0  # starvation guard: older waiting requests go first, whatever the policy
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when torch sees a GPU) | "cpu" | "cuda" | "cuda:N"
-    attention_backend: str = "auto"  # "auto" (triton on CUDA, else the C++ CPU kernels) | "cpu" | "torch" | "triton"
     enforce_eager: bool = False  # CUDA: no CUDA graphs for decode steps
     num_threads: int | None = None  # with TP/PP: threads per rank (default: the cores shared out)
-    show_progress: bool = True
+    show_progress: bool = True  # a progress bar while loading weights and generating
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1  # engine replicas behind the server's router
@@ -44,82 +72,137 @@ class EngineArgs:
     node_rank: int = 0  # this engine is node 0
     master_addr: str | None = None  # node 0's address (default: $MASTER_ADDR, else 127.0.0.1)
     master_port: int | None = None  # default: $MASTER_PORT, else a free port (one host only)
+    startup_timeout_s: float = 300.0  # how long ranks wait for each other to start
+
+    def __post_init__(self) -> None:
+        if self.pipeline_stage_layers is not None:
+            self.pipeline_stage_layers = tuple(self.pipeline_stage_layers)
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuses a bad option, naming it; model-dependent checks wait for the model."""
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("quantization", self.quantization, QUANTIZATIONS)
+        _choice("attention_backend", self.attention_backend, _attention_backends())
+        _choice("batching", self.batching, BATCHING)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # whether that GPU exists: at engine start
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        _choice("scheduling_policy", self.scheduling_policy, SCHEDULING_POLICIES)
+        _choice("distributed_backend", self.distributed_backend, DISTRIBUTED_BACKENDS)
+        _choice("router_policy", self.router_policy, _router_policies())
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size",
+                     "pipeline_parallel_size", "data_parallel_size", "pipeline_micro_batches", "nnodes"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("max_model_len", "num_kv_blocks", "num_threads", "pipeline_virtual_engines"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        _at_least("max_wait_s", self.max_wait_s, 0)
+        _at_least("node_rank", self.node_rank, 0)
+        if self.kv_cache_memory_gb <= 0:
+            raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb!r}")
+        if self.startup_timeout_s <= 0:
+            raise ValueError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s!r}")
+        ranks = self.tensor_parallel_size * self.pipeline_parallel_size
+        if ranks % self.nnodes:
+            raise ValueError(f"nnodes: {ranks} ranks cannot be spread evenly over {self.nnodes} hosts")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank must be below nnodes ({self.nnodes}), got {self.node_rank}")
+        if self.pipeline_stage_layers is not None:
+            if len(self.pipeline_stage_layers) != self.pipeline_parallel_size:
+                raise ValueError(f"pipeline_stage_layers gives {len(self.pipeline_stage_layers)} stage sizes "
+                                 f"for pipeline_parallel_size {self.pipeline_parallel_size}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        """The engine's flags: one per field, named after it, with its default."""
+        d = EngineArgs  # the defaults
         g = parser.add_argument_group("engine")
-        g.add_argument("--model", default=None,
+        g.add_argument("--model", default=d.model,
                        help="Hugging Face model directory or GGUF file (default: bundled SmolLM2-135M-Instruct)")
-        g.add_argument("--tokenizer", default=None)
-        g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-        g.add_argument("--quantization", default="auto", choices=["auto", "gguf", "fp8", "none"])
-        g.add_argument("--max-model-len", type=int, default=None)
-        g.add_argument("--block-size", type=int, default=16)
-        g.add_argument("--kv-cache-memory-gb", type=float, default=1.0)
-        g.add_argument("--max-num-seqs", type=int, default=64)
-        g.add_argument("--max-num-batched-tokens", type=int, default=2048)
-        g.add_argument("--batching", default="continuous", choices=["continuous", "static"])
-        g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+        g.add_argument("--tokenizer", default=d.tokenizer, help="tokenizer directory (default: the model's own)")
+        g.add_argument("--dtype", default=d.dtype, choices=DTYPES)
+        g.add_argument("--quantization", default=d.quantization, type=_none_name, choices=QUANTIZATIONS,
+                       metavar="{" + ",".join(_cli_name(q) for q in QUANTIZATIONS) + "}",
+                       help="gguf: keep a GGUF's 4-bit weights packed; fp8: E4M3 weights (CUDA); none: dense")
+        g.add_argument("--attention-backend", default=d.attention_backend, choices=_attention_backends(),
+                       help="paged attention implementation (auto: triton on CUDA, else the C++ CPU kernels when built)")
+        g.add_argument("--max-model-len", type=int, default=d.max_model_len)
+        g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV cache block")
+        g.add_argument("--kv-cache-memory-gb", type=float, default=d.kv_cache_memory_gb)
+        g.add_argument("--num-kv-blocks", type=int, default=d.num_kv_blocks,
+                       help="KV cache blocks (overrides --kv-cache-memory-gb)")
+        g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
+        g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
+        g.add_argument("--batching", default=d.batching, choices=BATCHING)
+        g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                       default=d.enable_prefix_caching,
                        help="reuse the KV of cached prompt prefixes (radix tree; on by default)")
-        g.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority", "lpm"])
-        g.add_argument("--max-wait-s", type=float, default=60.0,
+        g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
+                       default=d.enable_chunked_prefill,
+                       help="split a long prompt over steps within the token budget (on by default)")
+        g.add_argument("--scheduling-policy", default=d.scheduling_policy, choices=SCHEDULING_POLICIES)
+        g.add_argument("--max-wait-s", type=float, default=d.max_wait_s,
                        help="a request waiting longer is admitted before newer ones, whatever the policy")
-        g.add_argument("--seed", type=int, default=0)
-        g.add_argument("--device", default=EngineArgs.device,
+        g.add_argument("--seed", type=int, default=d.seed)
+        g.add_argument("--device", default=d.device,
                        help="'auto' (CUDA when a GPU is visible), 'cpu', 'cuda' or 'cuda:N'")
-        g.add_argument("--attention-backend", default=EngineArgs.attention_backend,
-                       choices=["auto", "cpu", "torch", "triton"])
-        g.add_argument("--enforce-eager", action="store_true", help="CUDA: run decode steps without CUDA graphs")
-        g.add_argument("--num-threads", type=int, default=None)
-        d = parser.add_argument_group("distributed")
-        d.add_argument("--tensor-parallel-size", "--tp", type=int, default=1,
+        g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=d.enforce_eager,
+                       help="CUDA: run decode steps without CUDA graphs")
+        g.add_argument("--num-threads", type=int, default=d.num_threads)
+        g.add_argument("--show-progress", action=argparse.BooleanOptionalAction, default=d.show_progress,
+                       help="progress bars while loading and generating")
+        p = parser.add_argument_group("distributed")
+        p.add_argument("--tensor-parallel-size", "--tp", type=int, default=d.tensor_parallel_size,
                        help="ranks that split each layer (heads, MLP columns, vocabulary)")
-        d.add_argument("--pipeline-parallel-size", "--pp", type=int, default=1, help="stages of consecutive layers")
-        d.add_argument("--data-parallel-size", "--dp", type=int, default=1, help="engine replicas behind a router")
-        d.add_argument("--distributed-backend", default="shm", choices=["shm", "gloo"],
+        p.add_argument("--pipeline-parallel-size", "--pp", type=int, default=d.pipeline_parallel_size,
+                       help="stages of consecutive layers")
+        p.add_argument("--data-parallel-size", "--dp", type=int, default=d.data_parallel_size,
+                       help="engine replicas behind a router")
+        p.add_argument("--distributed-backend", default=d.distributed_backend, choices=DISTRIBUTED_BACKENDS,
                        help="tensor-parallel collectives on one host: shared memory or gloo on loopback")
-        d.add_argument("--router-policy", default="prefix_aware",
-                       choices=["round_robin", "least_outstanding", "prefix_aware"],
+        p.add_argument("--router-policy", default=d.router_policy, choices=_router_policies(),
                        help="which data-parallel replica takes a request")
-        d.add_argument("--pipeline-micro-batches", type=int, default=1,
+        p.add_argument("--pipeline-micro-batches", type=int, default=d.pipeline_micro_batches,
                        help="micro-batches per step with pipeline parallelism (on CPU, smaller matmuls cost "
                             "more per row than the bubble they save; steps in flight fill the pipeline)")
-        d.add_argument("--pipeline-virtual-engines", type=int, default=None,
+        p.add_argument("--pipeline-virtual-engines", type=int, default=d.pipeline_virtual_engines,
                        help="steps in flight with pipeline parallelism, each with its own scheduler "
                             "(default: one per stage, as vLLM)")
-        d.add_argument("--pipeline-stage-layers", type=int_list, default=None, metavar="N,N,...",
+        p.add_argument("--pipeline-stage-layers", type=int_list, default=d.pipeline_stage_layers,
+                       metavar="N,N,...",
                        help="layers of each pipeline stage (default: balanced by cost, the LM head counted "
                             "on stage 0 by its weights)")
-        d.add_argument("--nnodes", type=int, default=1, help="hosts (others: python -m pagoda.distributed.node)")
-        d.add_argument("--node-rank", type=int, default=0)
-        d.add_argument("--master-addr", default=None, help="node 0's address (default: $MASTER_ADDR)")
-        d.add_argument("--master-port", type=int, default=None, help="node 0's rendezvous port ($MASTER_PORT)")
-
-    def parallel_config(self):
-        """The tensor / pipeline layout, resolved: each rank gets the host's cores shared out."""
-        import os
-
-        from pagoda.distributed.parallel_config import ParallelConfig
-
-        ranks = self.tensor_parallel_size * self.pipeline_parallel_size // self.nnodes  # on this host
-        threads = self.num_threads or max(1, (os.cpu_count() or 1) // ranks)
-        port = self.master_port or (int(os.environ["MASTER_PORT"]) if "MASTER_PORT" in os.environ else None)
-        return ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size, self.distributed_backend,
-                              threads, micro_batches=self.pipeline_micro_batches,
-                              virtual_engines=self.pipeline_virtual_engines or self.pipeline_parallel_size,
-                              stage_layers=tuple(self.pipeline_stage_layers) if self.pipeline_stage_layers else None,
-                              max_step_tokens=self.max_num_batched_tokens, nnodes=self.nnodes,
-                              node_rank=self.node_rank,
-                              master_addr=self.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                              master_port=port)
+        p.add_argument("--nnodes", type=int, default=d.nnodes,
+                       help="hosts (others: python -m pagoda.distributed.node)")
+        p.add_argument("--node-rank", type=int, default=d.node_rank)
+        p.add_argument("--master-addr", default=d.master_addr, help="node 0's address (default: $MASTER_ADDR)")
+        p.add_argument("--master-port", type=int, default=d.master_port,
+                       help="node 0's rendezvous port ($MASTER_PORT)")
+        p.add_argument("--startup-timeout-s", type=float, default=d.startup_timeout_s,
+                       help="how long ranks wait for each other to start")
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
         names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in vars(args).items() if k in names}
-        if kwargs.get("quantization") == "none":
-            kwargs["quantization"] = None
-        return cls(**kwargs)
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _choice(name: str, value: Any, choices: Any) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _at_least(name: str, value: Any, low: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+        raise ValueError(f"{name} must be a number >= {low}, got {value!r}")
+
+
+def _cli_name(value: str | None) -> str:
+    return "none" if value is None else value
+
+
+def _none_name(text: str) -> str | None:
+    return None if text == "none" else text
 
 
 def int_list(text: str) -> tuple[int, ...]:

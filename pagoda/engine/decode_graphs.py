@@ -14,11 +14,15 @@ the tests check the padding on the CPU that way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from pagoda.attention.metadata import AttentionMetadata
+
+# the runner's StepModel, called as one: (input_ids, positions, kv_caches, metadata) -> hidden states
+StepForward = Callable[[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], AttentionMetadata],
+                       torch.Tensor | None]
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ def batch_buckets(max_num_seqs: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model: nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], max_num_seqs: int,
+    def __init__(self, model: StepForward, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], max_num_seqs: int,
                  max_model_len: int, block_size: int, scratch_block: int, device: torch.device) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -65,7 +69,9 @@ class DecodeGraphs:
             seq_lens_list=[self.max_model_len] * bucket)
 
     def _forward(self, bucket: int) -> torch.Tensor:
-        return self.model(self.input_ids[:bucket], self.positions[:bucket], self.kv_caches, self._metadata(bucket))
+        hidden = self.model(self.input_ids[:bucket], self.positions[:bucket], self.kv_caches, self._metadata(bucket))
+        assert hidden is not None, "one process runs every layer"
+        return hidden
 
     def _fill(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata,
               bucket: int) -> None:

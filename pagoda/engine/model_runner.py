@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
-from torch import nn
 
-from pagoda.attention.backend import get_backend
+from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
 from pagoda.device import to_device
+from pagoda.distributed.parallel_stats import ParallelStats
 from pagoda.engine.decode_graphs import DecodeGraphs
 from pagoda.engine.guarded_processors import guarded_processors
 from pagoda.engine.request import Request
@@ -29,6 +30,9 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
     # requests whose own code (a logits processor) raised: they fail, the others go on
     failed: dict[str, str] = field(default_factory=dict)
+    # pooling requests: (sum of this step's prompt rows' final hidden states, number of rows); for
+    # "last" pooling only the last prompt row, once it is computed
+    pooled: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,7 +45,21 @@ class StepInputs:
     positions: torch.Tensor
     metadata: AttentionMetadata
     block_copies: list[tuple[int, int]]
-    num_padding_rows: int = 0  # static batching's discarded rows, the first sequences of the batch
+
+
+class StepModel(Protocol):
+    """What the runner calls on its model: the forward over a flat batch (hidden states; None from a
+    pipeline stage that sends them on to the next), and the LM head. ``attention_backend`` is the
+    backend its attention layers run (resolved once by the model loader); the runner lays out the
+    KV cache for it."""
+
+    attention_backend: type[AttentionBackend]
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], metadata: AttentionMetadata
+                 ) -> torch.Tensor | None: ...
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
 def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
@@ -49,18 +67,30 @@ def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
     return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * elem
 
 
-class ModelRunner:
-    """Owns the model and the KV cache tensors: one pair per layer, of ``num_blocks`` blocks plus a
-    scratch block that padding rows (static batching) write to."""
+@dataclass
+class StepHandle:
+    """A submitted step: its inputs and the model's hidden states, sampled on ``complete``."""
 
-    def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
-                 sampler: Sampler, device: torch.device, attention_backend: str = "auto") -> None:
+    inputs: StepInputs
+    hidden: torch.Tensor
+
+
+class ModelRunner:
+    """The ``Runner`` of one process. Owns the model and the KV cache tensors: one pair per layer,
+    of ``num_blocks`` blocks plus a scratch block (``KVCacheManager.scratch_block``) that dummy
+    rows write to. ``sampler`` is None on a worker rank, which only runs ``forward``."""
+
+    num_virtual_engines = 1
+    alive = True
+
+    def __init__(self, model: StepModel, model_config: ModelConfig, cache_config: CacheConfig,
+                 sampler: Sampler | None, device: torch.device) -> None:
         self.model = model
         self.config = model_config
         self.block_size = cache_config.block_size
         self.sampler = sampler
         self.device = device
-        self.attention = get_backend(attention_backend)
+        self.attention = model.attention_backend  # resolved once, by the model loader
         self.scratch_block = cache_config.num_blocks  # never handed out by the block pool
         shape = self.attention.kv_cache_shape(cache_config.num_blocks + 1, cache_config.block_size,
                                               model_config.num_key_value_heads, model_config.head_dim)
@@ -82,18 +112,36 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
         """One step on this process: ``prepare`` -> ``forward`` -> ``sample``. A multi-process
         executor runs ``prepare`` and ``sample`` on the driver and ``forward`` on every rank."""
+        return self.complete(self.submit(out))
+
+    @torch.inference_mode()
+    def submit(self, out: SchedulerOutput) -> StepHandle:
+        if not self.kv_caches:
+            raise RuntimeError("the model runner has been shut down")
         inputs = self.prepare(out)
         hidden = self.forward(inputs)
-        return self.sample(inputs, hidden)
+        assert hidden is not None, "one process runs every layer"
+        return StepHandle(inputs, hidden)
+
+    @torch.inference_mode()
+    def complete(self, handle: StepHandle) -> ModelRunnerOutput:
+        return self.sample(handle.inputs, handle.hidden)
+
+    def stats(self) -> ParallelStats | None:
+        return None  # one process: no per-rank seconds
+
+    def shutdown(self) -> None:
+        """Frees the KV cache (the model goes with the runner)."""
+        self.kv_caches = []
 
     def prepare(self, out: SchedulerOutput) -> StepInputs:
         # decodes (one new token) first: attention runs them together
         scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
-        input_ids, positions, metadata = self._prepare_inputs(scheduled, out.num_padding_rows)
-        return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies, out.num_padding_rows)
+        input_ids, positions, metadata = self._prepare_inputs(scheduled)
+        return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies)
 
     @torch.inference_mode()
-    def forward(self, inputs: StepInputs) -> torch.Tensor:
+    def forward(self, inputs: StepInputs) -> torch.Tensor | None:
         """Block copies, then the model over the flat batch; returns hidden states [tokens, hidden]."""
         self._copy_blocks(inputs.block_copies)
         if self.decode_graphs is not None and self.decode_graphs.can_run(inputs.metadata):
@@ -102,12 +150,13 @@ class ModelRunner:
 
     @torch.inference_mode()
     def sample(self, inputs: StepInputs, hidden: torch.Tensor) -> ModelRunnerOutput:
-        scheduled, metadata, padding = inputs.scheduled, inputs.metadata, inputs.num_padding_rows
+        assert self.sampler is not None, "a worker rank does not sample"
+        scheduled, starts = inputs.scheduled, inputs.metadata.query_start_loc_list
         result = ModelRunnerOutput()
-        if padding:  # a padded batch runs the LM head on its finished rows too
-            self.model.compute_logits(hidden[:padding])
-        starts = metadata.query_start_loc_list[padding:]
-        sample_rows = [i for i, s in enumerate(scheduled) if s.sample]
+        pool_rows = [i for i, s in enumerate(scheduled) if s.request.params.pooling is not None]
+        if pool_rows:
+            self._pool(scheduled, pool_rows, hidden, starts, result)
+        sample_rows = [i for i, s in enumerate(scheduled) if s.sample and s.request.params.pooling is None]
         prompt_rows = [i for i, s in enumerate(scheduled) if self._wants_prompt_logprobs(s)]
         if prompt_rows:
             self._prompt_logprobs(scheduled, prompt_rows, hidden, starts, result)
@@ -146,16 +195,15 @@ class ModelRunner:
         guard = guarded_processors(request.request_id, request.params, failed)
         return replace(request.params, logits_processors=[guard])
 
-    def _prepare_inputs(self, scheduled: list[ScheduledRequest], num_padding_rows: int = 0
+    def _prepare_inputs(self, scheduled: list[ScheduledRequest]
                         ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         bs = self.block_size
-        # padding rows first: one token each at position 0 of the scratch block
-        ids: list[int] = [0] * num_padding_rows
-        pos: list[int] = [0] * num_padding_rows
-        slots: list[int] = [self.scratch_block * bs] * num_padding_rows
-        query_start = list(range(num_padding_rows + 1))
-        seq_lens: list[int] = [1] * num_padding_rows
-        num_decodes = num_padding_rows
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        query_start = [0]
+        seq_lens: list[int] = []
+        num_decodes = 0
         for s in scheduled:
             end = s.start + s.num_new_tokens
             ids.extend(s.request.all_token_ids[s.start:end])
@@ -167,8 +215,7 @@ class ModelRunner:
             seq_lens.append(end)
             num_decodes += s.num_new_tokens == 1
         max_blocks = max(len(s.block_table) for s in scheduled)
-        tables = ([[self.scratch_block] + [0] * (max_blocks - 1)] * num_padding_rows
-                  + [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled])
+        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled]
         dev = self.device
         # built on the host (pinned for a GPU) and copied without blocking: no sync while preparing
         metadata = AttentionMetadata(
@@ -182,6 +229,19 @@ class ModelRunner:
             seq_lens_list=seq_lens,
         )
         return to_device(ids, torch.int64, dev), to_device(pos, torch.int64, dev), metadata
+
+    @staticmethod
+    def _pool(scheduled: list[ScheduledRequest], rows: list[int], hidden: torch.Tensor, starts: list[int],
+              result: ModelRunnerOutput) -> None:
+        for i in rows:
+            s = scheduled[i]
+            r = s.request
+            last = min(s.start + s.num_new_tokens, r.num_prompt_tokens)  # prompt positions of this chunk
+            h = hidden[starts[i]: starts[i] + (last - s.start)].float()
+            if r.params.pooling == "mean":
+                result.pooled[r.request_id] = (h.sum(0), h.shape[0])
+            elif last == r.num_prompt_tokens and h.shape[0]:
+                result.pooled[r.request_id] = (h[-1].clone(), 1)
 
     @staticmethod
     def _wants_prompt_logprobs(s: ScheduledRequest) -> bool:
@@ -203,12 +263,14 @@ class ModelRunner:
             h = hidden[starts[i] + (first - s.start): starts[i] + (last - s.start)]
             logits = self.model.compute_logits(h)
             targets = r.prompt_token_ids[first + 1: last + 1]
-            result.prompt_logprobs[r.request_id] = position_logprobs(logits, targets, r.params.prompt_logprobs)
+            top = r.params.prompt_logprobs
+            assert top is not None  # _wants_prompt_logprobs
+            result.prompt_logprobs[r.request_id] = position_logprobs(logits, targets, top)
 
 
 def _positioned_generator(request: Request) -> torch.Generator | None:
     """A seeded request's draw for output position k depends only on (seed, k): the same whether it
     runs alone or batched, after a preemption, or after grammar-forced tokens skipped draws."""
-    if request.generator is None:
+    if request.generator is None or request.seed is None:
         return None
     return request.generator.manual_seed((request.seed * 1_000_003 + request.num_output_tokens) % (1 << 63))

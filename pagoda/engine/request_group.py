@@ -8,6 +8,7 @@ import torch
 
 from pagoda.detokenizer import IncrementalDetokenizer
 from pagoda.engine.request import Request
+from pagoda.logits_processor import CloneableProcessor
 from pagoda.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from pagoda.sampling_params import SamplingParams
 from pagoda.tokenizer import Tokenizer
@@ -32,6 +33,9 @@ class RequestGroup:
     params: SamplingParams
     samples: list[Sample]
     metrics: RequestMetrics
+    # a pooling request's running (sum, rows) of final hidden states, and its result
+    pooled: tuple[torch.Tensor, int] | None = None
+    embedding: list[float] | None = None
 
     @classmethod
     def create(cls, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
@@ -42,6 +46,7 @@ class RequestGroup:
         stop_ids = set(params.stop_token_ids or ())
         if not params.ignore_eos:
             stop_ids |= tokenizer.eos_token_ids
+        stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or ())  # a list once validated
         samples = []
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
@@ -53,7 +58,7 @@ class RequestGroup:
                 priority=priority, seed=seed, cache_salt=cache_salt,
                 generator=None if seed is None else torch.Generator())
             detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids, params.skip_special_tokens,
-                                                 list(params.stop), params.include_stop_str_in_output)
+                                                 stop, params.include_stop_str_in_output)
             samples.append(Sample(request, detokenizer))
         return cls(request_id, prompt, prompt_token_ids, params, samples, metrics)
 
@@ -85,7 +90,8 @@ class RequestGroup:
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
             outputs=outputs, finished=self.finished, prompt_logprobs=prompt_logprobs, metrics=self.metrics,
             num_cached_tokens=self.samples[0].request.num_cached_tokens,
-            extra={"error": errors[0]} if errors else {})
+            extra=({"error": errors[0]} if errors else {}) | (
+                {"embedding": self.embedding} if self.embedding is not None else {}))
 
 
 def fresh_processors(params: SamplingParams) -> SamplingParams:
@@ -93,5 +99,5 @@ def fresh_processors(params: SamplingParams) -> SamplingParams:
     copy through their ``clone()``."""
     if not params.logits_processors:
         return params
-    return replace(params, logits_processors=[p.clone() if hasattr(p, "clone") else p
+    return replace(params, logits_processors=[p.clone() if isinstance(p, CloneableProcessor) else p
                                               for p in params.logits_processors])

@@ -9,44 +9,32 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from pagoda.config import SchedulerConfig
 from pagoda.engine.policy import FCFSPolicy, LongestPrefixMatchPolicy, PriorityPolicy, SchedulingPolicy
 from pagoda.engine.request import Request, RequestStatus
+from pagoda.engine.scheduler_counters import SchedulerCounters
+from pagoda.engine.scheduler_interface import SchedulerInterface
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagoda.kv_cache.kv_cache_manager import KVCacheManager
 
 
-@dataclass
-class SchedulerCounters:
-    """Monotonic counters that metrics read."""
-
-    num_steps: int = 0
-    prompt_tokens_computed: int = 0
-    generation_tokens: int = 0
-    num_preemptions: int = 0
-    jump_forward_tokens: int = 0  # tokens appended without a model step (grammar-forced)
-
-
 def make_policy(config: SchedulerConfig, kv_cache: KVCacheManager) -> SchedulingPolicy:
-    if config.policy == "fcfs":
+    if config.scheduling_policy == "fcfs":
         return FCFSPolicy(config.max_wait_s)
-    if config.policy == "priority":
+    if config.scheduling_policy == "priority":
         return PriorityPolicy(config.max_wait_s)
-    if config.policy == "lpm":
+    if config.scheduling_policy == "lpm":
         return LongestPrefixMatchPolicy(
             config.max_wait_s, lambda r: len(kv_cache.match_prefix(r.all_token_ids, r.cache_salt)))
-    raise ValueError(f"unknown scheduling policy {config.policy!r}; choose fcfs, priority or lpm")
+    raise ValueError(f"unknown scheduling policy {config.scheduling_policy!r}; choose fcfs, priority or lpm")
 
 
-class Scheduler:
-    """Running requests are served first, in the policy's order; when blocks run out the last of
-    them is preempted (its blocks freed, recomputed later) until the earlier one fits. Waiting
-    requests join, in the policy's order, while the token budget, ``max_num_seqs`` and free
-    blocks allow — except in ``static`` batching, where a new batch is admitted only when the
-    previous one has finished, and the batch's finished requests stay in it as padding rows (a
-    padded batch computes them until its longest request ends).
+class Scheduler(SchedulerInterface):
+    """Continuous batching. Running requests are served first, in the policy's order; when blocks
+    run out the last of them is preempted (its blocks freed, recomputed later) until the earlier
+    one fits. Waiting requests join, in the policy's order, while the token budget,
+    ``max_num_seqs`` and free blocks allow.
     """
 
     def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
@@ -57,7 +45,6 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.counters = SchedulerCounters()
-        self._static_batch_size = 0  # static batching: the running batch's size at its largest
 
     # -- queue management -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -92,17 +79,13 @@ class Scheduler:
     # -- one step -----------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        budget = self.config.max_num_batched_tokens
+        budget = self._schedule_running(self.config.max_num_batched_tokens, out)
+        if not out.preempted_request_ids:
+            self._schedule_waiting(budget, out)
+        return self._stamp(out)
 
-        if self.config.batching == "static":
-            if not self.running:
-                for request in self._waiting_in_order()[: self.config.max_num_seqs]:
-                    self.waiting.remove(request)
-                    self._admit(request)
-                self._static_batch_size = 0
-            self._static_batch_size = max(self._static_batch_size, len(self.running))
-            out.num_padding_rows = self._static_batch_size - len(self.running)
-
+    def _schedule_running(self, budget: int, out: SchedulerOutput) -> int:
+        """Schedules the running requests (preempting when blocks run out); returns the budget left."""
         self.running = self.policy.order_running(self.running)
         i = 0
         while i < len(self.running) and budget > 0:
@@ -118,18 +101,21 @@ class Scheduler:
                     break
             budget -= out.scheduled[-1].num_new_tokens
             i += 1
+        return budget
 
-        if self.config.batching == "continuous" and not out.preempted_request_ids:
-            for request in self._waiting_in_order():
-                if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
-                    break
-                admitted = self._admit_one(request, budget, out)
-                if admitted is None:
-                    continue  # its next blocks are being computed by another request: wait for them
-                if not admitted:
-                    break  # head of line: keep the policy's order
-                budget -= out.scheduled[-1].num_new_tokens
+    def _schedule_waiting(self, budget: int, out: SchedulerOutput) -> None:
+        for request in self._waiting_in_order():
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+                break
+            admitted = self._admit_one(request, budget, out)
+            if admitted is None:
+                continue  # its next blocks are being computed by another request: wait for them
+            if not admitted:
+                break  # head of line: keep the policy's order
+            budget -= out.scheduled[-1].num_new_tokens
 
+    def _stamp(self, out: SchedulerOutput) -> SchedulerOutput:
+        """The step's block copies and its requests' first-scheduled times."""
         out.block_copies = self.kv_cache.take_block_copies()
         now = time.monotonic()
         for s in out.scheduled:
@@ -238,11 +224,11 @@ class Scheduler:
             child.num_computed_tokens = parent.num_prompt_tokens - 1
             child.num_cached_tokens = child.num_computed_tokens
             self.requests[child.request_id] = child
-            if self.config.batching == "static":
-                self._admit(child)  # part of its parent's batch
-            else:
-                self.waiting.appendleft(child)
+            self._place_fork(child)
         parent.pending_forks = []
+
+    def _place_fork(self, child: Request) -> None:
+        self.waiting.appendleft(child)
 
     def append_forced_tokens(self, request: Request, tokens: list[int]) -> int:
         """Appends tokens decided without sampling (jump-forward); they are computed with the next
@@ -263,7 +249,7 @@ class Scheduler:
         if token in request.stop_token_ids and n >= request.params.min_tokens:
             status = RequestStatus.FINISHED_STOPPED
             # as vLLM: the eos token is not a "stop reason", an explicit stop token id is
-            reason = token if token in request.params.stop_token_ids else None
+            reason = token if token in (request.params.stop_token_ids or ()) else None
         elif n >= request.max_tokens or request.num_tokens >= self.config.max_model_len:
             status = RequestStatus.FINISHED_LENGTH
         if status is not None:

@@ -67,6 +67,12 @@ def available() -> bool:
         return False
 
 
+@functools.cache
+def invariant_linear_available() -> bool:
+    """Whether ``torch.ops.pagoda.invariant_linear`` runs here (it needs AVX-512 BF16)."""
+    return available() and bool(torch.ops.pagoda.invariant_linear_available())
+
+
 def use_for(t: torch.Tensor) -> bool:
     """Whether the CPU kernels should handle this tensor's operator (float32 and bfloat16)."""
     return t.device.type == "cpu" and t.dtype in DTYPES and available()

@@ -38,6 +38,11 @@ class BlockPool:
     def usage(self) -> float:
         return 1.0 - len(self._free) / self.num_blocks
 
+    @property
+    def cached_flags(self) -> bytes:
+        """One byte per block, nonzero where the prefix cache holds it (a copy: for snapshots)."""
+        return bytes(self._cached)
+
     def allocate(self, n: int) -> list[int]:
         if n > len(self._free):
             raise BlockPoolError(f"asked for {n} blocks, {len(self._free)} free")

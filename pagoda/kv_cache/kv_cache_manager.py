@@ -54,7 +54,6 @@ class KVCacheManager:
       to perform are handed out by ``take_block_copies``). Evicts unreferenced cached blocks when
       the pool is short. Returns the table, or ``None`` when even eviction cannot make room, in
       which case nothing changed (the scheduler then preempts someone and retries).
-    - ``append``: the same for a request that already has a table.
     - ``free(request_id)``: drops the request's references at once (finish, abort, failure,
       preemption); cached blocks stay in the tree. Unknown requests are a no-op.
     - ``fork(parent_id, child_id)``: the child shares all of the parent's blocks.
@@ -66,6 +65,9 @@ class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
         self.block_size = block_size
         self.pool = BlockPool(num_blocks)
+        # a block id past the pool, never handed out: the runner allocates it too, for dummy rows
+        # whose K/V nobody reads (static batching's padding)
+        self.scratch_block = num_blocks
         self.block_tables: dict[str, list[int]] = {}
         self.cache = RadixCache(self.pool, block_size) if enable_prefix_caching else None
         self.counters = PrefixCacheCounters()
@@ -139,11 +141,6 @@ class KVCacheManager:
         if grow > 0:
             table.extend(self.pool.allocate(grow))
         return table
-
-    def append(self, request_id: str, num_tokens: int, num_computed: int = 0) -> list[int] | None:
-        if request_id not in self.block_tables:
-            raise BlockPoolError(f"request {request_id!r} has no block table")
-        return self.allocate(request_id, num_tokens, num_computed)
 
     def take_block_copies(self) -> list[tuple[int, int]]:
         """(source, destination) block copies to perform before the next forward pass."""

@@ -26,6 +26,7 @@ class RadixNode:
     parent: RadixNode | None
     children: dict[tuple[int, ...], RadixNode] = field(default_factory=dict)
     last_access: int = 0
+    evicted: bool = False  # gone from the tree: a request's cursor may still point at it
 
     def touch(self) -> None:
         self.last_access = next(_clock)
@@ -58,11 +59,12 @@ class RadixCache:
             limit = min(limit, max_blocks)
         node, path = self._root(salt), []
         for key in self._keys(token_ids, limit):
-            node = node.children.get(key)
-            if node is None:
+            child = node.children.get(key)
+            if child is None:
                 break
-            node.touch()
-            path.append(node)
+            child.touch()
+            path.append(child)
+            node = child
         return path
 
     def insert(self, token_ids: Sequence[int], blocks: Sequence[int], salt: str | None = None,
@@ -71,6 +73,11 @@ class RadixCache:
         ``start_node``, the node of block ``start_block - 1``); returns the last node. A block
         already cached under the same prefix keeps its existing node (the caller's copy stays
         private to the caller)."""
+        if start_node is not None and start_node.evicted:
+            # the caller's cursor sat on a node it did not hold (its own block was a private copy of a cached
+            # one) and eviction took it: insert the whole prefix again, or the blocks below would hang off a
+            # detached node and leak
+            start_node, start_block = None, 0
         node = start_node if start_node is not None else self._root(salt)
         bs = self.block_size
         for i in range(start_block, len(blocks)):
@@ -100,6 +107,7 @@ class RadixCache:
             _, _, node = heapq.heappop(heap)
             parent = node.parent
             del parent.children[node.key]
+            node.evicted = True
             self.pool.set_cached(node.block, False)
             self.pool.free([node.block])
             self.num_cached_blocks -= 1
@@ -122,10 +130,3 @@ class RadixCache:
     def blocks(self) -> list[int]:
         """Every block the tree holds a reference on (for integrity checks and snapshots)."""
         return [n.block for n in self._nodes()]
-
-    def clear(self) -> None:
-        for node in list(self._nodes()):
-            self.pool.set_cached(node.block, False)
-            self.pool.free([node.block])
-        self._roots.clear()
-        self.num_cached_blocks = 0

@@ -10,7 +10,7 @@ from typing import Any
 from pagoda.lang.backend import LangBackend
 from pagoda.lang.expressions import Gen
 from pagoda.outputs import RequestOutput
-from pagoda.sampling_params import SamplingParams
+from pagoda.sampling_params import LogitsProcessor, SamplingParams
 from pagoda.structured import GuidedDecodingParams, guided_logits_processor
 
 
@@ -38,12 +38,14 @@ class EngineBackend(LangBackend):
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens) if text else []
 
     def generate(self, prompt_ids: list[int], gen: Gen) -> str:
-        processors = []
+        processors: list[LogitsProcessor] = []
         spec = _guided_spec(gen)
         if spec is not None:
             processors.append(guided_logits_processor(spec, self.tokenizer))  # compiled here, off the loop
-        params = SamplingParams(max_tokens=gen.max_tokens, stop=gen.stop, temperature=gen.temperature,
-                                top_p=gen.top_p, seed=gen.seed, logits_processors=processors)
+        d = SamplingParams  # unset: its defaults (ProgramState fills both in before this)
+        params = SamplingParams(max_tokens=gen.max_tokens, stop=gen.stop, seed=gen.seed, logits_processors=processors,
+                                temperature=d.temperature if gen.temperature is None else gen.temperature,
+                                top_p=d.top_p if gen.top_p is None else gen.top_p)
         out = self.submit(prompt_ids, params).result()
         return out.outputs[0].text
 
@@ -52,12 +54,16 @@ class EngineBackend(LangBackend):
         # together: one batch. Each under its own cache salt: the engine computes prompt logprobs only
         # for positions it runs, and a prefix-cache hit would skip the shared ones.
         futures = [self.submit(ids, params, cache_salt=f"lang-score-{id(params)}-{i}") for i, ids in enumerate(prompts)]
-        result = []
+        result: list[list[float | None]] = []
         for ids, future in zip(prompts, futures, strict=True):
             entries = future.result().prompt_logprobs or []
             if len(entries) != len(ids):
                 raise RuntimeError(f"engine returned {len(entries)} prompt logprobs for {len(ids)} tokens")
-            result.append([None] + [entries[i][ids[i]].logprob for i in range(1, len(ids))])
+            row: list[float | None] = [None]  # the first token has no logprob
+            for i in range(1, len(ids)):
+                entry = entries[i]
+                row.append(entry[ids[i]].logprob if entry is not None else None)
+            result.append(row)
         return result
 
     # -- the driver -----------------------------------------------------------------------

@@ -37,6 +37,7 @@ class LangFunction:
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
+        self.__name__: str = getattr(fn, "__name__", type(fn).__name__)  # update_wrapper sets it too
         functools.update_wrapper(self, fn)
 
     def __call__(self, state: ProgramState, *args: Any, **kwargs: Any) -> Any:

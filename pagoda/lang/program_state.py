@@ -157,8 +157,8 @@ class ProgramState:
         logprobs = self.backend.token_logprobs(prompts)
         scores = []
         for lps, start in zip(logprobs, starts, strict=True):
-            option = [lp for lp in lps[start:] if lp is not None]
-            scores.append(sum(option) / len(option) if option else -math.inf)
+            kept = [lp for lp in lps[start:] if lp is not None]
+            scores.append(sum(kept) / len(kept) if kept else -math.inf)
         best = max(range(len(scores)), key=scores.__getitem__)
         self._text += sel.choices[best]
         if sel.name is not None:

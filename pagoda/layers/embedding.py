@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagoda.kernels import cpu_kernels
-from pagoda.layers.prepacked import linear, prepack_weight
+from pagoda.layers.linear import set_weight_loader
 from pagoda.parallel import SINGLE, TensorParallel
 
 
@@ -19,7 +19,7 @@ class VocabParallelEmbedding(nn.Module):
         self.shard_size = -(-vocab_size // tp.size)  # ceil: the last shard may be padded
         self.start = tp.rank * self.shard_size
         self.weight = nn.Parameter(torch.empty(self.shard_size, hidden_size), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        set_weight_loader(self.weight, self.weight_loader)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         part = loaded[self.start:self.start + self.shard_size]
@@ -38,25 +38,25 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Hidden states -> logits over the full vocabulary (gathered across ranks).
+    """Hidden states -> float32 logits over the full vocabulary (gathered across ranks).
 
-    The biggest matrix of a small model and read whole at every step: on CPU in bfloat16 it is
-    reordered once into oneDNN's blocked layout, which halves its cost for small batches; for one
-    or two rows Pagoda's own dot-product kernel streams it at memory speed (2.1 vs 2.7 ms for
-    SmolLM2's 49152 x 576 on 2 cores).
+    Accumulated in float32 and never rounded to the model dtype: in bfloat16 a logit near 20 is
+    only good to 0.125, enough to tie the top two tokens. On CPU, Pagoda's fixed-order kernel
+    takes the float32 hidden states against the weight as stored (each bfloat16 weight widened
+    exactly), so a row's logits do not depend on the other rows either.
     """
 
-    packed: torch.Tensor | None = None
-
     def prepack(self) -> None:
-        self.packed = prepack_weight(self.weight, batch_hint=1)  # the weight stays: it may be tied
+        pass  # the weight stays as stored: it may be tied, and the kernel reads it in place
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.dim() == 2 and hidden.shape[0] <= 2 and hidden.shape[1] % 16 == 0 and self.packed is not None \
-                and cpu_kernels.available():
-            # one or two rows stream the whole matrix: a plain dot-product kernel runs at memory speed
-            logits = torch.ops.pagoda.gemv_bf16(hidden, self.weight)
+        if hidden.dim() == 2 and hidden.is_cpu and hidden.shape[1] % 32 == 0 and cpu_kernels.invariant_linear_available():
+            logits = torch.ops.pagoda.invariant_linear(hidden.float().contiguous(), self.weight, _NONE, _NONE,
+                                                       self.weight.shape[0], torch.float32)
         else:
-            logits = linear(hidden, self.weight, None, self.packed)
+            logits = F.linear(hidden.float(), self.weight.float())
         logits = self.tp.all_gather_last_dim(logits)
         return logits[..., : self.vocab_size]
+
+
+_NONE = torch.empty(0)

@@ -7,11 +7,21 @@ this rank's slice of a full checkpoint tensor; ``shard_id`` names a part of a fu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from pagoda.layers.prepacked import linear, prepack_weight
 from pagoda.parallel import SINGLE, TensorParallel
+
+WeightLoader = Callable[[nn.Parameter, torch.Tensor, object], None]
+
+
+def set_weight_loader(param: nn.Parameter, loader: WeightLoader) -> None:
+    """Attaches the loader that the model's ``load_weights`` calls for ``param`` (as vLLM does):
+    it knows the shard maths, the parameter only holds the result."""
+    param.__dict__["weight_loader"] = loader  # a plain attribute; Parameter declares none
 
 
 class LinearBase(nn.Module):
@@ -25,10 +35,10 @@ class LinearBase(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        set_weight_loader(self.weight, self.weight_loader)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
-            self.bias.weight_loader = self.weight_loader
+            set_weight_loader(self.bias, self.weight_loader)
         else:
             self.register_parameter("bias", None)
 
@@ -43,11 +53,6 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias, self.packed)
-
-
-class ReplicatedLinear(LinearBase):
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
-        super().__init__(in_features, out_features, bias, SINGLE)
 
 
 class ColumnParallelLinear(LinearBase):

@@ -30,3 +30,17 @@ class RMSNorm(nn.Module):
             return x, residual
         residual = x + residual
         return F.rms_norm(residual, self.weight.shape, self.weight, self.eps), residual
+
+
+class FinalRMSNorm(RMSNorm):
+    """The model's last norm: the residual sum rounded to the model dtype as every layer's is,
+    then normalised in float32 and kept in float32 for the LM head (no rounding to bfloat16
+    between the last layer and the logits)."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is not None:
+            residual = x + residual
+            x = residual
+        out = F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps)
+        return out if residual is None else (out, residual)

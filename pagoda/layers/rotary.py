@@ -44,12 +44,20 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", torch.cat([freqs.cos(), freqs.cos()], dim=-1), persistent=False)
         self.register_buffer("sin", torch.cat([freqs.sin(), freqs.sin()], dim=-1), persistent=False)
 
+    @property
+    def cos_table(self) -> torch.Tensor:
+        return self.get_buffer("cos")
+
+    @property
+    def sin_table(self) -> torch.Tensor:
+        return self.get_buffer("sin")
+
     def step(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeStep:
         """The rotation for this step's positions (every layer uses the same)."""
-        return RopeStep(positions, self.cos, self.sin, dtype)
+        return RopeStep(positions, self.cos_table, self.sin_table, dtype)
 
     @staticmethod
-    def apply(q: torch.Tensor, k: torch.Tensor, step: RopeStep) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate(q: torch.Tensor, k: torch.Tensor, step: RopeStep) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, Hq, D], k: [T, Hkv, D] -> rotated (in place by the CPU kernel, else copies)."""
         if q.is_cuda:  # Triton, in place
             from pagoda.kernels.triton.rotary import rotary_embedding_

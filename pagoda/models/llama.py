@@ -12,28 +12,29 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from pagoda.attention.backend import get_backend
+from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import ModelConfig
 from pagoda.layers.activation import SiluAndMul
 from pagoda.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagoda.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from pagoda.layers.norm import RMSNorm
+from pagoda.layers.norm import FinalRMSNorm, RMSNorm
 from pagoda.layers.rotary import RopeStep, RotaryEmbedding
 from pagoda.parallel import SINGLE, TensorParallel
+from pagoda.weights.quantized_tensor import QuantizedTensor
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, attention_backend: str, tp: TensorParallel) -> None:
+    def __init__(self, config: ModelConfig, attention_backend: type[AttentionBackend], tp: TensorParallel) -> None:
         super().__init__()
         d = config.head_dim
         self.qkv_proj = QKVParallelLinear(config.hidden_size, d, config.num_attention_heads,
                                           config.num_key_value_heads, bias=config.attention_bias, tp=tp)
         self.num_heads, self.num_kv_heads, self.head_dim = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, d
         self.o_proj = RowParallelLinear(config.num_attention_heads * d, config.hidden_size, bias=False, tp=tp)
-        self.attn = get_backend(attention_backend)(self.num_heads, self.num_kv_heads, d, d ** -0.5)
+        self.attn = attention_backend(self.num_heads, self.num_kv_heads, d, d ** -0.5)
 
     def forward(self, rope: RopeStep, x: torch.Tensor, kv_cache: KVCache,
                 metadata: AttentionMetadata) -> torch.Tensor:
@@ -44,7 +45,7 @@ class LlamaAttention(nn.Module):
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
-        q, k = RotaryEmbedding.apply(q, k, rope)
+        q, k = RotaryEmbedding.rotate(q, k, rope)
         o = self.attn.forward(q, k, v, kv_cache[0], kv_cache[1], metadata)
         return self.o_proj(o.reshape(t, q_size))
 
@@ -62,7 +63,7 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, attention_backend: str, tp: TensorParallel) -> None:
+    def __init__(self, config: ModelConfig, attention_backend: type[AttentionBackend], tp: TensorParallel) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, attention_backend, tp)
         self.mlp = LlamaMLP(config, tp)
@@ -82,13 +83,13 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, attention_backend: str, tp: TensorParallel) -> None:
+    def __init__(self, config: ModelConfig, attention_backend: type[AttentionBackend], tp: TensorParallel) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
         self.rotary = RotaryEmbedding(config.head_dim, config.max_model_len, config.rope_theta, config.rope_scaling)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, attention_backend, tp)
                                     for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = FinalRMSNorm(config.hidden_size, config.rms_norm_eps)  # float32 out, for the LM head
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 metadata: AttentionMetadata) -> torch.Tensor:
@@ -108,9 +109,11 @@ class LlamaForCausalLM(nn.Module):
         ("gate_proj", "gate_up_proj", 0), ("up_proj", "gate_up_proj", 1),
     ]
 
-    def __init__(self, config: ModelConfig, attention_backend: str = "auto", tp: TensorParallel = SINGLE):
+    def __init__(self, config: ModelConfig, attention_backend: type[AttentionBackend],
+                 tp: TensorParallel = SINGLE) -> None:
         super().__init__()
         self.config = config
+        self.attention_backend = attention_backend  # resolved once by the loader; the runner sizes its KV cache by it
         self.model = LlamaModel(config, attention_backend, tp)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
         if config.tie_word_embeddings:
@@ -145,10 +148,10 @@ class LlamaForCausalLM(nn.Module):
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
             target, shard_id = self._fused_target(name)
-            if hasattr(tensor, "dequantize"):
-                module = modules.get(target.rpartition(".")[0])
-                if hasattr(module, "load_quantized"):
-                    module.load_quantized(tensor.ggml_type, tensor.data, tensor.shape, shard_id)
+            if isinstance(tensor, QuantizedTensor):
+                load_quantized = getattr(modules.get(target.rpartition(".")[0]), "load_quantized", None)
+                if load_quantized is not None:  # a packed int4 layer
+                    load_quantized(tensor.ggml_type, tensor.data, tensor.shape, shard_id)
                     loaded.add(target)
                     continue
                 tensor = tensor.dequantize()

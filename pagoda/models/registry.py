@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from pagoda.models.llama import LlamaForCausalLM
+from pagoda.registry import Registry
+
+if TYPE_CHECKING:
+    from pagoda.models.llama import LlamaForCausalLM
+
+# Every architecture so far is a Llama-family decoder (ModelConfig's shape), built by one class.
+MODELS: Registry[type[LlamaForCausalLM]] = Registry("architecture")
+
 
 # Mistral and Qwen2 are Llama with other defaults (Qwen2: q/k/v biases, set in ModelConfig).
 # Mistral's sliding window is not applied: outputs match only within the window (4096 tokens).
-MODEL_REGISTRY: dict[str, type[nn.Module]] = {
-    "LlamaForCausalLM": LlamaForCausalLM,
-    "MistralForCausalLM": LlamaForCausalLM,
-    "Qwen2ForCausalLM": LlamaForCausalLM,
-}
+@MODELS.register("LlamaForCausalLM")
+@MODELS.register("MistralForCausalLM")
+@MODELS.register("Qwen2ForCausalLM")
+def _llama() -> type[LlamaForCausalLM]:
+    from pagoda.models.llama import LlamaForCausalLM
 
-
-def get_model_class(architecture: str) -> type[nn.Module]:
-    if architecture not in MODEL_REGISTRY:
-        raise ValueError(f"unsupported architecture {architecture!r}; supported: {sorted(MODEL_REGISTRY)}")
-    return MODEL_REGISTRY[architecture]
+    return LlamaForCausalLM

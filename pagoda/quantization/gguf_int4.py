@@ -1,8 +1,12 @@
-"""GGUF Q4_0 / Q4_1 weights kept packed, multiplied with torch's int4 CPU kernel.
+"""GGUF Q4_0 / Q4_1 weights kept packed, multiplied by Pagoda's batch-invariant linear kernel.
 
-torch's ``_weight_int4pack_mm_for_cpu`` computes w = (q - 8) * scale + zero per group of 32
-input weights. Both formats map onto it exactly: Q4_0 (w = d (q - 8)) with scale d, zero 0;
-Q4_1 (w = d q + m) with scale d, zero m + 8 d.
+Each group of 32 input weights is w = q * scale + offset (q in 0..15): Q4_0 (w = d (q - 8)) has
+scale d and offset -8 d, Q4_1 (w = d q + m) scale d and offset m. The kernel
+(``torch.ops.pagoda.invariant_linear``) rounds each dequantized weight to the activation dtype
+and takes every output as a dot product in one fixed order at every row count, so a row's result
+does not depend on the other rows of its step (one numerics path per weight: no switch to a
+dequantized copy for large batches). torch's ``_weight_int4pack_mm_for_cpu`` convention, w =
+(q - 8) * scale + zero, is what ``unpack_q4`` returns (zero = offset + 8 scale).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import nn
 
+from pagoda.kernels import cpu_kernels
 from pagoda.layers.linear import LinearBase
 from pagoda.layers.prepacked import linear, prepack_weight
 
@@ -22,15 +27,22 @@ PACKABLE = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1}
 def unpack_q4(ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[int, int]
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw Q4 blocks of a [rows, cols] matrix -> (q uint8 [rows, cols] in 0..15, scale and zero
-    float32 [rows, cols / 32]) in the kernel's convention."""
+    float32 [rows, cols / 32]) in torch's int4 convention, w = (q - 8) * scale + zero."""
+    q, scale, offset = unpack_q4_affine(ggml_type, data, shape)
+    return q, scale, offset + 8 * scale
+
+
+def unpack_q4_affine(ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[int, int]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw Q4 blocks of a [rows, cols] matrix -> (q uint8 [rows, cols] in 0..15, scale and offset
+    float32 [rows, cols / 32]) with w = q * scale + offset."""
     rows, cols = shape
     blocks = np.ascontiguousarray(data).reshape(rows * cols // GROUP, -1)
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
     if ggml_type == GGMLQuantizationType.Q4_0:
-        qs, zero = blocks[:, 2:], np.zeros_like(d)
+        qs, offset = blocks[:, 2:], -8 * d
     elif ggml_type == GGMLQuantizationType.Q4_1:
-        m = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
-        qs, zero = blocks[:, 4:], m + 8 * d
+        qs, offset = blocks[:, 4:], blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
     else:
         raise ValueError(f"{ggml_type.name} is not a 4-bit type the int4 kernel can take")
     # byte j holds weight j (low nibble) and weight j + 16 (high nibble) of its block
@@ -38,23 +50,29 @@ def unpack_q4(ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[in
     np.bitwise_and(qs, 0x0F, out=q[:, : GROUP // 2])
     np.right_shift(qs, 4, out=q[:, GROUP // 2:])
     return (torch.from_numpy(q).view(rows, cols), torch.from_numpy(d).view(rows, -1),
-            torch.from_numpy(zero).view(rows, -1))
+            torch.from_numpy(offset).view(rows, -1))
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """q uint8 [rows, cols] in 0..15 -> [rows, cols / 2] in GGUF's block order (byte j of a group
+    of 32 holds weight j in its low nibble and weight j + 16 in its high one)."""
+    groups = q.view(q.shape[0], -1, 2, GROUP // 2)
+    return (groups[:, :, 0] | (groups[:, :, 1] << 4)).reshape(q.shape[0], -1).contiguous()
 
 
 class Int4Linear(nn.Module):
     """Replaces a (possibly fused, possibly TP-sharded) linear layer by its packed 4-bit form.
 
     Loading reuses the replaced layer's ``weight_loader`` on staging tensors (codes, scales,
-    zeros), so fused shards and tensor-parallel slices land in the same rows as they would
+    offsets), so fused shards and tensor-parallel slices land in the same rows as they would
     densely; ``finalize`` then packs them for the kernel.
 
-    The int4 kernel wins while a step streams weights (few rows: decode of small batches) and
-    loses once it is compute-bound: its cost grows linearly with the rows. Like llama.cpp, which
-    dequantizes for batched matmuls, inputs of more than ``max_int4_rows`` rows (prefill, large
-    decode batches) use the same weights dequantized once into the activation dtype.
+    One kernel at every row count: the packed weights stream at memory speed for a few rows
+    (decode of small batches) and are dequantized a block of outputs at a time into a small
+    buffer for many rows (prefill, large batches); both give the same bits for a row. Where the
+    C++ kernels are unavailable, a dequantized copy goes through oneDNN's bfloat16 GEMM (measured
+    batch-invariant on this CPU) or, in float32, ``F.linear`` (not batch-invariant).
     """
-
-    max_int4_rows = 16
 
     def __init__(self, base: LinearBase, dtype: torch.dtype) -> None:
         super().__init__()
@@ -69,56 +87,50 @@ class Int4Linear(nn.Module):
         # every row is written by the shards' loaders (checked in finalize)
         self._codes = torch.empty(base.out_features, base.in_features, dtype=torch.uint8)
         self._scale = torch.empty(base.out_features, groups)
-        self._zero = torch.empty(base.out_features, groups)
+        self._offset = torch.empty(base.out_features, groups)
         self._shards: set[object] = set()
         self._num_shards = 3 if hasattr(base, "num_kv_heads") else len(getattr(base, "output_sizes", [None]))
-        self.register_buffer("packed", torch.empty(0, dtype=torch.uint8), persistent=False)
-        self.register_buffer("scales_and_zeros", torch.empty(0, dtype=dtype), persistent=False)
+        self.register_buffer("codes", torch.empty(0, dtype=torch.uint8), persistent=False)
+        self.register_buffer("scale", torch.empty(0), persistent=False)
+        self.register_buffer("offset", torch.empty(0), persistent=False)
         self.register_buffer("dense", torch.empty(0, dtype=dtype), persistent=False)
         self.dense_packed: torch.Tensor | None = None
         self.reduce = type(base).__name__ == "RowParallelLinear"
 
     def load_quantized(self, ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[int, int],
                        shard_id: object) -> None:
-        codes, scale, zero = unpack_q4(ggml_type, data, shape)
-        for staging, loaded in ((self._codes, codes), (self._scale, scale), (self._zero, zero)):
-            self.base_loader(_Staging(staging), loaded, shard_id)
+        codes, scale, offset = unpack_q4_affine(ggml_type, data, shape)
+        for staging, loaded in ((self._codes, codes), (self._scale, scale), (self._offset, offset)):
+            # a Parameter sharing the staging tensor's storage: the layer's loader writes into it
+            self.base_loader(nn.Parameter(staging, requires_grad=False), loaded, shard_id)
         self._shards.add(shard_id)
 
     def finalize(self) -> None:
         if len(self._shards) < self._num_shards:
             raise ValueError(f"packed linear got {len(self._shards)} of its {self._num_shards} parts from the checkpoint")
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self._codes.to(torch.int32), 1)
-        # [groups, out, 2] as the kernel wants, in the activation dtype
-        self.scales_and_zeros = torch.stack([self._scale.t(), self._zero.t()], dim=-1).contiguous().to(self.dtype)
-        groups = self._scale.shape[1]
-        codes = self._codes.view(self.out_features, groups, GROUP).float() - 8
-        dense = codes * self._scale.unsqueeze(-1) + self._zero.unsqueeze(-1)
-        self.dense = dense.view(self.out_features, self.in_features).to(self.dtype)
-        self.dense_packed = prepack_weight(self.dense)
-        if self.dense_packed is not None:
-            self.dense = self.dense.new_empty(0)
-        del self._codes, self._scale, self._zero
+        if cpu_kernels.invariant_linear_available():
+            self.codes = pack_nibbles(self._codes)
+            self.scale, self.offset = self._scale.contiguous(), self._offset.contiguous()
+        else:
+            groups = self._scale.shape[1]
+            codes = self._codes.view(self.out_features, groups, GROUP).float()
+            dense = codes * self._scale.unsqueeze(-1) + self._offset.unsqueeze(-1)
+            self.dense = dense.view(self.out_features, self.in_features).to(self.dtype)
+            self.dense_packed = prepack_weight(self.dense)
+            if self.dense_packed is not None:
+                self.dense = self.dense.new_empty(0)
+        del self._codes, self._scale, self._offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.in_features)
-        if x.shape[0] > self.max_int4_rows:
-            y = linear(x, self.dense, None, self.dense_packed)
+        if self.codes.numel():
+            y = torch.ops.pagoda.invariant_linear(x.contiguous(), self.codes, self.scale, self.offset,
+                                                  self.out_features, x.dtype)
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_and_zeros)
+            y = linear(x, self.dense, None, self.dense_packed)
         y = y.reshape(*shape[:-1], self.out_features)
         if self.reduce:
             y = self.tp.all_reduce(y)
         return y if self.bias is None else y + self.bias
 
-
-class _Staging:
-    """Lets a layer's ``weight_loader`` (which writes ``param.data``) fill a staging tensor."""
-
-    def __init__(self, data: torch.Tensor) -> None:
-        self.data = data
-        self.shape = data.shape
-
-    def dim(self) -> int:
-        return self.data.dim()

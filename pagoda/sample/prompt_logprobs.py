@@ -18,7 +18,7 @@ def position_logprobs(logits: torch.Tensor, targets: list[int], top_k: int) -> l
     top_vals, top_ids = logprobs.topk(top_k, dim=-1) if top_k > 0 else (None, None)
     for row, tok in enumerate(targets):
         entry: PositionLogprobs = {tok: Logprob(float(target_lp[row]), int(ranks[row]))}
-        if top_ids is not None:
+        if top_ids is not None and top_vals is not None:
             for rank, (t, v) in enumerate(zip(top_ids[row].tolist(), top_vals[row].tolist(), strict=True), 1):
                 entry.setdefault(t, Logprob(v, rank))
         result.append(entry)

@@ -17,9 +17,11 @@ over 100 ms here); and a draw uses one uniform per row (inverse CDF), because to
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 
+from pagoda.logits_processor import DrawVerifier
 from pagoda.sample.penalties import apply_frequency_presence_penalties, apply_repetition_penalty, token_pairs
 from pagoda.sample.row_ops import argmax, count_above, per_row, row_index, sample_from_probs, topk
 from pagoda.sample.sampling_batch import RowLogprobs, SamplerOutput, SamplingBatch
@@ -45,7 +47,8 @@ class Sampler:
         if logits.dim() != 2 or logits.shape[0] != len(batch):
             raise ValueError(f"logits {tuple(logits.shape)} do not match a batch of {len(batch)} rows")
         params, n = batch.params, len(batch)
-        logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        logprob_counts = {i: p.logprobs for i, p in enumerate(params) if p.logprobs is not None}
+        logprob_rows = list(logprob_counts)
         raw_logprobs = logits[row_index(logprob_rows, n)].float().log_softmax(-1) if logprob_rows else None
 
         checked = [i for i, p in enumerate(params) if checks_after_draw(p)]
@@ -58,7 +61,7 @@ class Sampler:
         logprobs: list[RowLogprobs | None] = [None] * n
         if raw_logprobs is not None:
             rows = _row_logprobs(raw_logprobs, [ids[i] for i in logprob_rows],
-                                 [params[i].logprobs for i in logprob_rows])
+                                 [logprob_counts[i] for i in logprob_rows])
             for i, row in zip(logprob_rows, rows, strict=True):
                 logprobs[i] = row
         return SamplerOutput(token_ids=ids, logprobs=logprobs)
@@ -92,7 +95,8 @@ class Sampler:
         drawn = token_ids.tolist()
         refused = []
         for i in checked:
-            token = params[i].logits_processors[0].verify_draw(outputs[i], drawn[i])
+            verifier = cast(DrawVerifier, params[i].logits_processors[0])  # checks_after_draw chose the row
+            token = verifier.verify_draw(outputs[i], drawn[i])
             if token is None:
                 refused.append(i)
             elif token != drawn[i]:
@@ -125,14 +129,15 @@ class Sampler:
         n, vocab = logits.shape
         flat, device = logits.view(-1), logits.device
         if bias:
-            pairs = [(i * vocab + t, b) for i in bias for t, b in params[i].logit_bias.items() if 0 <= t < vocab]
+            pairs = [(i * vocab + t, b) for i in bias for t, b in (params[i].logit_bias or {}).items()
+                     if 0 <= t < vocab]
             if pairs:
                 keys, values = zip(*pairs, strict=True)
                 flat.index_add_(0, torch.tensor(keys, device=device), torch.tensor(values, device=device))
         if min_tokens:
             # until min_tokens are out, nothing may end the sequence
-            keys = [i * vocab + t for i in min_tokens for t in self._stop_ids(params[i]) if 0 <= t < vocab]
-            flat[torch.tensor(keys, dtype=torch.long, device=device)] = float("-inf")
+            stops = [i * vocab + t for i in min_tokens for t in self._stop_ids(params[i]) if 0 <= t < vocab]
+            flat[torch.tensor(stops, dtype=torch.long, device=device)] = float("-inf")
         if repetition:
             rows, tokens = token_pairs([i for i in repetition for _ in (0, 1)],
                                         [s for i in repetition for s in (batch.prompt_token_ids[i], outputs[i])],
@@ -201,7 +206,7 @@ def checks_after_draw(params: SamplingParams) -> bool:
     that can verify one drawn token (``verify_draw(output_token_ids, token_id) -> token | None``),
     and the row does not truncate (top_p, top_k and min_p are computed on the masked distribution)."""
     processors = params.logits_processors
-    return len(processors) == 1 and hasattr(processors[0], "verify_draw") and (
+    return len(processors) == 1 and isinstance(processors[0], DrawVerifier) and (
         params.greedy or (params.top_p >= 1.0 and not 0 < params.top_k and params.min_p <= 0.0))
 
 
@@ -213,8 +218,8 @@ def _row_logprobs(raw: torch.Tensor, tokens: list[int], counts: list[int]) -> li
     ranks = (count_above(raw, token_lp) + 1).tolist()
     k = max(counts)
     top_lp, top_ids = topk(raw, k) if k else (raw[:, :0], raw[:, :0].long())
-    top_lp, top_ids, token_lp = top_lp.tolist(), top_ids.tolist(), token_lp.tolist()
-    return [RowLogprobs(token_lp[j], ranks[j], list(zip(top_ids[j][:c], top_lp[j][:c], strict=True)))
+    lps, top_lps, top_tokens = token_lp.tolist(), top_lp.tolist(), top_ids.tolist()
+    return [RowLogprobs(lps[j], ranks[j], list(zip(top_tokens[j][:c], top_lps[j][:c], strict=True)))
             for j, c in enumerate(counts)]
 
 

@@ -12,6 +12,7 @@ from pagoda.engine.args import EngineArgs
 from pagoda.server.app import build_app
 from pagoda.server.config import ServerConfig
 from pagoda.server.engine_client import EngineClient
+from pagoda.server.engine_process_client import EngineProcessClient
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +26,9 @@ def run_server(engine_args: EngineArgs, config: ServerConfig, *, access_log: boo
     if engine_args.data_parallel_size > 1:  # replicas behind a router (issue 8)
         from pagoda.server.data_parallel_client import DataParallelClient
 
-        client = DataParallelClient(engine_args)
+        client: EngineClient = DataParallelClient(engine_args)
     else:
-        client = EngineClient(engine_args)
+        client = EngineProcessClient(engine_args)
     info = client.start()
     logger.info("engine ready: %s (max_model_len %d, pid %d)", info.model_name, info.max_model_len, info.pid)
     try:

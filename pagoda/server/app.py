@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import secrets
 
@@ -15,19 +14,23 @@ from pagoda.server.config import ServerConfig
 from pagoda.server.engine_client import EngineClient
 from pagoda.server.errors import APIError, install_error_handlers
 from pagoda.server.metrics import ServerMetrics
-from pagoda.server.openai_serving import ModelInfo, TokenizerLike
+from pagoda.server.openai_serving import ModelInfo
 from pagoda.server.protocol import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
 from pagoda.server.serving_chat import ChatServing
 from pagoda.server.serving_completion import CompletionServing
+from pagoda.server.serving_embedding import EmbeddingServing
+from pagoda.server.serving_responses import ResponsesServing
 from pagoda.server.serving_tokenization import TokenizationServing
+from pagoda.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
 _STATS_TIMEOUT_S = 2.0  # a scrape waits at most this long for the engine to finish its step
 
 
-def build_app(client: EngineClient, config: ServerConfig, tokenizer: TokenizerLike | None = None) -> FastAPI:
-    """The app for an engine that has started (``client.info`` is set)."""
+def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer | None = None) -> FastAPI:
+    """The app for an engine that has started (``client.info`` is set); ``tokenizer`` replaces the
+    engine's own for rendering chats (several apps over one engine with other chat templates)."""
     assert client.info is not None, "start the EngineClient first"
     tokenizer = tokenizer or client.info.tokenizer
     model = ModelInfo(name=config.served_model_name or client.info.model_name,
@@ -36,6 +39,8 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: TokenizerLi
     completions = CompletionServing(client, tokenizer, model, config, metrics)
     chat = ChatServing(client, tokenizer, model, config, metrics)
     tokenization = TokenizationServing(client, tokenizer, model, config, metrics)
+    responses = ResponsesServing(client, tokenizer, model, config, metrics)
+    embeddings = EmbeddingServing(client, tokenizer, model, config, metrics)
 
     app = FastAPI(title="Pagoda", description="OpenAI-compatible LLM server")
     install_error_handlers(app)
@@ -62,6 +67,14 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: TokenizerLi
     async def create_chat_completion(request: Request) -> Response:
         return await chat.create(request)
 
+    @api.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        return await responses.create_response(request)
+
+    @api.post("/v1/embeddings")
+    async def create_embedding(request: Request) -> Response:
+        return await embeddings.create(request)
+
     @api.post("/tokenize")
     async def tokenize(request: Request) -> TokenizeResponse:
         return await tokenization.tokenize(request)
@@ -71,13 +84,15 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: TokenizerLi
         return await tokenization.detokenize(request)
 
     if config.image_model is not None:
-        if importlib.util.find_spec("pagoda.server.images") is None:
-            raise RuntimeError("--image-model needs pagoda.server.images, which this build lacks")
         from pagoda.server.images import make_router
 
         api.include_router(make_router(config.image_model))
 
     app.include_router(api)
+    if config.web_ui:
+        from pagoda.server.web_ui import make_router as make_web_ui_router
+
+        app.include_router(make_web_ui_router(client, config, model.name))
 
     @app.get("/health")
     async def health() -> Response:

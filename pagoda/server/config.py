@@ -15,3 +15,7 @@ class ServerConfig:
     retry_after_s: int = 1  # the Retry-After header of a 503
     image_model: str | None = None  # a diffusion model for /v1/images/generations, if any
     log_level: str = "info"
+    web_ui: bool = True  # the chat page at / and the live dashboard at /dashboard
+    tool_call_parser: str | None = None  # the format of tool calls; default: from the chat template, else hermes
+    pooling: str = "last"  # /v1/embeddings: the last prompt token's final hidden state, or "mean"
+    reasoning_parser: str | None = None  # e.g. "think": <think>...</think> becomes message.reasoning_content

@@ -1,4 +1,4 @@
-"""Data parallelism behind one server: N engine processes and a router, with EngineClient's interface.
+"""Data parallelism behind one server: N engine processes and a router, as one ``EngineClient``.
 
 Each replica is a full engine (itself possibly tensor / pipeline parallel) in its own process;
 the router picks one per request (``pagoda.distributed.router``). The server is alive while
@@ -8,7 +8,7 @@ every replica is: one that dies fails the health check, as a lone engine would.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import fields, replace
 from typing import Any
@@ -17,8 +17,9 @@ from pagoda.distributed.router import make_router
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.stats import EngineStats
 from pagoda.sampling_params import SamplingParams
-from pagoda.server.engine_client import EngineClient, EngineDeadError
+from pagoda.server.engine_client import EngineDeadError
 from pagoda.server.engine_process import make_llm_engine
+from pagoda.server.engine_process_client import EngineProcessClient
 from pagoda.server.messages import EngineReady, RequestDelta
 
 _UNSUMMED = ("parallel", "replicas")  # per-rank seconds of different replicas do not add up
@@ -35,13 +36,15 @@ def merge_stats(parts: list[EngineStats]) -> EngineStats:
 
 
 class DataParallelClient:
+    """An ``EngineClient`` over N replicas: each request goes to the one the router picks."""
+
     def __init__(self, engine_args: EngineArgs, make_engine: Callable[[EngineArgs], Any] = make_llm_engine,
                  policy: str | None = None) -> None:
         n = engine_args.data_parallel_size
         ranks = n * engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size
         threads = engine_args.num_threads or max(1, (os.cpu_count() or 1) // ranks)
         replica_args = replace(engine_args, data_parallel_size=1, num_threads=threads)
-        self.replicas = [EngineClient(replica_args, make_engine) for _ in range(n)]
+        self.replicas = [EngineProcessClient(replica_args, make_engine) for _ in range(n)]
         self.router = make_router(policy or engine_args.router_policy, n)
         self.routed = [0] * n  # requests sent to each replica
         self._owner: dict[str, int] = {}
@@ -79,7 +82,8 @@ class DataParallelClient:
     @property
     def latest_stats(self) -> EngineStats | None:
         parts = [r.latest_stats for r in self.replicas]
-        return None if any(p is None for p in parts) else merge_stats(parts)
+        known = [p for p in parts if p is not None]
+        return merge_stats(known) if len(known) == len(parts) else None
 
     @property
     def num_waiting(self) -> int:
@@ -90,15 +94,17 @@ class DataParallelClient:
         return sum(r.num_in_flight for r in self.replicas)
 
     # --- requests ---
-    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                       **options: Any) -> AsyncIterator[RequestDelta]:
+    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
+                       priority: int = 0, arrival_time: float | None = None,
+                       cache_salt: str | None = None) -> AsyncGenerator[RequestDelta, None]:
         if not self.alive:
             raise EngineDeadError(self.dead_reason or "engine is not running")
         i = self.router.choose(prompt_token_ids, [r.num_in_flight for r in self.replicas])
         self.routed[i] += 1
         self._owner[request_id] = i
         try:
-            async with aclosing(self.replicas[i].generate(request_id, prompt_token_ids, params, **options)) as it:
+            async with aclosing(self.replicas[i].generate(request_id, prompt_token_ids, params, priority=priority,
+                                                          arrival_time=arrival_time, cache_salt=cache_salt)) as it:
                 async for delta in it:
                     yield delta
         finally:
@@ -111,6 +117,3 @@ class DataParallelClient:
 
     async def get_stats(self, timeout_s: float = 30.0) -> EngineStats:
         return merge_stats([await r.get_stats(timeout_s) for r in self.replicas])
-
-    async def replica_stats(self, timeout_s: float = 30.0) -> list[EngineStats]:
-        return [await r.get_stats(timeout_s) for r in self.replicas]

@@ -69,4 +69,5 @@ class DeltaTracker:
         return RequestDelta(
             request_id=out.request_id, samples=samples, finished=out.finished,
             prompt_logprobs=prompt_logprobs, metrics=out.metrics if out.finished else None,
-            num_cached_tokens=out.num_cached_tokens, error=out.extra.get("error") if out.extra else None)
+            num_cached_tokens=out.num_cached_tokens, error=out.extra.get("error") if out.extra else None,
+            embedding=out.extra.get("embedding") if out.extra else None)

@@ -1,46 +1,15 @@
-"""The HTTP process's handle on the engine process.
-
-``EngineClient.start()`` spawns the engine process and waits until it is ready.
-``generate()`` is an async iterator of ``RequestDelta``s for one request; leaving it early
-(the client went away, the task was cancelled) aborts the request in the engine, which
-frees its KV blocks. A reader thread takes results off the output queue and hands them to
-the event loop. If the engine process dies, every pending request fails at once with
-``EngineDeadError`` and ``alive`` turns False (``/health`` answers 503).
-"""
+"""What the HTTP side needs of the engine, whatever runs it: one engine process
+(``EngineProcessClient``) or data-parallel replicas behind a router (``DataParallelClient``)."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import logging
-import multiprocessing
-import queue
-import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from pagoda.engine.args import EngineArgs
-from pagoda.engine.stats import EngineStats
-from pagoda.errors import InvalidRequestError
-from pagoda.sampling_params import SamplingParams
-from pagoda.server.engine_process import make_llm_engine, run_engine_process
-from pagoda.server.messages import (
-    AbortRequest,
-    AddRequest,
-    EngineFailed,
-    EngineReady,
-    GetStats,
-    RequestDelta,
-    RequestRejected,
-    Shutdown,
-    StepResult,
-)
-
-logger = logging.getLogger(__name__)
-
-_POLL_S = 0.1  # how often the reader checks that the engine process lives while it is quiet
+if TYPE_CHECKING:
+    from pagoda.engine.stats import EngineStats
+    from pagoda.sampling_params import SamplingParams
+    from pagoda.server.messages import EngineReady, RequestDelta
 
 
 class EngineDeadError(RuntimeError):
@@ -51,228 +20,50 @@ class EngineRequestError(RuntimeError):
     """The engine could not serve one request (an internal error); the engine itself goes on."""
 
 
-@dataclass
-class _Stream:
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    started: bool = False  # has any output arrived (it left the waiting queue)
+@runtime_checkable
+class EngineClient(Protocol):
+    """The server's handle on its engine(s).
 
+    - ``start()`` blocks until the model is loaded and returns what it serves (``info`` afterwards);
+      ``shutdown()`` stops every engine process (idempotent).
+    - ``generate(request_id, prompt_token_ids, params, priority=, arrival_time=, cache_salt=)``
+      yields the request's deltas until the one with ``finished=True``. It raises
+      ``InvalidRequestError`` if the engine rejects the request, ``EngineRequestError`` if it fails
+      inside the engine, ``EngineDeadError`` if the engine dies meanwhile. Leaving the iterator
+      early aborts the request (its KV blocks are freed); so does ``abort(request_id)``.
+    - ``alive`` turns False for good when an engine dies (``dead_reason`` says why): ``/health``
+      answers 503. ``latest_stats`` is the stats of the last step (None before any),
+      ``get_stats()`` fresh ones; ``num_waiting`` / ``num_in_flight`` count this side's requests.
+    """
 
-class EngineClient:
-    def __init__(self, engine_args: EngineArgs,
-                 make_engine: Callable[[EngineArgs], Any] = make_llm_engine) -> None:
-        self.engine_args = engine_args
-        self._make_engine = make_engine
-        self.info: EngineReady | None = None
-        self.latest_stats: EngineStats | None = None
-        self.dead_reason: str | None = None
-        self._streams: dict[str, _Stream] = {}
-        self._num_not_started = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stats_waiters: dict[int, asyncio.Future] = {}
-        self._tokens = itertools.count()
-        self._closing = False
-        self._proc: Any = None
-        self._reader: threading.Thread | None = None
+    info: EngineReady | None
 
-    # --- lifecycle ---
+    def start(self, timeout_s: float = 600.0) -> EngineReady: ...
 
-    def start(self, timeout_s: float = 600.0) -> EngineReady:
-        """Spawns the engine process and blocks until it has loaded the model."""
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
-        self._in_q = ctx.Queue()
-        self._out_q = ctx.Queue()
-        self._proc = ctx.Process(target=run_engine_process, name="pagoda-engine", daemon=True,
-                                 args=(self.engine_args, self._in_q, self._out_q, self._make_engine))
-        self._proc.start()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                msg = self._out_q.get(timeout=_POLL_S)
-                break
-            except queue.Empty:
-                if not self._proc.is_alive():
-                    raise RuntimeError(f"engine process exited with code {self._proc.exitcode} while starting"
-                                       ) from None
-                if time.monotonic() > deadline:
-                    self._proc.kill()
-                    raise RuntimeError(f"engine did not start within {timeout_s:.0f} s") from None
-        if isinstance(msg, EngineFailed):
-            self._proc.join(5)
-            raise RuntimeError(msg.message)
-        assert isinstance(msg, EngineReady), msg
-        self.info = msg
-        self._reader = threading.Thread(target=self._read_loop, name="pagoda-engine-reader", daemon=True)
-        self._reader.start()
-        return msg
-
-    def shutdown(self, timeout_s: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        self._closing = True
-        if self._proc.is_alive():
-            self._in_q.put(Shutdown())
-            self._proc.join(timeout_s)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(timeout_s)
-        if self._reader is not None:
-            self._reader.join(timeout_s)
-        self._in_q.cancel_join_thread()
-        self._in_q.close()
-        self._out_q.close()
+    def shutdown(self, timeout_s: float = 10.0) -> None: ...
 
     @property
-    def alive(self) -> bool:
-        return (self.info is not None and self.dead_reason is None and not self._closing
-                and self._proc.is_alive())
+    def alive(self) -> bool: ...
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    def dead_reason(self) -> str | None: ...
 
     @property
-    def num_waiting(self) -> int:
-        """Requests accepted by this process that have produced no output yet."""
-        return self._num_not_started
+    def pid(self) -> int | None: ...
 
     @property
-    def num_in_flight(self) -> int:
-        return len(self._streams)
+    def latest_stats(self) -> EngineStats | None: ...
 
-    # --- requests ---
+    @property
+    def num_waiting(self) -> int: ...
 
-    def _check_alive(self) -> None:
-        if not self.alive:
-            raise EngineDeadError(self.dead_reason or "engine is not running")
+    @property
+    def num_in_flight(self) -> int: ...
 
-    def _bind_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            if self._streams or self._stats_waiters:
-                raise RuntimeError("EngineClient is already serving another event loop")
-            self._loop = loop
+    def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
+                 priority: int = 0, arrival_time: float | None = None,
+                 cache_salt: str | None = None) -> AsyncGenerator[RequestDelta, None]: ...
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
-                       priority: int = 0, arrival_time: float | None = None,
-                       cache_salt: str | None = None) -> AsyncIterator[RequestDelta]:
-        """Yields the request's deltas until the last one (``finished=True``).
+    def abort(self, request_id: str) -> None: ...
 
-        Raises InvalidRequestError if the engine rejects the request, EngineRequestError if it
-        fails inside the engine, EngineDeadError if the engine process dies meanwhile.
-        """
-        self._check_alive()
-        self._bind_loop()
-        if request_id in self._streams:
-            raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
-        stream = _Stream()
-        self._streams[request_id] = stream
-        self._num_not_started += 1
-        finished = False
-        try:
-            self._in_q.put(AddRequest(request_id, list(prompt_token_ids), params,
-                                      arrival_time if arrival_time is not None else time.monotonic(), priority,
-                                      cache_salt))
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, RequestRejected):
-                    finished = True
-                    if item.status == 400:
-                        raise InvalidRequestError(item.message, item.param)
-                    raise EngineRequestError(item.message)
-                if isinstance(item, EngineFailed):
-                    finished = True
-                    raise EngineDeadError(item.message)
-                if item.error is not None:
-                    finished = True
-                    raise EngineRequestError(item.error)
-                finished = item.finished
-                yield item
-                if finished:
-                    return
-        finally:
-            if not stream.started:
-                self._num_not_started -= 1
-            self._streams.pop(request_id, None)
-            if not finished and self.alive:
-                self._in_q.put(AbortRequest(request_id))
-
-    def abort(self, request_id: str) -> None:
-        if self.alive:
-            self._in_q.put(AbortRequest(request_id))
-
-    async def get_stats(self, timeout_s: float = 30.0) -> EngineStats:
-        """Fresh engine stats, taken after every message this process sent before the call."""
-        self._check_alive()
-        self._bind_loop()
-        token = next(self._tokens)
-        fut = asyncio.get_running_loop().create_future()
-        self._stats_waiters[token] = fut
-        try:
-            self._in_q.put(GetStats(token))
-            return await asyncio.wait_for(fut, timeout_s)
-        finally:
-            self._stats_waiters.pop(token, None)
-
-    # --- the reader thread and the event loop side ---
-
-    def _read_loop(self) -> None:
-        while not self._closing:
-            try:
-                msg = self._out_q.get(timeout=_POLL_S)
-            except queue.Empty:
-                if not self._proc.is_alive():
-                    self._on_dead(f"engine process died (exit code {self._proc.exitcode})")
-                    return
-                continue
-            except (EOFError, OSError) as e:
-                self._on_dead(f"engine connection lost: {e}")
-                return
-            if isinstance(msg, EngineFailed):
-                self._on_dead(msg.message)
-                return
-            if isinstance(msg, StepResult):
-                if msg.stats is not None:
-                    self.latest_stats = msg.stats
-                if msg.deltas or msg.rejected or msg.stats_token is not None:
-                    self._call_in_loop(self._dispatch, msg)
-
-    def _call_in_loop(self, fn: Callable, *args: Any) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop was closed (server shutting down)
-            pass
-
-    def _on_dead(self, reason: str) -> None:
-        if self._closing:
-            return
-        logger.error("%s", reason)
-        self.dead_reason = reason
-        self._call_in_loop(self._fail_all, EngineFailed(reason))
-
-    def _dispatch(self, result: StepResult) -> None:
-        for rejected in result.rejected:
-            stream = self._streams.get(rejected.request_id)
-            if stream is not None:
-                stream.queue.put_nowait(rejected)
-        for delta in result.deltas:
-            stream = self._streams.get(delta.request_id)
-            if stream is None:
-                continue  # aborted on this side already
-            if not stream.started:
-                stream.started = True
-                self._num_not_started -= 1
-            stream.queue.put_nowait(delta)
-        if result.stats_token is not None:
-            fut = self._stats_waiters.get(result.stats_token)
-            if fut is not None and not fut.done():
-                fut.set_result(result.stats)
-
-    def _fail_all(self, failure: EngineFailed) -> None:
-        for stream in self._streams.values():
-            stream.queue.put_nowait(failure)
-        for fut in self._stats_waiters.values():
-            if not fut.done():
-                fut.set_exception(EngineDeadError(failure.message))
+    async def get_stats(self, timeout_s: float = 30.0) -> EngineStats: ...

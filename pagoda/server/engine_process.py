@@ -15,18 +15,21 @@ import logging
 import multiprocessing
 import os
 import queue
+import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pagoda.engine.args import EngineArgs
 from pagoda.errors import InvalidRequestError
+from pagoda.server.dashboard_feed import DashboardFeed
 from pagoda.server.delta_tracker import DeltaTracker
 from pagoda.server.messages import (
     AbortRequest,
     AddRequest,
     EngineFailed,
     EngineReady,
+    GetDashboard,
     GetStats,
     RequestDelta,
     RequestRejected,
@@ -36,20 +39,24 @@ from pagoda.server.messages import (
 )
 from pagoda.structured.deferred_processor import bind_deferred_processors
 
+if TYPE_CHECKING:
+    from pagoda.engine.llm_engine import LLMEngine
+
 logger = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 1.0  # how often an idle engine checks that its parent still lives
 
 
-def make_llm_engine(engine_args: EngineArgs) -> Any:
-    from pagoda.engine.llm_engine import LLMEngine
+def make_llm_engine(engine_args: EngineArgs) -> LLMEngine:
+    from pagoda.engine.engine_factory import build_engine
 
-    return LLMEngine.from_engine_args(engine_args)
+    return build_engine(engine_args)
 
 
 def run_engine_process(engine_args: EngineArgs, in_q: Any, out_q: Any,
-                       make_engine: Callable[[EngineArgs], Any] = make_llm_engine) -> None:
-    """Entry point of the spawned process: build the engine, announce it, serve until Shutdown."""
+                       make_engine: Callable[[EngineArgs], LLMEngine] = make_llm_engine) -> None:
+    """Entry point of the spawned process: build the engine, announce it, serve until Shutdown,
+    then shut the engine down (its worker ranks, when parallel)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     try:
         engine = make_engine(engine_args)
@@ -59,16 +66,20 @@ def run_engine_process(engine_args: EngineArgs, in_q: Any, out_q: Any,
     out_q.put(EngineReady(model_name=engine.model_name, max_model_len=engine.model_config.max_model_len,
                           vocab_size=engine.model_config.vocab_size, pid=os.getpid(),
                           tokenizer=engine.tokenizer))
-    EngineLoop(engine, in_q, out_q).run()
+    try:
+        EngineLoop(engine, in_q, out_q).run()
+    finally:
+        engine.shutdown()
 
 
 class EngineLoop:
-    def __init__(self, engine: Any, in_q: Any, out_q: Any) -> None:
+    def __init__(self, engine: LLMEngine, in_q: Any, out_q: Any) -> None:
         self.engine = engine
         self.in_q = in_q
         self.out_q = out_q
         self.tracker = DeltaTracker()
         self.in_flight: set[str] = set()
+        self.dashboard = DashboardFeed(engine)
 
     def run(self) -> None:
         try:
@@ -132,10 +143,14 @@ class EngineLoop:
                     logger.exception("abort_request %s failed", msg.request_id)
         elif isinstance(msg, GetStats):
             result.stats_token = msg.token
+        elif isinstance(msg, GetDashboard):
+            result.dashboard = self.dashboard.snapshot(msg.since_step, msg.since_time)
+            result.dashboard_token = msg.token
         else:
             logger.error("unknown message %r", msg)
 
     def _step(self, result: StepResult) -> None:
+        start = time.monotonic()
         try:
             outputs = self.engine.step()
         except Exception as e:  # noqa: BLE001
@@ -153,6 +168,7 @@ class EngineLoop:
                     samples=[SampleDelta(index=0, text="", token_ids=[], finish_reason="error")]))
             self.in_flight.clear()
             return
+        self.dashboard.on_step(start, outputs)
         for out in outputs:
             if out.request_id not in self.in_flight:
                 continue  # aborted while the step ran

@@ -7,6 +7,7 @@ parse, and no input reaches an unhandled exception.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,7 +60,7 @@ class APIError(Exception):
     @classmethod
     def from_validation(cls, e: ValidationError | RequestValidationError) -> APIError:
         errors = e.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         if first.get("type") == "json_invalid":
             return cls(400, f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "),

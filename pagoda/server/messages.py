@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pagoda.engine.stats import EngineStats
 from pagoda.outputs import PositionLogprobs, RequestMetrics
 from pagoda.sampling_params import SamplingParams
+from pagoda.server.dashboard_snapshot import DashboardSnapshot
 
 if TYPE_CHECKING:
     from pagoda.tokenizer import Tokenizer
@@ -41,6 +42,16 @@ class GetStats:
     """Asks for a StepResult carrying fresh stats; answered after every message sent before it."""
 
     token: int
+
+
+@dataclass(frozen=True)
+class GetDashboard:
+    """Asks for a DashboardSnapshot: steps recorded after ``since_step``, latency samples taken after
+    ``since_time``; answered like GetStats. The engine keeps its dashboard feed on while these arrive."""
+
+    token: int
+    since_step: int = -1
+    since_time: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ class RequestDelta:
     metrics: RequestMetrics | None = None  # sent with the last delta
     num_cached_tokens: int = 0
     error: str | None = None  # set when the engine failed this request (finish_reason 'error')
+    embedding: list[float] | None = None  # a pooling request's result, with its last delta
 
 
 @dataclass(frozen=True)
@@ -107,3 +119,5 @@ class StepResult:
     rejected: list[RequestRejected] = field(default_factory=list)
     stats: EngineStats | None = None  # taken after this iteration
     stats_token: int | None = None  # echoes GetStats.token when this result answers one
+    dashboard: DashboardSnapshot | None = None
+    dashboard_token: int | None = None  # echoes GetDashboard.token

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -31,6 +31,7 @@ from pagoda.server.metrics import ServerMetrics
 from pagoda.server.protocol import ErrorInfo, ErrorResponse, UsageInfo
 from pagoda.server.sse_response import SSEResponse
 from pagoda.structured.openai_fields import guided_processors_for_request
+from pagoda.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,6 @@ T = TypeVar("T", bound=BaseModel)
 
 _MAX_N = 128  # OpenAI's limit on samples per request
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # torch generators take 64-bit seeds
-
-
-class TokenizerLike(Protocol):
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            tokenize: bool = False) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -129,7 +123,7 @@ def sse_error(e: BaseException) -> str:
 
 
 class OpenAIServing:
-    def __init__(self, client: EngineClient, tokenizer: TokenizerLike, model: ModelInfo,
+    def __init__(self, client: EngineClient, tokenizer: Tokenizer, model: ModelInfo,
                  config: ServerConfig, metrics: ServerMetrics) -> None:
         self.client = client
         self.tokenizer = tokenizer
@@ -173,8 +167,9 @@ class OpenAIServing:
                            param="max_tokens", code="context_length_exceeded")
 
     def token_text(self, token_id: int, lp: PositionLogprobs | None = None) -> str:
-        if lp is not None and token_id in lp and lp[token_id].decoded_token is not None:
-            return lp[token_id].decoded_token
+        decoded = lp[token_id].decoded_token if lp is not None and token_id in lp else None
+        if decoded is not None:
+            return decoded
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     # --- sampling ---
@@ -187,15 +182,14 @@ class OpenAIServing:
             raise InvalidRequestError(f"n must be in [1, {_MAX_N}], got {req.n}", "n")
         if req.seed is not None and not _INT64_MIN <= req.seed <= _INT64_MAX - req.n:
             raise InvalidRequestError("seed must be a 64-bit signed integer", "seed")
+        bias: dict[int, float] | None = None
         if req.logit_bias is not None:
-            bias: dict[int, float] | None = {}
+            bias = {}
             for k, v in req.logit_bias.items():
                 try:
                     bias[int(k)] = v
                 except ValueError:
                     raise InvalidRequestError(f"logit_bias key {k!r} is not a token id", "logit_bias") from None
-        else:
-            bias = None
         return SamplingParams(
             n=req.n,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -222,7 +216,7 @@ class OpenAIServing:
     # --- running engine requests ---
 
     async def run(self, base_id: str, prompts: list[list[int]], params: SamplingParams, priority: int = 0,
-                  cache_salt: str | None = None) -> AsyncIterator[tuple[int, RequestDelta]]:
+                  cache_salt: str | None = None) -> AsyncGenerator[tuple[int, RequestDelta], None]:
         """Runs one engine request per prompt and yields ``(prompt index, delta)`` as they come.
 
         Leaving the iterator early cancels every request that has not finished (the engine
@@ -263,7 +257,7 @@ class OpenAIServing:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, request_id: str, ids: list[int], params: SamplingParams, priority: int,
-                   cache_salt: str | None, arrival: float) -> AsyncIterator[RequestDelta]:
+                   cache_salt: str | None, arrival: float) -> AsyncGenerator[RequestDelta, None]:
         timer = self.metrics.track(arrival)
         try:
             async with aclosing(self.client.generate(request_id, ids, params, priority=priority,

@@ -73,10 +73,25 @@ class TextContentPart(_Request):
     text: str
 
 
+class FunctionCall(_Request):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCall(_Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant
+    tool_call_id: str | None = None  # tool
+    reasoning_content: str | None = None  # assistant, from a reasoning model (either name)
+    reasoning: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -92,6 +107,13 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    # accepted, with no effect on the answer
+    store: bool | None = None  # stored completions do not exist here: true is a 400
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
     add_generation_prompt: bool = True  # extension
 
 
@@ -166,9 +188,24 @@ class ChatChoiceLogprobs(BaseModel):
     content: list[ChatTokenLogprob] | None = None
 
 
+class ResponseFunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ResponseFunctionCall
+
+
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    # both names carry the same text: clients read one or the other
+    reasoning_content: str | None = Field(default=None, exclude_if=_omit_none)
+    reasoning: str | None = Field(default=None, exclude_if=_omit_none)
+    tool_calls: list[ResponseToolCall] | None = Field(default=None, exclude_if=_omit_none)
 
 
 class ChatCompletionChoice(BaseModel):
@@ -188,9 +225,26 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = Field(default=None, exclude_if=_omit_none)
+    arguments: str | None = Field(default=None, exclude_if=_omit_none)
+
+
+class DeltaToolCall(BaseModel):
+    """The first delta of a call has its id, type and name; the next ones argument fragments."""
+
+    index: int
+    id: str | None = Field(default=None, exclude_if=_omit_none)
+    type: Literal["function"] | None = Field(default=None, exclude_if=_omit_none)
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=_omit_none)
     content: str | None = Field(default=None, exclude_if=_omit_none)
+    reasoning_content: str | None = Field(default=None, exclude_if=_omit_none)
+    reasoning: str | None = Field(default=None, exclude_if=_omit_none)
+    tool_calls: list[DeltaToolCall] | None = Field(default=None, exclude_if=_omit_none)
 
 
 class ChatCompletionStreamChoice(BaseModel):

@@ -72,10 +72,10 @@ class CompletionServing(OpenAIServing):
         if not p:
             raise APIError(400, "the prompt is empty", param="prompt")
         if isinstance(p[0], int):
-            return [list(p)]  # type: ignore[arg-type]
+            return [list(p)]
         if isinstance(p[0], str):
-            return [self.tokenizer.encode(s, add_special_tokens=req.add_special_tokens) for s in p]  # type: ignore[arg-type]
-        return [list(ids) for ids in p]  # type: ignore[arg-type]
+            return [self.tokenizer.encode(s, add_special_tokens=req.add_special_tokens) for s in p]
+        return [list(ids) for ids in p]
 
     def _logprobs(self, token_ids: list[int], lps: list[PositionLogprobs | None], top_n: int,
                   offset: int) -> CompletionLogProbs:
@@ -112,7 +112,8 @@ class CompletionServing(OpenAIServing):
                 c = choices.get((i, j), _Choice())
                 logprobs = None
                 if req.logprobs is not None:
-                    tokens, lps = list(c.token_ids), list(c.logprobs)
+                    tokens = list(c.token_ids)
+                    lps: list[PositionLogprobs | None] = list(c.logprobs)
                     if req.echo:
                         tokens = ids + tokens
                         lps = list(prompt_lps.get(i) or [None] * len(ids)) + lps
@@ -155,8 +156,9 @@ class CompletionServing(OpenAIServing):
                         index = i * req.n + s.index
                         lps = None
                         if req.logprobs is not None:
-                            lps = self._logprobs(s.token_ids, list(s.logprobs or [None] * len(s.token_ids)),
-                                                 req.logprobs, offsets.get(index, 0))
+                            sample_lps: list[PositionLogprobs | None] = (
+                                list(s.logprobs) if s.logprobs else [None] * len(s.token_ids))
+                            lps = self._logprobs(s.token_ids, sample_lps, req.logprobs, offsets.get(index, 0))
                         if not s.text and s.finish_reason is None and not (lps and lps.tokens):
                             continue  # the engine holds back an unresolved tail: nothing to show yet
                         yield chunk(index, s.text, lps, s.finish_reason, s.stop_reason)

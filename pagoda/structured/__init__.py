@@ -1,7 +1,7 @@
 """Structured outputs: JSON schema, any JSON object, regex, choice and Lark/GBNF grammars.
 
 A spec (``GuidedDecodingParams``) is compiled by a ``GrammarBackend`` (llguidance by default,
-others through ``register_backend``) into a grammar shared by all requests with that spec; each
+others through ``GRAMMAR_BACKENDS.register``) into a grammar shared by all requests with that spec; each
 request's ``GuidedLogitsProcessor`` masks the logits through the engine's logits-processor hook and
 hands grammar-forced tokens to the engine's jump-forward.
 
@@ -12,7 +12,7 @@ hands grammar-forced tokens to the engine's jump-forward.
     llm.generate(prompt, params)
 """
 
-from pagoda.structured.backend_registry import register_backend
+from pagoda.structured.backend_registry import GRAMMAR_BACKENDS
 from pagoda.structured.grammar_backend import CompiledGrammar, GrammarBackend, GrammarMatcher
 from pagoda.structured.grammar_compiler import GrammarCompiler, compiler_for
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
@@ -24,6 +24,7 @@ from pagoda.structured.guided_logits_processor import (
 from pagoda.structured.guided_sampling_params import guided_sampling_params, tokenizer_of
 
 __all__ = [
+    "GRAMMAR_BACKENDS",
     "CompiledGrammar",
     "GrammarBackend",
     "GrammarCompiler",
@@ -34,6 +35,5 @@ __all__ = [
     "compiler_for",
     "guided_logits_processor",
     "guided_sampling_params",
-    "register_backend",
     "tokenizer_of",
 ]

@@ -1,33 +1,19 @@
-"""Grammar backends by name (llguidance built in; xgrammar or others may register themselves)."""
+"""Grammar backends by name (llguidance built in; xgrammar or others may register themselves).
+
+A creator is called once per tokenizer: ``GRAMMAR_BACKENDS.create(name, tokenizer) -> GrammarBackend``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from pagoda.errors import InvalidRequestError
+from pagoda.registry import Registry
 from pagoda.structured.grammar_backend import GrammarBackend
 from pagoda.tokenizer import Tokenizer
 
-BackendFactory = Callable[[Tokenizer], GrammarBackend]
+GRAMMAR_BACKENDS: Registry[GrammarBackend] = Registry("grammar backend")
 
 
+@GRAMMAR_BACKENDS.register("llguidance")
 def _llguidance(tokenizer: Tokenizer) -> GrammarBackend:
     from pagoda.structured.llguidance_backend import LLGuidanceBackend
 
     return LLGuidanceBackend(tokenizer)
-
-
-_BACKENDS: dict[str, BackendFactory] = {"llguidance": _llguidance}
-
-
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """Registers a backend factory (called once per tokenizer) under ``name``."""
-    _BACKENDS[name] = factory
-
-
-def backend_factory(name: str) -> BackendFactory:
-    try:
-        return _BACKENDS[name]
-    except KeyError:
-        raise InvalidRequestError(f"unknown grammar backend {name!r}; available: {sorted(_BACKENDS)}",
-                                  "guided_decoding_backend") from None

@@ -28,6 +28,7 @@ class DeferredGuidedProcessor:
 
     spec: GuidedDecodingParams
     jump_forward: bool = True
+    budget_steering: bool = True  # close the grammar before max_tokens runs out
 
     def __call__(self, output_token_ids: Sequence[int], logits: Any) -> Any:
         raise RuntimeError("a deferred guided-decoding processor was not bound to a tokenizer "
@@ -43,7 +44,10 @@ def bind_deferred_processors(params: SamplingParams, tokenizer: Tokenizer) -> Sa
         if isinstance(p, DeferredGuidedProcessor):
             compiler = compiler_for(tokenizer)
             compiled: Future = _compile_pool.submit(compiler.compile, p.spec)
-            p = GuidedLogitsProcessor(compiled, _eos(tokenizer), jump_forward=p.jump_forward)
+            steer = p.budget_steering and params.max_tokens is not None
+            p = GuidedLogitsProcessor(compiled, _eos(tokenizer), jump_forward=p.jump_forward,
+                                      max_tokens=params.max_tokens if steer else None,
+                                      closing_tokens=compiler.closing_tokens() if steer else ())
         bound.append(p)
     return replace(params, logits_processors=bound)
 

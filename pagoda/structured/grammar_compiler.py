@@ -6,10 +6,15 @@ import threading
 import weakref
 from collections import OrderedDict
 
-from pagoda.structured.backend_registry import backend_factory
+from pagoda.errors import InvalidRequestError
+from pagoda.structured.backend_registry import GRAMMAR_BACKENDS
 from pagoda.structured.grammar_backend import CompiledGrammar, GrammarBackend
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 from pagoda.tokenizer import Tokenizer
+
+# single characters budget steering tries, in this order, to close a grammar quickly: closers first,
+# then separators, then short values (the grammar's forced text is always taken first)
+CLOSING_CHARACTERS = '"}])' + " ,:0.1aAeE-_/\n" + "".join(chr(c) for c in range(33, 127))
 
 _CACHE_SIZE = 256
 
@@ -25,11 +30,26 @@ class GrammarCompiler:
         self._cache: OrderedDict[GuidedDecodingParams, CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
         self.num_compiled = 0  # cache misses that compiled (hits are free)
+        self._closing: tuple[int, ...] | None = None
+
+    def closing_tokens(self) -> tuple[int, ...]:
+        """Single-character tokens in budget steering's order of preference (see GuidedLogitsProcessor)."""
+        if self._closing is None:
+            ids = []
+            for ch in CLOSING_CHARACTERS:
+                encoded = self.tokenizer.encode(ch, add_special_tokens=False)
+                if len(encoded) == 1 and encoded[0] not in ids:
+                    ids.append(encoded[0])
+            self._closing = tuple(ids)
+        return self._closing
 
     def backend(self, name: str) -> GrammarBackend:
         with self._lock:
             if name not in self._backends:
-                self._backends[name] = backend_factory(name)(self.tokenizer)
+                if name not in GRAMMAR_BACKENDS:
+                    raise InvalidRequestError(f"unknown grammar backend {name!r}; choose from "
+                                              f"{GRAMMAR_BACKENDS.names()}", "guided_decoding_backend")
+                self._backends[name] = GRAMMAR_BACKENDS.create(name, self.tokenizer)
             return self._backends[name]
 
     def compile(self, spec: GuidedDecodingParams) -> CompiledGrammar:

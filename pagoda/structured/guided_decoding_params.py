@@ -29,6 +29,9 @@ class GuidedDecodingParams:
     grammar: str | None = None
     whitespace: Whitespace = "compact"
     backend: str = "llguidance"
+    # (start tag, end tag, output starts inside): the constraint applies after a reasoning block
+    # ``<start>...<end>`` that the output may open (or, when it starts inside, must close) first
+    reasoning: tuple[str, str, bool] | None = None
 
     def __post_init__(self) -> None:
         if self.json is not None and not isinstance(self.json, str):

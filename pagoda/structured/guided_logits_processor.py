@@ -13,10 +13,19 @@ import torch
 from pagoda.structured.grammar_backend import CompiledGrammar, GrammarMatcher
 from pagoda.structured.grammar_compiler import compiler_for
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
-from pagoda.structured.token_bitmask import allow_only_, apply_token_bitmask_, bitmask_words
+from pagoda.structured.token_bitmask import (
+    allow_only_,
+    allowed_token_ids,
+    apply_token_bitmask_,
+    bitmask_words,
+)
 from pagoda.tokenizer import Tokenizer
 
 _MAX_FORCED_PER_CALL = 256  # bounds one jump; the rest follows after the next step
+_STEER_HORIZON = 64  # budget steering looks for a way to close the grammar once this few tokens are left
+# steering starts while the closing path plus eos plus this many tokens still fit: one free token can
+# lengthen the path by several (the first byte of a 4-byte character needs 3 more before a quote)
+_STEER_MARGIN = 4
 
 
 @dataclass
@@ -34,10 +43,6 @@ class MaskStats:
         """Tokens sampled under the constraint: each is either checked and kept, or masked."""
         return self.num_checks - self.num_rejected + self.num_masks
 
-    @property
-    def mean_seconds_per_token(self) -> float:
-        return self.seconds / self.num_tokens if self.num_tokens else 0.0
-
 
 @dataclass(eq=False)
 class _Sequence:
@@ -47,6 +52,7 @@ class _Sequence:
     num_accepted: int = 0
     forced_at: int = -1  # num_accepted when `forced` was computed
     forced: list[int] = field(default_factory=list)
+    steering: bool = False  # closing the grammar to fit the token budget (never switched off)
 
 
 class GuidedLogitsProcessor:
@@ -65,14 +71,24 @@ class GuidedLogitsProcessor:
     ``verify_draw`` applies the same policy to one drawn token, so a sampler may draw first and
     mask only when the draw is refused (a few us, where a bitmask costs ~15 us and masking ~5 us
     more).
+
+    Budget steering (with ``max_tokens`` and ``closing_tokens``): once at most ``_STEER_HORIZON``
+    tokens are left, each step simulates a greedy closing path (the grammar's forced tokens, else
+    the first allowed of ``closing_tokens``, until the text is a complete match). When that path
+    plus eos plus ``_STEER_MARGIN`` no longer fits in what is left, the sequence follows it (then
+    eos), so an output that would have been cut off ends as a valid match. Before that point nothing changes: an output
+    that ends earlier is token for token the unsteered one.
     """
 
     def __init__(self, compiled: CompiledGrammar | Future[CompiledGrammar], eos_token_id: int, *,
-                 jump_forward: bool = True, stats: MaskStats | None = None) -> None:
+                 jump_forward: bool = True, stats: MaskStats | None = None, max_tokens: int | None = None,
+                 closing_tokens: Sequence[int] = ()) -> None:
         self._compiled = compiled  # a Future while it compiles in the background (first use waits)
         self.eos_token_id = eos_token_id
         self.jump_forward = jump_forward
         self.stats = stats or MaskStats()
+        self.max_tokens = max_tokens
+        self.closing_tokens = tuple(closing_tokens)
         self._sequences: dict[int, _Sequence] = {}
 
     @property
@@ -87,7 +103,7 @@ class GuidedLogitsProcessor:
 
     def clone(self) -> GuidedLogitsProcessor:
         return GuidedLogitsProcessor(self._compiled, self.eos_token_id, jump_forward=self.jump_forward,
-                                     stats=self.stats)
+                                     stats=self.stats, max_tokens=self.max_tokens, closing_tokens=self.closing_tokens)
 
     # -- the engine's hooks -------------------------------------------------------------
     def __call__(self, output_token_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
@@ -110,12 +126,13 @@ class GuidedLogitsProcessor:
         start = time.perf_counter()
         seq = self._sync(output_token_ids)
         only = self._only_choice(seq)
+        verified: int | None = token_id
         if only is None and not seq.matcher.allows(token_id):
             self.stats.num_rejected += 1
-            token_id = None
+            verified = None
         self.stats.seconds += time.perf_counter() - start
         self.stats.num_checks += 1
-        return token_id if only is None else only
+        return verified if only is None else only
 
     def forced_tokens(self, output_token_ids: Sequence[int]) -> list[int]:
         """The tokens stepwise decoding would have no choice about, accepted into the matcher (rolled
@@ -168,14 +185,89 @@ class GuidedLogitsProcessor:
         if seq.forced_at != seq.num_accepted:
             seq.forced = seq.matcher.forced_tokens()
             seq.forced_at = seq.num_accepted
-        return seq.forced[0] if seq.forced else None
+        if seq.forced:
+            return seq.forced[0]
+        return self._steer(seq)
+
+    def _steer(self, seq: _Sequence) -> int | None:
+        """The next token of the closing path once the budget requires it, else None."""
+        if self.max_tokens is None or not self.closing_tokens:
+            return None
+        left = self.max_tokens - seq.num_accepted
+        if left > _STEER_HORIZON or left <= 0:
+            return None
+        if seq.matcher.is_accepting():
+            # steering ends with eos; before it starts, a text that is already a complete match stays
+            # valid wherever max_tokens cuts it (prose under a tool "auto" grammar, a regex's repetition)
+            return self.eos_token_id if seq.steering else None
+        path = self._closing_path(seq.matcher, left)
+        if path is None:
+            return None
+        if not seq.steering and len(path) + 1 + _STEER_MARGIN < left:
+            return None  # it still fits with room to spare: leave the model free
+        seq.steering = True
+        return path[0] if path else self.eos_token_id
+
+    def _closing_choice(self, matcher: GrammarMatcher) -> int | None:
+        """The first allowed closing token that completes the match, else the first allowed one (so a
+        separator that only starts another repetition is not taken when a terminator is allowed)."""
+        first, checked = None, 0
+        for t in self.closing_tokens:
+            if not matcher.allows(t):
+                continue
+            first = t if first is None else first
+            matcher.accept_tokens([t])
+            done = matcher.is_accepting()
+            matcher.rollback(1)
+            if done:
+                return t
+            checked += 1
+            if checked >= _LOOKAHEAD:
+                break
+        return first
+
+    def _closing_path(self, matcher: GrammarMatcher, limit: int) -> list[int] | None:
+        """A short token path from the matcher's state to a complete match (within ``limit`` tokens),
+        found greedily; the matcher is left where it was."""
+        path: list[int] = []
+        found = False
+        try:
+            while True:
+                if matcher.is_accepting():
+                    found = True
+                    break
+                if len(path) >= limit or matcher.is_terminated():
+                    break
+                forced = matcher.forced_tokens()
+                token = forced[0] if forced else self._closing_choice(matcher)
+                if token is None:  # e.g. inside a multi-byte character: any allowed token goes on
+                    token = _first_allowed(matcher)
+                if token is None or not matcher.accept_tokens([token]):
+                    break
+                path.append(token)
+        finally:
+            matcher.rollback(len(path))
+        return path if found else None
+
+
+_LOOKAHEAD = 12  # allowed closing tokens checked for one that completes the match at once
+
+
+def _first_allowed(matcher: GrammarMatcher) -> int | None:
+    mask = np.zeros(bitmask_words(matcher.vocab_size), dtype=np.int32)
+    matcher.fill_bitmask(mask)
+    allowed = allowed_token_ids(mask, matcher.vocab_size)
+    return int(allowed[0]) if allowed.size else None
 
 
 def guided_logits_processor(spec: GuidedDecodingParams, tokenizer: Tokenizer, *,
-                            jump_forward: bool = True) -> GuidedLogitsProcessor:
+                            jump_forward: bool = True, max_tokens: int | None = None) -> GuidedLogitsProcessor:
     """Compiles ``spec`` for ``tokenizer`` (cached by spec; raises InvalidRequestError naming the
-    problem) and returns a fresh processor. Call it where the request is built, not in the engine loop."""
+    problem) and returns a fresh processor. Call it where the request is built, not in the engine loop.
+    With ``max_tokens`` (the request's) the output is steered to a complete match before the budget ends."""
     if tokenizer.eos_token_id is None:
         raise ValueError("constrained decoding needs a tokenizer with an eos token")
-    compiled = compiler_for(tokenizer).compile(spec)
-    return GuidedLogitsProcessor(compiled, tokenizer.eos_token_id, jump_forward=jump_forward)
+    compiler = compiler_for(tokenizer)
+    compiled = compiler.compile(spec)
+    return GuidedLogitsProcessor(compiled, tokenizer.eos_token_id, jump_forward=jump_forward, max_tokens=max_tokens,
+                                 closing_tokens=compiler.closing_tokens() if max_tokens is not None else ())

@@ -24,7 +24,7 @@ def tokenizer_of(source: Any) -> Tokenizer:
 def guided_sampling_params(source: Any, guided: GuidedDecodingParams | None = None, *,
                            json: Any = None, json_object: bool = False, regex: str | None = None,
                            choice: list[str] | None = None, grammar: str | None = None,
-                           whitespace: str = "compact", jump_forward: bool = True,
+                           whitespace: str = "compact", jump_forward: bool = True, budget_steering: bool = True,
                            **sampling: Any) -> SamplingParams:
     """``SamplingParams(**sampling)`` constrained by ``guided`` (or the spec given by keyword), e.g.
     ``guided_sampling_params(llm, json=schema, max_tokens=200, temperature=0)``.
@@ -36,6 +36,7 @@ def guided_sampling_params(source: Any, guided: GuidedDecodingParams | None = No
         guided = GuidedDecodingParams(json=json, json_object=json_object, regex=regex,
                                       choice=tuple(choice) if choice is not None else None,
                                       grammar=grammar, whitespace=whitespace)  # type: ignore[arg-type]
-    processor = guided_logits_processor(guided, tokenizer_of(source), jump_forward=jump_forward)
+    max_tokens = sampling.get("max_tokens", SamplingParams.max_tokens) if budget_steering else None
+    processor = guided_logits_processor(guided, tokenizer_of(source), jump_forward=jump_forward, max_tokens=max_tokens)
     processors = list(sampling.pop("logits_processors", None) or [])
     return SamplingParams(logits_processors=[*processors, processor], **sampling)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import llguidance
 import numpy as np
@@ -94,6 +95,11 @@ class LLGuidanceBackend(GrammarBackend):
 
     @staticmethod
     def _grammar(spec: GuidedDecodingParams) -> str:
+        inner = LLGuidanceBackend._answer_grammar(spec)
+        return inner if spec.reasoning is None else _after_reasoning(inner, *spec.reasoning)
+
+    @staticmethod
+    def _answer_grammar(spec: GuidedDecodingParams) -> str:
         try:
             if spec.kind in ("json", "json_object"):
                 options = {"whitespace_flexible": spec.whitespace == "flexible"}
@@ -109,6 +115,26 @@ class LLGuidanceBackend(GrammarBackend):
             return llguidance.grammar_from("grammar", spec.grammar or "")
         except ValueError as exc:
             raise InvalidRequestError(_message(spec, str(exc)), spec.param) from None
+
+
+def _after_reasoning(inner: str, start_tag: str, end_tag: str, starts_inside: bool) -> str:
+    """``inner`` placed after a reasoning block: free text up to ``end_tag``, then whitespace; the block
+    is optional unless the output starts inside it (the prompt opened it)."""
+    try:
+        top = json.loads(inner)
+        grammars = list(top["grammars"])
+    except (ValueError, TypeError, KeyError):
+        grammars = [{"lark_grammar": inner}]  # llguidance's Lark front ends return the Lark text itself
+    lead = f"lead[lazy]: /(?s:.*){_regex_escape(end_tag)}/"
+    if starts_inside:
+        wrapper = f"start: lead /[ \\t\\r\\n]*/ @answer\n{lead}"
+    else:
+        wrapper = (f"start: think? @answer\nthink: {json.dumps(start_tag)} lead /[ \\t\\r\\n]*/\n{lead}")
+    return json.dumps({"grammars": [{"lark_grammar": wrapper}, {**grammars[0], "name": "answer"}, *grammars[1:]]})
+
+
+def _regex_escape(text: str) -> str:
+    return re.escape(text).replace("/", "\\/")
 
 
 def _message(spec: GuidedDecodingParams, detail: str) -> str:

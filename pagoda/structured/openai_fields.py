@@ -8,12 +8,15 @@ or not: we can, so we do). Pagoda's (vLLM's) extensions: ``guided_json``, ``guid
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+
+from pydantic import BaseModel
 
 from pagoda.errors import InvalidRequestError
+from pagoda.sampling_params import LogitsProcessor
 from pagoda.structured.deferred_processor import DeferredGuidedProcessor
 from pagoda.structured.grammar_compiler import compiler_for
-from pagoda.structured.guided_decoding_params import GuidedDecodingParams
+from pagoda.structured.guided_decoding_params import GuidedDecodingParams, Whitespace
 from pagoda.tokenizer import Tokenizer
 
 _EXTENSIONS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
@@ -23,7 +26,7 @@ def _field(req: Any, name: str) -> Any:
     value = req.get(name) if isinstance(req, dict) else getattr(req, name, None)
     if value is None and not isinstance(req, dict):
         value = (getattr(req, "model_extra", None) or {}).get(name)  # pydantic extra="allow" fields
-    if hasattr(value, "model_dump"):
+    if isinstance(value, BaseModel):
         value = value.model_dump(by_alias=True, exclude_none=True)
     return value
 
@@ -55,7 +58,8 @@ def guided_spec_from_request(req: Any) -> GuidedDecodingParams | None:
         names = ", ".join(name for name, _ in given)
         raise InvalidRequestError(f"give at most one structured-output constraint, got {names}", given[1][0])
     param, kwargs = given[0]
-    whitespace = _field(req, "guided_whitespace") or "compact"
+    # any string here: GuidedDecodingParams refuses what is not a Whitespace
+    whitespace = cast(Whitespace, _field(req, "guided_whitespace") or "compact")
     try:
         return GuidedDecodingParams(**kwargs, whitespace=whitespace)
     except InvalidRequestError as exc:
@@ -83,7 +87,7 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
                               "response_format")
 
 
-def guided_processors_for_request(req: Any, tokenizer: Tokenizer) -> list[DeferredGuidedProcessor]:
+def guided_processors_for_request(req: Any, tokenizer: Tokenizer) -> list[LogitsProcessor]:
     """For a server endpoint: validates (compiles, cached) what ``req`` asks for against the served
     tokenizer, so a bad spec is a 400 before anything reaches the engine, and returns the picklable
     stand-in the engine process binds (``bind_deferred_processors``). Empty when nothing is asked."""

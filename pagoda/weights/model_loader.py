@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
+from pagoda.attention.registry import resolve_backend
 from pagoda.config import ModelConfig
-from pagoda.models.registry import get_model_class
+from pagoda.models.registry import MODELS
 from pagoda.parallel import SINGLE, TensorParallel
+from pagoda.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from pagoda.models.llama import LlamaForCausalLM
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -86,13 +90,13 @@ class ModelFiles:
         return {hf_tensor_name(t.name): t.tensor_type for t in self.gguf.reader.tensors
                 if t.name != "rope_freqs.weight"}
 
-    def tokenizer(self, tokenizer_path: str | None = None):
-        from pagoda.tokenizer import Tokenizer
-
+    def tokenizer(self, tokenizer_path: str | None = None) -> Tokenizer:
         if tokenizer_path is not None:
             return Tokenizer.from_pretrained(tokenizer_path)
         if self.gguf is not None:
-            return Tokenizer.from_gguf(self.gguf)
+            from pagoda.weights.gguf_tokenizer import tokenizer_from_gguf
+
+            return tokenizer_from_gguf(self.gguf)
         return Tokenizer.from_pretrained(self.path)
 
 
@@ -117,18 +121,20 @@ def resolve_quantization(quantization: str | None, files: ModelFiles, device: to
     return quantization
 
 
-def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, attention_backend: str = "auto",
-               quantization: str | None = None, show_progress: bool = True, tp: TensorParallel = SINGLE,
-               prune: Callable[[nn.Module], None] | None = None) -> nn.Module:
+def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, quantization: str | None = None,
+               show_progress: bool = True, tp: TensorParallel = SINGLE,
+               prune: Callable[[LlamaForCausalLM], None] | None = None) -> LlamaForCausalLM:
     """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint.
 
     ``quantization="gguf"`` keeps Q4_0 / Q4_1 matrices packed (see ``pagoda.quantization``).
     With ``tp`` the module holds only this rank's shard (each parameter's weight_loader slices);
     ``prune`` drops modules before loading (a pipeline stage's other layers; ``files`` must skip them).
+    The attention backend named by ``config.attention_backend`` is resolved here, once; the model
+    keeps it as ``model.attention_backend`` for the runner.
     """
-    cls = get_model_class(config.architecture)
+    cls = MODELS.create(config.architecture)
     with _default_dtype(config.dtype), torch.device(device):
-        model = cls(config, attention_backend=attention_backend, tp=tp)
+        model = cls(config, attention_backend=resolve_backend(config.attention_backend, torch.device(device)), tp=tp)
     if prune is not None:
         prune(model)
     keep = quantization == "gguf"
@@ -148,8 +154,9 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, att
 
         finalize_int4_linears(model)
     for module in model.modules():
-        if hasattr(module, "prepack"):
-            module.prepack()
+        prepack = getattr(module, "prepack", None)
+        if prepack is not None:
+            prepack()
     expected = {n for n, _ in model.named_parameters()}  # packed layers have none left
     missing = expected - loaded
     if missing:

@@ -20,6 +20,4 @@ def make_llm():
 
     yield make
     for llm in made:
-        close = getattr(llm.engine.runner, "close", None)
-        if close is not None:
-            close()
+        llm.shutdown()

@@ -38,7 +38,7 @@ def test_pp2_across_two_launches(tiny_llama_dir, make_llm, tp):
         assert_same(reference, llm.generate(PROMPTS, GREEDY, use_tqdm=False))
         stats = llm.engine.runner.stats()
         assert len(stats.busy_s) == 2 * tp
-        llm.engine.runner.close()
+        llm.shutdown()
         assert node1.wait(timeout=30) == 0  # the engine's shutdown ends the other host's ranks
     finally:
         if node1.poll() is None:

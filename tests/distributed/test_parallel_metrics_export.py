@@ -22,7 +22,7 @@ from pagoda.server.metrics import ServerMetrics
 sys.path.insert(0, str(Path(__file__).parents[1] / "server"))  # the server tests' live server
 from live_server import API_KEY, MODEL, LiveServer, tiny_engine_args  # noqa: E402
 
-from pagoda.server.engine_client import EngineClient  # noqa: E402
+from pagoda.server.engine_process_client import EngineProcessClient  # noqa: E402
 
 FAMILIES = ("pagoda:parallel_rank_busy_seconds_total", "pagoda:parallel_rank_utilisation",
             "pagoda:parallel_utilisation_balance", "pagoda:parallel_comm_time_share",
@@ -43,7 +43,7 @@ def _busy_by_rank(metrics: dict[str, float]) -> dict[str, float]:
 @pytest.mark.parametrize("layout", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}],
                          ids=["tp2", "pp2"])
 def test_server_exports_parallel_metrics(tiny_llama_dir, layout):
-    client = EngineClient(tiny_engine_args(tiny_llama_dir, num_kv_blocks=64, **layout))
+    client = EngineProcessClient(tiny_engine_args(tiny_llama_dir, num_kv_blocks=64, **layout))
     client.start()
     server = LiveServer(client, {"main": ServerConfig(served_model_name=MODEL, api_key=API_KEY)})
     api = server.openai()
@@ -92,6 +92,9 @@ class _CountingRunner:
     def stats(self) -> ParallelStats:
         self.calls += 1
         return ParallelStats([float(self.calls)] * 2, [0.0, 0.0], [0.0, 0.0], 2.0 * self.calls)
+
+    def shutdown(self) -> None:
+        pass
 
 
 def test_get_stats_rate_limits_the_all_gather(tiny_llama_dir, make_llm, monkeypatch):

@@ -128,4 +128,4 @@ def test_explicit_stage_sizes_are_checked():
     config = ModelConfig("LlamaForCausalLM", 384, 64, 128, 2, 4, 2, 16, 1e-5, 1e4, None, 512, True, False,
                          None, 512)
     with pytest.raises(ValueError, match="stage sizes"):
-        ParallelConfig(1, 2, stage_layers=(2, 0)).validate(config)
+        ParallelConfig(1, 2, pipeline_stage_layers=(2, 0)).validate(config)

@@ -9,7 +9,8 @@ import time
 
 from pagoda import SamplingParams
 from pagoda.engine.args import EngineArgs
-from pagoda.server.engine_client import EngineClient, EngineDeadError
+from pagoda.server.engine_client import EngineDeadError
+from pagoda.server.engine_process_client import EngineProcessClient
 
 
 def _children(pid: int) -> list[int]:
@@ -28,7 +29,7 @@ def _children(pid: int) -> list[int]:
 def test_tp2_engine_process_and_dead_rank(tiny_llama_dir):
     args = EngineArgs(model=tiny_llama_dir, dtype="float32", num_kv_blocks=64, tensor_parallel_size=2,
                       show_progress=False)
-    client = EngineClient(args)
+    client = EngineProcessClient(args)
     client.start()
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
 

@@ -28,7 +28,8 @@ MODEL = "tiny"
 class LiveServer:
     """Several apps over one EngineClient, served by uvicorn on one event loop in a thread."""
 
-    def __init__(self, client: EngineClient, configs: dict[str, ServerConfig]) -> None:
+    def __init__(self, client: EngineClient, configs: dict[str, ServerConfig],
+                 tokenizers: dict[str, Any] | None = None) -> None:
         self.client = client
         self.configs = configs
         self.urls: dict[str, str] = {}
@@ -39,7 +40,7 @@ class LiveServer:
             sock.bind(("127.0.0.1", 0))
             sockets[name] = sock
             self.urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            app = build_app(client, config)
+            app = build_app(client, config, (tokenizers or {}).get(name))
             self._servers.append(uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")))
         self.loop = asyncio.new_event_loop()
 

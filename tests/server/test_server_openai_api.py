@@ -113,11 +113,11 @@ def test_batch_prompts_and_token_prompts(server):
 
 
 def test_matches_offline_engine(server, tiny_llama_dir):
-    from pagoda.engine.llm_engine import LLMEngine
+    from pagoda.engine.engine_factory import build_engine
     from pagoda.sampling_params import SamplingParams
 
     prompt = "A prompt no other test sends, so neither side has it in a prefix cache"
-    engine = LLMEngine.from_engine_args(tiny_engine_args(tiny_llama_dir, num_kv_blocks=16))
+    engine = build_engine(tiny_engine_args(tiny_llama_dir, num_kv_blocks=16))
     engine.add_request("x", prompt, SamplingParams(max_tokens=10, temperature=0))
     while engine.has_unfinished_requests():
         outs = engine.step()

@@ -18,7 +18,7 @@ from live_server import API_KEY, MODEL, LiveServer, tiny_engine_args  # noqa: E4
 from pagoda import lang  # noqa: E402
 from pagoda.lang.server_backend import ServerBackend  # noqa: E402
 from pagoda.server.config import ServerConfig  # noqa: E402
-from pagoda.server.engine_client import EngineClient  # noqa: E402
+from pagoda.server.engine_process_client import EngineProcessClient  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"colour": {"enum": ["red", "green"]},
                                            "n": {"type": "integer", "minimum": 0, "maximum": 9}},
@@ -27,7 +27,7 @@ SCHEMA = {"type": "object", "properties": {"colour": {"enum": ["red", "green"]},
 
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir):
-    client = EngineClient(tiny_engine_args(tiny_llama_dir))
+    client = EngineProcessClient(tiny_engine_args(tiny_llama_dir))
     client.start()
     s = LiveServer(client, {"main": ServerConfig(served_model_name=MODEL, api_key=API_KEY, max_waiting=1000)})
     yield s

@@ -9,8 +9,8 @@ from kernel_device import DEVICE, ON_GPU
 from paged_case import paged_case
 
 from pagoda import LLM, SamplingParams
-from pagoda.attention.backend import get_backend, resolve_backend_name
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.attention.registry import ATTENTION_BACKENDS, resolve_backend
 from pagoda.attention.triton_backend import TritonAttentionBackend
 
 PROMPTS = [
@@ -54,10 +54,11 @@ def test_tiny_llama_greedy_tokens_equal_cpu_backend(tiny_llama_dir):
 
 
 def test_backend_registry_and_auto_on_cuda():
-    assert get_backend("triton") is TritonAttentionBackend
-    assert resolve_backend_name("auto", torch.device("cuda")) == "triton"
-    assert resolve_backend_name("auto", torch.device("cpu")) == "auto"
-    assert resolve_backend_name("torch", torch.device("cuda")) == "torch"
+    assert "triton" in ATTENTION_BACKENDS
+    assert resolve_backend("triton") is TritonAttentionBackend
+    assert resolve_backend("auto", torch.device("cuda")) is TritonAttentionBackend
+    assert resolve_backend("auto", torch.device("cpu")) is resolve_backend("auto")
+    assert resolve_backend("torch", torch.device("cuda")).__name__ == "TorchAttentionBackend"
 
 
 def test_mixed_step_matches_torch_backend():
@@ -74,7 +75,7 @@ def test_mixed_step_matches_torch_backend():
         for p in range(n - qn, n):
             slots.append(int(case.block_tables[i, p // bs]) * bs + p % bs)
     outs, caches = [], []
-    for backend, device in ((get_backend("torch"), "cpu"), (TritonAttentionBackend, DEVICE)):
+    for backend, device in ((resolve_backend("torch"), "cpu"), (TritonAttentionBackend, DEVICE)):
         t = case.tensors(device)
         meta = AttentionMetadata(torch.tensor(slots, device=device), t["query_start_loc"], t["seq_lens"],
                                  t["block_tables"], num_decodes=2, max_seq_len=max(seq_lens),

@@ -79,7 +79,7 @@ def train(steps: int, minutes: float, batch_size: int, lr: float, seed: int, lab
 def save(unet, out_dir: str) -> None:
     from diffusers import DDIMScheduler, DDPMPipeline
 
-    DDPMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(SD_SCHEDULER)).save_pretrained(out_dir)
+    DDPMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(SD_SCHEDULER)).save_pretrained(out_dir)  # type: ignore[attr-defined]  # diffusers' lazy module hides it
 
 
 def main() -> None:

@@ -312,13 +312,17 @@ void decode_task_any(T* out, int64_t osh, const T* q, int64_t qsh, const T* kh, 
     for (int64_t i = 0; i < d; ++i) out[g * osh + i] = from_float<T>(acc[g * d + i]);
 }
 
-// One query token per sequence over its blocks, read in place (no gathered copy); one task per
-// (sequence, KV head).
+// One query token per row over its sequence's blocks, read in place (no gathered copy); one task
+// per (query, KV head). Row s reads block table table_of[s] (s itself when table_of is null) and
+// its first lens[s] tokens: a prefill chunk's queries are rows too, each over its causal prefix,
+// so every query is reduced by the same code in the same order, whatever the chunking.
 template <typename T>
 void decode_impl(T* out, const T* q, const T* kc, const T* vc, const int64_t* tables, const int64_t* lens,
-                 int64_t seqs, int64_t hq, int64_t hk, int64_t d, int64_t block_size, int64_t table_stride,
-                 int64_t head_stride, int64_t qst, int64_t qsh, int64_t ost, int64_t osh, float scale) {
+                 const int64_t* table_of, int64_t seqs, int64_t hq, int64_t hk, int64_t d, int64_t block_size,
+                 int64_t table_stride, int64_t head_stride, int64_t qst, int64_t qsh, int64_t ost, int64_t osh,
+                 float scale) {
   const int64_t group = hq / hk;
+  auto table_row = [=](int64_t s) { return table_of ? table_of[s] : s; };
   at::parallel_for(0, seqs * hk, 1, [=](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
@@ -327,10 +331,10 @@ void decode_impl(T* out, const T* q, const T* kc, const T* vc, const int64_t* ta
       const T* qs = q + s * qst + h * group * qsh;
       const T* kh = kc + h * head_stride;
       const T* vh = vc + h * head_stride;
-      const int64_t* table = tables + s * table_stride;
+      const int64_t* table = tables + table_row(s) * table_stride;
       if (task + 1 < end) {  // the next task's first blocks, while this one computes
         const int64_t next_h = (task + 1) % hk;
-        const int64_t first = tables[(task + 1) / hk * table_stride];
+        const int64_t first = tables[table_row((task + 1) / hk) * table_stride];
         prefetch_block(kc + next_h * head_stride, first, block_size, d);
         prefetch_block(vc + next_h * head_stride, first, block_size, d);
       }
@@ -357,9 +361,9 @@ void decode_impl(T* out, const T* q, const T* kc, const T* vc, const int64_t* ta
   });
 }
 
-void paged_decode_attention(at::Tensor out, const at::Tensor& q, const at::Tensor& k_cache,
-                            const at::Tensor& v_cache, const at::Tensor& block_tables, const at::Tensor& seq_lens,
-                            double scale) {
+void paged_attention_rows(at::Tensor out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const at::Tensor& block_tables, const at::Tensor& seq_lens,
+                          const c10::optional<at::Tensor>& table_of, double scale) {
   check_cpu(q, "q");
   TORCH_CHECK(q.dim() == 3 && out.sizes() == q.sizes() && q.stride(2) == 1 && out.stride(2) == 1,
               "q and out must be [S, Hq, D] with a contiguous head dim");
@@ -369,22 +373,39 @@ void paged_decode_attention(at::Tensor out, const at::Tensor& q, const at::Tenso
   TORCH_CHECK(q.size(1) % k_cache.size(0) == 0, "query heads must be a multiple of KV heads");
   TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && out.scalar_type() == q.scalar_type(),
               "q, out and caches must share a dtype");
-  TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.dim() == 2 &&
-              block_tables.size(0) >= q.size(0) && block_tables.stride(1) == 1, "block_tables: int64 [S, blocks]");
-  TORCH_CHECK(seq_lens.scalar_type() == at::kLong && seq_lens.numel() >= q.size(0), "seq_lens: int64 [S]");
+  TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.dim() == 2 && block_tables.stride(1) == 1,
+              "block_tables: int64 [S, blocks]");
+  TORCH_CHECK(seq_lens.scalar_type() == at::kLong && seq_lens.numel() >= q.size(0), "seq_lens: int64 [rows]");
+  at::Tensor rows_table;
+  if (table_of.has_value()) {
+    rows_table = table_of->contiguous();
+    TORCH_CHECK(rows_table.scalar_type() == at::kLong && rows_table.numel() == q.size(0), "table_of: int64 [rows]");
+  } else {
+    TORCH_CHECK(block_tables.size(0) >= q.size(0), "block_tables must have a row per query");
+  }
+  const int64_t* table_ptr = table_of.has_value() ? rows_table.data_ptr<int64_t>() : nullptr;
   const at::Tensor lens = seq_lens.contiguous();
   const int64_t block_size = k_cache.size(2);
   for (int64_t s = 0; s < q.size(0); ++s) {
+    const int64_t t = table_ptr ? table_ptr[s] : s;
+    TORCH_CHECK(t >= 0 && t < block_tables.size(0), "row ", s, " names block table ", t, " of ", block_tables.size(0));
     TORCH_CHECK(lens.data_ptr<int64_t>()[s] <= block_tables.size(1) * block_size,
                 "sequence ", s, " is longer than its block table");
   }
   PAGODA_DISPATCH(q.scalar_type(), "paged_decode_attention", [&] {
     decode_impl<typename Raw<scalar_t>::type>(
         raw<scalar_t>(out), raw<scalar_t>(q), raw<scalar_t>(k_cache), raw<scalar_t>(v_cache),
-        block_tables.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), q.size(0), q.size(1), k_cache.size(0), q.size(2),
+        block_tables.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), table_ptr, q.size(0), q.size(1), k_cache.size(0),
+        q.size(2),
         block_size, block_tables.stride(0), k_cache.stride(0), q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         static_cast<float>(scale));
   });
+}
+
+void paged_decode_attention(at::Tensor out, const at::Tensor& q, const at::Tensor& k_cache,
+                            const at::Tensor& v_cache, const at::Tensor& block_tables, const at::Tensor& seq_lens,
+                            double scale) {
+  paged_attention_rows(out, q, k_cache, v_cache, block_tables, seq_lens, c10::nullopt, scale);
 }
 
 // y = x W^T for a few rows of x (decode of small batches) and a row-major bfloat16 weight: the
@@ -504,6 +525,299 @@ void apply_token_bitmask_(at::Tensor& logits, const at::Tensor& bitmask) {
   });
 }
 
+// ---- Batch-invariant linear: y = x W^T with one fixed reduction order per (row, output) ----
+//
+// Every output element is a dot product over k taken in the same order whatever the number of
+// rows, the row's place in the batch or the thread count: chunks of 32 (bfloat16 pairs, vdpbf16ps)
+// or 16 (float32, FMA) lanes accumulated in one register from k = 0 up, then one fixed tree over the
+// 16 lanes. Threads split the outputs, never k. Weights are dense (bfloat16 / float32) or GGUF Q4
+// blocks kept packed (32 weights per group, w = q * scale + offset with q in 0..15); a task turns
+// its block of outputs into the compute type in a small buffer once and runs every row over it, so
+// one kernel serves one row (weight-streaming) and thousands (compute-bound) alike.
+
+constexpr int64_t LIN_OUTS = 32;  // outputs per task (and per weight buffer)
+constexpr int64_t LIN_ROWS = 4;   // rows per register tile
+constexpr int64_t LIN_COLS = 4;   // outputs per register tile
+
+struct LinearWeight {
+  int kind;  // 0: float32 [N, K], 1: bfloat16 [N, K], 2: Q4 codes uint8 [N, K / 2] + scale/offset float32 [N, K / 32]
+  const void* data;
+  const float* scale;
+  const float* offset;
+};
+
+#ifdef __AVX512BF16__
+// Sums of 16 accumulators at once, each by the same tree over its own 16 lanes (halves, then
+// quarters, then pairs: lanes never mix across accumulators), so a result does not depend on
+// which slot of a tile it was computed in. Returns the 16 sums in a shuffled lane order.
+inline __m512 lin_tree16(const __m512* acc) {
+  __m512 t[8], u[4], v[2];
+  for (int i = 0; i < 8; ++i)  // [a0..7 + a8..15 | b0..7 + b8..15]
+    t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[2 * i], acc[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(acc[2 * i], acc[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // 4 lanes per accumulator
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)  // 2 lanes per accumulator
+    v[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD));
+}
+
+// The lane where lin_tree16 leaves each accumulator's sum, found once by reducing one-hot inputs.
+struct LinSlots {
+  int lane[16];
+  LinSlots() {
+    for (int i = 0; i < 16; ++i) {
+      __m512 acc[16];
+      for (int j = 0; j < 16; ++j) acc[j] = _mm512_set1_ps(j == i ? 1.f : 0.f);
+      float lanes[16];
+      _mm512_storeu_ps(lanes, lin_tree16(acc));
+      for (int l = 0; l < 16; ++l)
+        if (lanes[l] == 16.f) lane[i] = l;
+    }
+  }
+};
+
+inline void lin_reduce16(const __m512* acc, float* out) {
+  static const LinSlots slots;
+  float lanes[16];
+  _mm512_storeu_ps(lanes, lin_tree16(acc));
+  for (int i = 0; i < 16; ++i) out[i] = lanes[slots.lane[i]];
+}
+
+// A group's 16 possible weights, bfloat16(q * scale + offset) for q = 0..15, twice over (a word
+// index's fifth bit then needs no masking); the 32 codes of the group become word indices.
+inline __m512i q4_group_bf16(const uint8_t* codes, float scale, float offset) {
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i shifts = _mm512_setr_epi64(0, 0, 0, 0, 0x0004000400040004LL, 0x0004000400040004LL,
+                                           0x0004000400040004LL, 0x0004000400040004LL);
+  const __m512 values = _mm512_fmadd_ps(iota, _mm512_set1_ps(scale), _mm512_set1_ps(offset));
+  const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(values, values);
+  const __m256i bytes = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+  // words 0..15: byte j (its low nibble plus junk above, ignored by the duplicated table), 16..31: byte j >> 4
+  const __m512i idx = _mm512_srlv_epi16(_mm512_cvtepu8_epi16(bytes), shifts);
+  return _mm512_permutexvar_epi16(idx, table);
+}
+
+// One group of 32 Q4 weights -> 32 float32 values in two registers (GGUF order: byte j holds
+// weight j in its low nibble and weight j + 16 in its high one).
+inline void q4_group(const uint8_t* codes, float scale, float offset, __m512& lo, __m512& hi) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m512 s = _mm512_set1_ps(scale), o = _mm512_set1_ps(offset);
+  lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(bytes, mask))), s, o);
+  hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask))), s, o);
+}
+
+// Outputs [o0, o0 + n) of the weight as compute-type rows of the buffer (k contiguous); rows
+// n..LIN_OUTS of the buffer are zero.
+template <typename C>
+const C* lin_weight_rows(const LinearWeight& w, int64_t o0, int64_t n, int64_t k, C* buffer);
+
+template <>
+const uint16_t* lin_weight_rows<uint16_t>(const LinearWeight& w, int64_t o0, int64_t n, int64_t k, uint16_t* buffer) {
+  if (w.kind == 1 && n == LIN_OUTS) return static_cast<const uint16_t*>(w.data) + o0 * k;  // read in place
+  if (w.kind == 1) {
+    std::memcpy(buffer, static_cast<const uint16_t*>(w.data) + o0 * k, n * k * sizeof(uint16_t));
+  } else {
+    TORCH_CHECK(w.kind == 2, "bfloat16 activations take bfloat16 or Q4 weights");
+    const int64_t groups = k / 32;
+    for (int64_t r = 0; r < n; ++r) {
+      const uint8_t* codes = static_cast<const uint8_t*>(w.data) + (o0 + r) * (k / 2);
+      const float* sc = w.scale + (o0 + r) * groups;
+      const float* of = w.offset + (o0 + r) * groups;
+      for (int64_t g = 0; g < groups; ++g) _mm512_storeu_si512(buffer + r * k + g * 32, q4_group_bf16(codes + g * 16, sc[g], of[g]));
+    }
+  }
+  std::fill(buffer + n * k, buffer + LIN_OUTS * k, 0);
+  return buffer;
+}
+
+template <>
+const float* lin_weight_rows<float>(const LinearWeight& w, int64_t o0, int64_t n, int64_t k, float* buffer) {
+  if (w.kind == 0 && n == LIN_OUTS) return static_cast<const float*>(w.data) + o0 * k;
+  if (w.kind == 0) {
+    std::memcpy(buffer, static_cast<const float*>(w.data) + o0 * k, n * k * sizeof(float));
+  } else if (w.kind == 1) {
+    const uint16_t* src = static_cast<const uint16_t*>(w.data) + o0 * k;
+    for (int64_t i = 0; i < n * k; i += 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+      _mm512_storeu_ps(buffer + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+  } else {
+    const int64_t groups = k / 32;
+    for (int64_t r = 0; r < n; ++r) {
+      const uint8_t* codes = static_cast<const uint8_t*>(w.data) + (o0 + r) * (k / 2);
+      const float* sc = w.scale + (o0 + r) * groups;
+      const float* of = w.offset + (o0 + r) * groups;
+      for (int64_t g = 0; g < groups; ++g) {
+        __m512 lo, hi;
+        q4_group(codes + g * 16, sc[g], of[g], lo, hi);
+        _mm512_storeu_ps(buffer + r * k + g * 32, lo);
+        _mm512_storeu_ps(buffer + r * k + g * 32 + 16, hi);
+      }
+    }
+  }
+  std::fill(buffer + n * k, buffer + LIN_OUTS * k, 0.f);
+  return buffer;
+}
+
+inline __m512 lin_step(__m512 acc, const uint16_t* x, const uint16_t* w) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(x), (__m512bh)_mm512_loadu_si512(w));
+}
+inline __m512 lin_step(__m512 acc, const float* x, const float* w) {
+  return _mm512_fmadd_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(w), acc);
+}
+template <typename C> constexpr int64_t lin_lanes() { return sizeof(C) == 2 ? 32 : 16; }
+
+// R rows x COLS outputs in registers (R * COLS <= 16); each accumulator sees exactly the same
+// operations whatever R and COLS are, so a row's result does not depend on the tile it falls in.
+template <typename C, typename Y, int R, int COLS>
+void lin_tile(const C* x, int64_t ldx, const C* w, int64_t k, Y* y, int64_t ldy, int64_t cols) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += lin_lanes<C>())
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < COLS; ++c) acc[r * COLS + c] = lin_step(acc[r * COLS + c], x + r * ldx + i, w + c * k + i);
+  float sums[16];
+  lin_reduce16(acc, sums);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < cols; ++c) y[r * ldy + c] = from_float<Y>(sums[r * COLS + c]);
+}
+
+// Up to 4 rows with Q4 weights: each group is dequantized in registers and used at once (the
+// same bfloat16 values and the same operations per accumulator as the buffered path).
+template <typename Y, int R, int COLS>
+void lin_q4_fused_tile(const uint16_t* x, int64_t ldx, const LinearWeight& w, int64_t o0, int64_t k, Y* y,
+                       int64_t ldy, int64_t cols) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t groups = k / 32;
+  const uint8_t* codes[COLS];
+  const float *sc[COLS], *of[COLS];
+  for (int c = 0; c < COLS; ++c) {
+    const int64_t o = o0 + std::min<int64_t>(c, cols - 1);  // past `cols`: a repeat, never stored
+    codes[c] = static_cast<const uint8_t*>(w.data) + o * (k / 2);
+    sc[c] = w.scale + o * groups;
+    of[c] = w.offset + o * groups;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512bh xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = (__m512bh)_mm512_loadu_si512(x + r * ldx + g * 32);
+    for (int c = 0; c < COLS; ++c) {
+      const __m512bh wv = (__m512bh)q4_group_bf16(codes[c] + g * 16, sc[c][g], of[c][g]);
+      for (int r = 0; r < R; ++r) acc[r * COLS + c] = _mm512_dpbf16_ps(acc[r * COLS + c], xv[r], wv);
+    }
+  }
+  float sums[16];
+  lin_reduce16(acc, sums);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < cols; ++c) y[r * ldy + c] = from_float<Y>(sums[r * COLS + c]);
+}
+
+template <typename Y>
+void lin_q4_fused(const uint16_t* x, int64_t m, int64_t ldx, const LinearWeight& w, int64_t n, int64_t k, Y* y) {
+  at::parallel_for(0, (n + LIN_OUTS - 1) / LIN_OUTS, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t o0 = task * LIN_OUTS, outs = std::min(LIN_OUTS, n - o0);
+      const int64_t step = m == 1 ? 16 : m == 2 ? 8 : 4;
+      for (int64_t c0 = 0; c0 < outs; c0 += step) {
+        const int64_t cols = std::min(step, outs - c0);
+        switch (m) {
+          case 4: lin_q4_fused_tile<Y, 4, 4>(x, ldx, w, o0 + c0, k, y + o0 + c0, n, cols); break;
+          case 3: lin_q4_fused_tile<Y, 3, 4>(x, ldx, w, o0 + c0, k, y + o0 + c0, n, cols); break;
+          case 2: lin_q4_fused_tile<Y, 2, 8>(x, ldx, w, o0 + c0, k, y + o0 + c0, n, cols); break;
+          default: lin_q4_fused_tile<Y, 1, 16>(x, ldx, w, o0 + c0, k, y + o0 + c0, n, cols); break;
+        }
+      }
+    }
+  });
+}
+
+template <typename C, typename Y>
+void lin_impl(const C* x, int64_t m, int64_t ldx, const LinearWeight& w, int64_t n, int64_t k, Y* y) {
+  at::parallel_for(0, (n + LIN_OUTS - 1) / LIN_OUTS, 1, [&](int64_t begin, int64_t end) {
+    std::vector<C> buffer(LIN_OUTS * k);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t o0 = task * LIN_OUTS, outs = std::min(LIN_OUTS, n - o0);
+      const C* wt = lin_weight_rows<C>(w, o0, outs, k, buffer.data());
+      for (int64_t r0 = 0; r0 < m; r0 += 4) {
+        const int64_t rows = std::min<int64_t>(4, m - r0);
+        const C* xr = x + r0 * ldx;
+        Y* yr = y + r0 * n + o0;
+        // the row tile's width: 16 accumulators in all (outputs past `outs` read zero rows)
+        const int64_t step = rows == 1 ? 16 : rows == 2 ? 8 : 4;
+        for (int64_t c0 = 0; c0 < outs; c0 += step) {
+          const int64_t cols = std::min(step, outs - c0);
+          switch (rows) {
+            case 4: lin_tile<C, Y, 4, 4>(xr, ldx, wt + c0 * k, k, yr + c0, n, cols); break;
+            case 3: lin_tile<C, Y, 3, 4>(xr, ldx, wt + c0 * k, k, yr + c0, n, cols); break;
+            case 2: lin_tile<C, Y, 2, 8>(xr, ldx, wt + c0 * k, k, yr + c0, n, cols); break;
+            default: lin_tile<C, Y, 1, 16>(xr, ldx, wt + c0 * k, k, yr + c0, n, cols); break;
+          }
+        }
+      }
+    }
+  });
+}
+#endif
+
+bool invariant_linear_available() {
+#ifdef __AVX512BF16__
+  return true;
+#else
+  return false;
+#endif
+}
+
+// x [M, K] (float32 or bfloat16, rows contiguous) times a weight given as `kind` -> [M, N] in
+// out_dtype (x's dtype or float32).
+at::Tensor invariant_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                            const at::Tensor& offset, int64_t out_features, at::ScalarType out_dtype) {
+  check_cpu(x, "x");
+  TORCH_CHECK(invariant_linear_available(), "invariant_linear needs AVX-512 BF16 (built without it)");
+#ifdef __AVX512BF16__
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [M, K] with contiguous rows");
+  const int64_t m = x.size(0), k = x.size(1), n = out_features;
+  TORCH_CHECK(k % 32 == 0, "invariant_linear: K must be a multiple of 32, got ", k);
+  TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
+  LinearWeight w{0, weight.data_ptr(), nullptr, nullptr};
+  if (weight.scalar_type() == at::kByte) {
+    TORCH_CHECK(weight.dim() == 2 && weight.size(0) == n && weight.size(1) == k / 2, "Q4 codes must be [N, K / 2]");
+    TORCH_CHECK(scale.scalar_type() == at::kFloat && offset.scalar_type() == at::kFloat && scale.is_contiguous() &&
+                offset.is_contiguous() && scale.numel() == n * (k / 32) && offset.numel() == n * (k / 32),
+                "Q4 scale and offset must be contiguous float32 [N, K / 32]");
+    w = LinearWeight{2, weight.data_ptr(), scale.data_ptr<float>(), offset.data_ptr<float>()};
+  } else {
+    TORCH_CHECK(weight.dim() == 2 && weight.size(0) >= n && weight.size(1) == k, "weight must be [N, K]");
+    TORCH_CHECK(weight.scalar_type() == at::kBFloat16 || weight.scalar_type() == at::kFloat,
+                "weight must be float32, bfloat16 or Q4 codes");
+    w.kind = weight.scalar_type() == at::kFloat ? 0 : 1;
+  }
+  TORCH_CHECK(out_dtype == x.scalar_type() || out_dtype == at::kFloat, "out dtype: x's dtype or float32");
+  at::Tensor y = at::empty({m, n}, x.options().dtype(out_dtype));
+  if (m == 0) return y;
+  if (x.scalar_type() == at::kBFloat16) {
+    TORCH_CHECK(w.kind != 0, "bfloat16 activations with a float32 weight: cast one of them");
+    const uint16_t* xp = raw<at::BFloat16>(x);
+    if (w.kind == 2 && m <= 4) {
+      if (out_dtype == at::kFloat) lin_q4_fused<float>(xp, m, x.stride(0), w, n, k, y.data_ptr<float>());
+      else lin_q4_fused<uint16_t>(xp, m, x.stride(0), w, n, k, raw<at::BFloat16>(y));
+      return y;
+    }
+    if (out_dtype == at::kFloat) lin_impl<uint16_t, float>(xp, m, x.stride(0), w, n, k, y.data_ptr<float>());
+    else lin_impl<uint16_t, uint16_t>(xp, m, x.stride(0), w, n, k, raw<at::BFloat16>(y));
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kFloat, "x must be float32 or bfloat16");
+    lin_impl<float, float>(x.data_ptr<float>(), m, x.stride(0), w, n, k, y.data_ptr<float>());
+  }
+  return y;
+#else
+  return x;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY(pagoda, m) {
@@ -512,9 +826,14 @@ TORCH_LIBRARY(pagoda, m) {
   m.def("write_kv_cache_(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
   m.def("paged_decode_attention(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor seq_lens, float scale) -> ()");
+  m.def("paged_attention_rows(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+        "Tensor seq_lens, Tensor? table_of, float scale) -> ()");
   m.def("silu_and_mul(Tensor x) -> Tensor");
   m.def("gemv_bf16(Tensor x, Tensor weight) -> Tensor");
   m.def("apply_token_bitmask_(Tensor(a!) logits, Tensor bitmask) -> ()");
+  m.def("invariant_linear_available() -> bool", &invariant_linear_available);
+  m.def("invariant_linear(Tensor x, Tensor weight, Tensor scale, Tensor offset, int out_features, "
+        "ScalarType out_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
@@ -522,7 +841,9 @@ TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
   m.impl("rotary_embedding_", &rotary_embedding_);
   m.impl("write_kv_cache_", &write_kv_cache_);
   m.impl("paged_decode_attention", &paged_decode_attention);
+  m.impl("paged_attention_rows", &paged_attention_rows);
   m.impl("silu_and_mul", &silu_and_mul);
   m.impl("gemv_bf16", &gemv_bf16);
   m.impl("apply_token_bitmask_", &apply_token_bitmask_);
+  m.impl("invariant_linear", &invariant_linear);
 }

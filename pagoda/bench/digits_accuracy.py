@@ -6,7 +6,7 @@ the real digits): the share it labels with confidence ≥ 0.9, and the Fréchet 
 features of the samples and of all 1797 real digits (FID's formula in a 64-feature space). Baselines: 256 real
 digits (the floor for this sample size) and Gaussian noise.
 
-    .venv/bin/python benchmarks/digits_accuracy.py [--samples 256] [--plot digits_accuracy.png]
+    pagoda bench digits-accuracy [--samples 256] [--plot digits_accuracy.png]
 """
 
 from __future__ import annotations
@@ -21,18 +21,22 @@ from pagoda.diffusion.digits import WEIGHTS_DIR
 from pagoda.diffusion.digits.classifier import DigitsClassifier
 from pagoda.diffusion.pipeline import GenerationOptions, ImagePipeline
 
+HELP = "few-step quality of the sampler presets on the bundled digits model"
+
+
 PRESETS = ("UniPC AYS", "UniPC Trailing", "DDIM Trailing", "DPM++ 2M Karras", "Euler A")
 STEPS = (5, 6, 8, 10, 15, 20, 50)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--samples", type=int, default=256)
-    ap.add_argument("--model", default=WEIGHTS_DIR)
-    ap.add_argument("--threshold", type=float, default=0.9)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--plot", default="digits_accuracy.png")
-    args = ap.parse_args()
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--model", default=WEIGHTS_DIR)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--plot", default="digits_accuracy.png")
+
+
+def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
 
     clf = DigitsClassifier()
@@ -99,7 +103,4 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.plot, dpi=110)
     print(f"wrote {args.plot}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -6,7 +6,7 @@ probability-flow ODE from the same start (RK4 in log σ). Euler A is stochastic 
 not the ODE solution, so it gets a sliced-Wasserstein distance to fresh samples of the true mixture (the
 deterministic presets get one too, for comparison; two independent true samples give the noise floor).
 
-    .venv/bin/python benchmarks/diffusion_accuracy.py [--points 256] [--plot diffusion_accuracy.png]
+    pagoda bench diffusion-accuracy [--points 256] [--plot diffusion_accuracy.png]
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import torch
 
 from pagoda.diffusion import NoiseSchedule, get_preset
 from pagoda.diffusion.gaussian_mixture import GaussianMixture, sliced_wasserstein
+
+HELP = "few-step accuracy of the sampler presets on an analytic Gaussian-mixture denoiser"
+
 
 STEPS = (5, 6, 8, 10, 15, 20, 50)
 DETERMINISTIC = ("UniPC AYS", "UniPC Trailing", "DDIM Trailing", "DPM++ 2M Karras")
@@ -36,13 +39,14 @@ def sample(preset_name: str, gm: GaussianMixture, noise: NoiseSchedule, x_T: tor
     return x
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--points", type=int, default=256)
-    ap.add_argument("--dim", type=int, default=8)
-    ap.add_argument("--reference-steps", type=int, default=500)
-    ap.add_argument("--plot", default="diffusion_accuracy.png")
-    args = ap.parse_args()
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--points", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=8)
+    parser.add_argument("--reference-steps", type=int, default=500)
+    parser.add_argument("--plot", default="diffusion_accuracy.png")
+
+
+def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(2)
 
     gm = GaussianMixture.random(num_components=8, dim=args.dim, seed=0)
@@ -106,7 +110,4 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.plot, dpi=120)
     print(f"\nwrote {args.plot}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,6 +1,6 @@
 """Sampler micro-benchmark: milliseconds per call for batches of 1, 8 and 64 rows.
 
-    .venv/bin/python benchmarks/sampler_bench.py [--vocab 49152] [--iters 30]
+    pagoda bench sampler [--vocab 49152] [--iters 30]
 
 Each case samples every row with the same settings; the time is the median over ``--iters``
 calls after a warm-up (``--stat min`` when other work shares the machine: the least disturbed
@@ -32,6 +32,8 @@ CASES: dict[str, dict] = {
     "logprobs=5": dict(temperature=0.8, logprobs=5),
 }
 
+HELP = "sampler micro-benchmark: ms per call at batch 1, 8 and 64"
+
 
 def lm_like_logits(rows: int, vocab: int) -> torch.Tensor:
     """Logits shaped like a small LM's (fit to SmolLM2-135M's: top token ~0.4 likely, top 50 hold
@@ -51,15 +53,15 @@ def time_call(sampler: Sampler, logits: torch.Tensor, batch: SamplingBatch, iter
     return (min(times) if stat == "min" else statistics.median(times)) * 1e3
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--prompt-len", type=int, default=512, help="tokens seen by the penalties")
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--stat", choices=("median", "min"), default="median")
-    args = parser.parse_args()
 
+
+def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     sizes = (1, 8, 64)
     sampler = Sampler({0}, torch.Generator().manual_seed(0))
@@ -79,7 +81,4 @@ def main() -> None:
             )
             row += f"{time_call(sampler, logits, batch, args.iters, args.stat):>10.3f}"
         print(row)
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,7 +1,7 @@
 """Constrained-decoding throughput: JSON-schema requests vs the same unconstrained, with and without
 jump-forward, plus the mean per-token grammar time. One run, one machine: compare the ratios.
 
-    .venv/bin/python benchmarks/structured_bench.py [--num-requests 64] [--repeats 3] [--model PATH]
+    pagoda bench structured [--num-requests 64] [--repeats 3] [--model PATH]
 
 Output tokens/s counts grammar-forced (jump-forward) tokens as output. The unconstrained run gets,
 per request, exactly as many tokens as the stepwise constrained one produced (ignore_eos), so the
@@ -20,11 +20,13 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-import jsonschema
 from tqdm import tqdm
 
 from pagoda import LLM, SamplingParams
 from pagoda.structured import GuidedDecodingParams, guided_logits_processor
+
+HELP = "constrained-decoding throughput: JSON-schema requests vs unconstrained, jump-forward on and off"
+
 
 SCHEMA = {
     "type": "object",
@@ -67,20 +69,22 @@ class _Config:
     note: str = ""
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of all runs, interleaved")
     parser.add_argument("--model", default=None)
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
+    import jsonschema
 
     llm = LLM(args.model, show_progress=False, max_num_seqs=max(64, args.num_requests))
     tok = llm.engine.tokenizer
     prompts = [tok.encode(tok.apply_chat_template(
         [{"role": "user", "content": f"Describe customer number {i} of our shop as a JSON record."}],
         tokenize=False), add_special_tokens=False) for i in range(args.num_requests)]
-    spec = GuidedDecodingParams(json=SCHEMA)
+    spec = GuidedDecodingParams(json=json.dumps(SCHEMA, ensure_ascii=False, separators=(",", ":")))
     guided_logits_processor(spec, tok)  # compile (and build the tokenizer tables) before timing
     llm.generate(prompts, SamplingParams(max_tokens=8), use_tqdm=False)  # warm up
 
@@ -136,7 +140,4 @@ def main() -> None:
     print(f"jump-forward outputs identical to stepwise: {same}/{len(prompts)} (exact in float32; in bfloat16 the "
           "forced tokens' chunked forward rounds differently from one-token decode steps, so sampled outputs may "
           "drift; the masking policy itself is identical, see tests/structured/test_jump_forward.py)")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,0 +1,89 @@
+"""Builds an ``LLMEngine`` from ``EngineArgs``: model files, configs, KV cache size, and the runner
+(one process, or the multi-process executor for tensor / pipeline parallel layouts)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, cast
+
+import torch
+
+from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
+from pagoda.device import resolve_device
+from pagoda.engine.args import EngineArgs
+from pagoda.engine.model_runner import ModelRunner, StepModel, kv_cache_bytes_per_block
+from pagoda.engine.runner import Runner
+from pagoda.sample.sampler import Sampler
+from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype, resolve_quantization
+
+if TYPE_CHECKING:
+    from pagoda.engine.llm_engine import LLMEngine
+
+logger = logging.getLogger(__name__)
+
+
+def build_engine(args: EngineArgs) -> LLMEngine:
+    from pagoda.engine.llm_engine import LLMEngine
+
+    if args.data_parallel_size > 1:
+        raise ValueError("data_parallel_size > 1 runs replicas behind a router: use `pagoda serve --dp N`; "
+                         "one engine is one replica")
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    device = resolve_device(args.device)
+    if args.tensor_parallel_size * args.pipeline_parallel_size > 1 and device.type == "cuda":
+        raise ValueError("tensor / pipeline parallelism runs on CPU ranks only (gloo / shared memory); "
+                         "multi-GPU over NCCL is not implemented: use device='cpu' or one GPU")
+    start = time.perf_counter()
+    files = ModelFiles(_model_path(args))
+    dtype = resolve_dtype(args.dtype, device)
+    model_config = replace(ModelConfig.from_hf_config(files.hf_config(), dtype, args.max_model_len),
+                           attention_backend=args.attention_backend)
+    tokenizer = files.tokenizer(args.tokenizer)
+    cache_config = _cache_config(args, model_config)
+    if model_config.max_model_len > cache_config.num_blocks * args.block_size:
+        # a lone request must always fit, or it could never finish
+        capacity = cache_config.num_blocks * args.block_size
+        logger.warning("max_model_len %d exceeds the KV cache (%d tokens); capping it",
+                       model_config.max_model_len, capacity)
+        model_config = replace(model_config, max_model_len=capacity)
+    scheduler_config = SchedulerConfig(
+        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+        max_model_len=model_config.max_model_len, batching=args.batching, scheduling_policy=args.scheduling_policy,
+        max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill)
+    sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
+    runner = _runner(args, files, model_config, cache_config, sampler, device)
+    if isinstance(runner, ModelRunner) and device.type == "cuda" and not args.enforce_eager:
+        runner.enable_decode_graphs(scheduler_config.max_num_seqs, model_config.max_model_len)
+    logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
+                time.perf_counter() - start, cache_config.num_blocks, args.block_size)
+    return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)
+
+
+def _model_path(args: EngineArgs) -> str:
+    if args.model is not None:
+        return args.model
+    from pagoda.weights.default_model import default_model_path
+
+    return default_model_path()
+
+
+def _cache_config(args: EngineArgs, model_config: ModelConfig) -> CacheConfig:
+    per_block = kv_cache_bytes_per_block(model_config, args.block_size)
+    num_blocks = args.num_kv_blocks or max(1, int(args.kv_cache_memory_gb * 2**30 // per_block))
+    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching)
+
+
+def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cache_config: CacheConfig,
+            sampler: Sampler, device: torch.device) -> Runner:
+    quantization = resolve_quantization(args.quantization, files, device)
+    if args.tensor_parallel_size * args.pipeline_parallel_size > 1:  # ranks load their own shards
+        from pagoda.distributed.executor import MultiprocExecutor
+        from pagoda.distributed.parallel_config import ParallelConfig
+
+        return MultiprocExecutor(ParallelConfig.from_engine_args(args), files.path, model_config, cache_config, sampler,
+                                 quantization)
+    model = load_model(files, model_config, device, quantization=quantization, show_progress=args.show_progress)
+    return ModelRunner(cast(StepModel, model), model_config, cache_config, sampler, device)  # a causal LM
