@@ -9,6 +9,11 @@ import time
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # tests/triton run Triton's kernels on its CPU interpreter, which must be on before anything (diffusers,
+    # torch._dynamo) imports triton.language: its own @jit helpers (tl.zeros, ...) are built at that import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 sys.path.insert(0, os.path.dirname(__file__))
 from leftovers import live_children, rank_folders  # noqa: E402
 from tiny_models import build_tiny_model  # noqa: E402

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from pagoda.registry import Registry
 
 if TYPE_CHECKING:  # the names are known without importing torch (``pagoda --help``)
+    import torch
+
     from pagoda.attention.backend import AttentionBackend
 
 ATTENTION_BACKENDS: Registry[type[AttentionBackend]] = Registry("attention backend")
@@ -26,9 +28,18 @@ def _cpu() -> type[AttentionBackend]:
     return CpuAttentionBackend
 
 
-def resolve_backend(name: str = "auto") -> type[AttentionBackend]:
-    """``"auto"``: the C++ CPU kernels when they are built (they fall back to PyTorch on other
-    devices), else the portable PyTorch backend."""
+@ATTENTION_BACKENDS.register("triton")
+def _triton() -> type[AttentionBackend]:
+    from pagoda.attention.triton_backend import TritonAttentionBackend  # needs the triton package
+
+    return TritonAttentionBackend
+
+
+def resolve_backend(name: str = "auto", device: torch.device | None = None) -> type[AttentionBackend]:
+    """``"auto"``: the Triton backend on a CUDA device; elsewhere the C++ CPU kernels when they are
+    built (they fall back to PyTorch on other devices), else the portable PyTorch backend."""
+    if name == "auto" and device is not None and device.type == "cuda":
+        name = "triton"
     if name == "auto":
         from pagoda.kernels import cpu_kernels
 

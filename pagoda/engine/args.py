@@ -13,12 +13,13 @@ This module imports no torch, so ``pagoda --help`` stays light.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 # option -> the values it takes (None as a choice is spelt "none" on the command line)
 DTYPES = ("auto", "float32", "bfloat16")
-QUANTIZATIONS = ("auto", "gguf", None)
+QUANTIZATIONS = ("auto", "gguf", "fp8", None)
 BATCHING = ("continuous", "static")
 SCHEDULING_POLICIES = ("fcfs", "priority", "lpm")
 DISTRIBUTED_BACKENDS = ("shm", "gloo")
@@ -41,8 +42,8 @@ class EngineArgs:
     model: str | None = None  # HF directory or .gguf file; None: the bundled SmolLM2-135M-Instruct
     tokenizer: str | None = None  # defaults to the model's own
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16"
-    quantization: str | None = "auto"  # "auto": "gguf" for GGUF files; None: dequantize
-    attention_backend: str = "auto"  # "auto" | a name in pagoda.attention.registry
+    quantization: str | None = "auto"  # "auto": "gguf" for GGUF files on CPU; "fp8": E4M3 weights; None: dense
+    attention_backend: str = "auto"  # "auto" (triton on CUDA, else the C++ CPU kernels) | a registry name
     max_model_len: int | None = None
     block_size: int = 16
     kv_cache_memory_gb: float = 1.0  # KV pool budget
@@ -55,6 +56,8 @@ class EngineArgs:
     scheduling_policy: str = "fcfs"  # "fcfs" | "priority" | "lpm"
     max_wait_s: float = 60.0  # starvation guard: older waiting requests go first, whatever the policy
     seed: int = 0
+    device: str = "auto"  # "auto" (CUDA when torch sees a GPU) | "cpu" | "cuda" | "cuda:N"
+    enforce_eager: bool = False  # CUDA: no CUDA graphs for decode steps
     num_threads: int | None = None  # with TP/PP: threads per rank (default: the cores shared out)
     show_progress: bool = True  # a progress bar while loading weights and generating
     tensor_parallel_size: int = 1
@@ -82,6 +85,8 @@ class EngineArgs:
         _choice("quantization", self.quantization, QUANTIZATIONS)
         _choice("attention_backend", self.attention_backend, _attention_backends())
         _choice("batching", self.batching, BATCHING)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # whether that GPU exists: at engine start
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         _choice("scheduling_policy", self.scheduling_policy, SCHEDULING_POLICIES)
         _choice("distributed_backend", self.distributed_backend, DISTRIBUTED_BACKENDS)
         _choice("router_policy", self.router_policy, _router_policies())
@@ -118,9 +123,9 @@ class EngineArgs:
         g.add_argument("--dtype", default=d.dtype, choices=DTYPES)
         g.add_argument("--quantization", default=d.quantization, type=_none_name, choices=QUANTIZATIONS,
                        metavar="{" + ",".join(_cli_name(q) for q in QUANTIZATIONS) + "}",
-                       help="gguf: keep a GGUF's 4-bit weights packed; none: dequantize")
+                       help="gguf: keep a GGUF's 4-bit weights packed; fp8: E4M3 weights (CUDA); none: dense")
         g.add_argument("--attention-backend", default=d.attention_backend, choices=_attention_backends(),
-                       help="paged attention implementation (auto: the C++ CPU kernels when built)")
+                       help="paged attention implementation (auto: triton on CUDA, else the C++ CPU kernels when built)")
         g.add_argument("--max-model-len", type=int, default=d.max_model_len)
         g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV cache block")
         g.add_argument("--kv-cache-memory-gb", type=float, default=d.kv_cache_memory_gb)
@@ -139,6 +144,10 @@ class EngineArgs:
         g.add_argument("--max-wait-s", type=float, default=d.max_wait_s,
                        help="a request waiting longer is admitted before newer ones, whatever the policy")
         g.add_argument("--seed", type=int, default=d.seed)
+        g.add_argument("--device", default=d.device,
+                       help="'auto' (CUDA when a GPU is visible), 'cpu', 'cuda' or 'cuda:N'")
+        g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=d.enforce_eager,
+                       help="CUDA: run decode steps without CUDA graphs")
         g.add_argument("--num-threads", type=int, default=d.num_threads)
         g.add_argument("--show-progress", action=argparse.BooleanOptionalAction, default=d.show_progress,
                        help="progress bars while loading and generating")

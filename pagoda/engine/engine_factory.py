@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
+from pagoda.device import resolve_device
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.model_runner import ModelRunner, StepModel, kv_cache_bytes_per_block
 from pagoda.engine.runner import Runner
@@ -31,7 +32,10 @@ def build_engine(args: EngineArgs) -> LLMEngine:
                          "one engine is one replica")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    device = torch.device("cpu")
+    device = resolve_device(args.device)
+    if args.tensor_parallel_size * args.pipeline_parallel_size > 1 and device.type == "cuda":
+        raise ValueError("tensor / pipeline parallelism runs on CPU ranks only (gloo / shared memory); "
+                         "multi-GPU over NCCL is not implemented: use device='cpu' or one GPU")
     start = time.perf_counter()
     files = ModelFiles(_model_path(args))
     dtype = resolve_dtype(args.dtype, device)
@@ -51,6 +55,8 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill)
     sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
     runner = _runner(args, files, model_config, cache_config, sampler, device)
+    if isinstance(runner, ModelRunner) and device.type == "cuda" and not args.enforce_eager:
+        runner.enable_decode_graphs(scheduler_config.max_num_seqs, model_config.max_model_len)
     logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                 time.perf_counter() - start, cache_config.num_blocks, args.block_size)
     return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)

@@ -10,7 +10,9 @@ import torch
 from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
+from pagoda.device import to_device
 from pagoda.distributed.parallel_stats import ParallelStats
+from pagoda.engine.decode_graphs import DecodeGraphs
 from pagoda.engine.guarded_processors import guarded_processors
 from pagoda.engine.request import Request
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
@@ -89,11 +91,22 @@ class ModelRunner:
         self.sampler = sampler
         self.device = device
         self.attention = model.attention_backend  # resolved once, by the model loader
+        self.scratch_block = cache_config.num_blocks  # never handed out by the block pool
         shape = self.attention.kv_cache_shape(cache_config.num_blocks + 1, cache_config.block_size,
                                               model_config.num_key_value_heads, model_config.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=model_config.dtype, device=device),
                            torch.zeros(shape, dtype=model_config.dtype, device=device))
                           for _ in range(model_config.num_hidden_layers)]
+
+    decode_graphs: DecodeGraphs | None = None
+
+    def enable_decode_graphs(self, max_num_seqs: int, max_model_len: int, capture: bool = True) -> None:
+        """Decode steps replay CUDA graphs (captured now, per batch-size bucket); ``capture=False`` runs
+        the same padded path eagerly (CPU tests)."""
+        self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size,
+                                          self.scratch_block, self.device)
+        if capture:
+            self.decode_graphs.capture()
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
@@ -131,6 +144,8 @@ class ModelRunner:
     def forward(self, inputs: StepInputs) -> torch.Tensor | None:
         """Block copies, then the model over the flat batch; returns hidden states [tokens, hidden]."""
         self._copy_blocks(inputs.block_copies)
+        if self.decode_graphs is not None and self.decode_graphs.can_run(inputs.metadata):
+            return self.decode_graphs.run(inputs.input_ids, inputs.positions, inputs.metadata)
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
 
     @torch.inference_mode()
@@ -147,7 +162,7 @@ class ModelRunner:
             self._prompt_logprobs(scheduled, prompt_rows, hidden, starts, result)
         if not sample_rows:
             return result
-        last = torch.tensor([starts[i + 1] - 1 for i in sample_rows], device=self.device)
+        last = to_device([starts[i + 1] - 1 for i in sample_rows], torch.int64, self.device)
         logits = self.model.compute_logits(hidden[last])
         requests = [scheduled[i].request for i in sample_rows]
         batch = SamplingBatch(
@@ -202,18 +217,18 @@ class ModelRunner:
         max_blocks = max(len(s.block_table) for s in scheduled)
         tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled]
         dev = self.device
+        # built on the host (pinned for a GPU) and copied without blocking: no sync while preparing
         metadata = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            query_start_loc=torch.tensor(query_start, dtype=torch.int64, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int64, device=dev),
+            slot_mapping=to_device(slots, torch.int64, dev),
+            query_start_loc=to_device(query_start, torch.int64, dev),
+            seq_lens=to_device(seq_lens, torch.int64, dev),
+            block_tables=to_device(tables, torch.int64, dev),
             num_decodes=num_decodes,
             max_seq_len=max(seq_lens),
             query_start_loc_list=query_start,
             seq_lens_list=seq_lens,
         )
-        return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev),
-                metadata)
+        return to_device(ids, torch.int64, dev), to_device(pos, torch.int64, dev), metadata
 
     @staticmethod
     def _pool(scheduled: list[ScheduledRequest], rows: list[int], hidden: torch.Tensor, starts: list[int],

@@ -59,6 +59,10 @@ class RotaryEmbedding(nn.Module):
     @staticmethod
     def rotate(q: torch.Tensor, k: torch.Tensor, step: RopeStep) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, Hq, D], k: [T, Hkv, D] -> rotated (in place by the CPU kernel, else copies)."""
+        if q.is_cuda:  # Triton, in place
+            from pagoda.kernels.triton.rotary import rotary_embedding_
+
+            return rotary_embedding_(step.positions, q, k, step.cos_table, step.sin_table)
         if cpu_kernels.use_for(q):
             torch.ops.pagoda.rotary_embedding_(step.positions, q, k, step.cos_table, step.sin_table)
             return q, k

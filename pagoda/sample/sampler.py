@@ -190,14 +190,15 @@ class Sampler:
 
     def _uniforms(self, generators: list[torch.Generator | None], device: torch.device) -> torch.Tensor:
         """One U[0, 1) float64 per row: seeded rows from their own generator, the rest from ours."""
-        u = torch.empty(len(generators), dtype=torch.float64, device=device)
+        # drawn on the generators' device (the host) and copied once: the same draws on every device
+        u = torch.empty(len(generators), dtype=torch.float64)
         shared = [j for j, g in enumerate(generators) if g is None]
         if shared:
-            u[shared] = torch.rand(len(shared), generator=self.generator, dtype=torch.float64, device=device)
+            u[shared] = torch.rand(len(shared), generator=self.generator, dtype=torch.float64)
         for j, g in enumerate(generators):
             if g is not None:
                 u[j] = torch.rand((), generator=g, dtype=torch.float64, device=g.device)
-        return u
+        return u.to(device)
 
 
 def checks_after_draw(params: SamplingParams) -> bool:

@@ -32,6 +32,12 @@ def apply_token_bitmask_(logits: torch.Tensor, bitmask: np.ndarray) -> torch.Ten
     CPU rows go through Pagoda's C++ kernel (~3 us for a 49k vocabulary), else numpy (~25 us);
     neither wakes torch's intra-op threads (which costs milliseconds on a loaded 2-core host).
     """
+    if logits.is_cuda and logits.is_contiguous():  # Triton: one launch, the mask copied over once
+        from pagoda.kernels.triton.token_bitmask import apply_token_bitmask_ as apply_on_gpu
+
+        words = torch.from_numpy(bitmask.astype(np.int32, copy=False)).reshape(1, -1)
+        apply_on_gpu(logits.view(1, -1), words.to(logits.device, non_blocking=True))
+        return logits
     if cpu_kernels.use_for(logits) and logits.is_contiguous():
         torch.ops.pagoda.apply_token_bitmask_(logits, torch.from_numpy(bitmask.astype(np.int32, copy=False)))
         return logits

@@ -116,8 +116,8 @@ def resolve_quantization(quantization: str | None, files: ModelFiles, device: to
         return "gguf" if files.gguf is not None and device.type == "cpu" else None
     if quantization == "gguf" and files.gguf is None:
         raise ValueError("quantization='gguf' needs a GGUF model file")
-    if quantization not in (None, "gguf"):
-        raise ValueError(f"quantization must be 'auto', 'gguf' or None, got {quantization!r}")
+    if quantization not in (None, "gguf", "fp8"):
+        raise ValueError(f"quantization must be 'auto', 'gguf', 'fp8' or None, got {quantization!r}")
     return quantization
 
 
@@ -134,7 +134,7 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
     """
     cls = MODELS.create(config.architecture)
     with _default_dtype(config.dtype), torch.device(device):
-        model = cls(config, attention_backend=resolve_backend(config.attention_backend), tp=tp)
+        model = cls(config, attention_backend=resolve_backend(config.attention_backend, torch.device(device)), tp=tp)
     if prune is not None:
         prune(model)
     keep = quantization == "gguf"
@@ -145,6 +145,10 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
     weights = tqdm(files.iter_weights(keep_quantized=keep), desc=f"Loading {files.name}", unit=" tensors",
                    total=files.num_tensors(), disable=not show_progress, leave=False)
     loaded = model.load_weights(weights)
+    if quantization == "fp8":
+        from pagoda.quantization.fp8 import quantize_fp8_
+
+        quantize_fp8_(model)
     if keep:
         from pagoda.quantization.gguf_swap import finalize_int4_linears
 

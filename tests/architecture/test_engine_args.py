@@ -52,7 +52,8 @@ NON_DEFAULT = {
     "model": "m.gguf", "tokenizer": "tok", "dtype": "float32", "quantization": None, "attention_backend": "torch",
     "max_model_len": 512, "block_size": 8, "kv_cache_memory_gb": 0.5, "num_kv_blocks": 40, "max_num_seqs": 3,
     "max_num_batched_tokens": 99, "batching": "static", "enable_prefix_caching": False,
-    "enable_chunked_prefill": False, "scheduling_policy": "lpm", "max_wait_s": 1.5, "seed": 7, "num_threads": 2,
+    "enable_chunked_prefill": False, "scheduling_policy": "lpm", "max_wait_s": 1.5, "seed": 7, "device": "cpu",
+    "enforce_eager": True, "num_threads": 2,
     "show_progress": False, "tensor_parallel_size": 2, "pipeline_parallel_size": 2, "data_parallel_size": 3,
     "distributed_backend": "gloo", "router_policy": "round_robin", "pipeline_micro_batches": 2,
     "pipeline_virtual_engines": 1, "pipeline_stage_layers": (3, 4), "nnodes": 2, "node_rank": 1,
@@ -98,7 +99,7 @@ def test_the_parallel_config_carries_the_options_under_their_names():
     ("attention_backend", "flash"), ("distributed_backend", "nccl"), ("router_policy", "random"),
     ("block_size", 0), ("max_num_seqs", -1), ("tensor_parallel_size", 0), ("pipeline_micro_batches", 0),
     ("max_wait_s", -1.0), ("kv_cache_memory_gb", 0.0), ("num_kv_blocks", 0), ("node_rank", 3),
-    ("pipeline_stage_layers", (1, 2, 3)), ("nnodes", 3),
+    ("pipeline_stage_layers", (1, 2, 3)), ("nnodes", 3), ("device", "tpu"), ("device", "cuda:x"),
 ])
 def test_a_bad_option_is_refused_by_name(option, value):
     with pytest.raises(ValueError, match=rf"^{option}\b"):

@@ -33,7 +33,7 @@ def test_attention_backends():
     from pagoda.attention.registry import ATTENTION_BACKENDS, resolve_backend
     from pagoda.attention.torch_backend import TorchAttentionBackend
 
-    assert ATTENTION_BACKENDS.names() == ["cpu", "torch"]
+    assert ATTENTION_BACKENDS.names() == ["cpu", "torch", "triton"]  # triton: imported only when created
     assert resolve_backend("torch") is TorchAttentionBackend
     assert issubclass(resolve_backend("cpu"), TorchAttentionBackend)
     assert issubclass(resolve_backend("auto"), AttentionBackend)
