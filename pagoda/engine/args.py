@@ -19,7 +19,7 @@ from typing import Any
 
 # option -> the values it takes (None as a choice is spelt "none" on the command line)
 DTYPES = ("auto", "float32", "bfloat16")
-QUANTIZATIONS = ("auto", "gguf", "fp8", None)
+QUANTIZATIONS = ("auto", "gguf", "fp8", "w8a8", None)
 BATCHING = ("continuous", "static")
 SCHEDULING_POLICIES = ("fcfs", "priority", "lpm")
 DISTRIBUTED_BACKENDS = ("shm", "gloo")
@@ -42,7 +42,7 @@ class EngineArgs:
     model: str | None = None  # HF directory or .gguf file; None: the bundled SmolLM2-135M-Instruct
     tokenizer: str | None = None  # defaults to the model's own
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16"
-    quantization: str | None = "auto"  # "auto": "gguf" for GGUF files on CPU; "fp8": E4M3 weights; None: dense
+    quantization: str | None = "auto"  # "auto": "gguf" for GGUF files on CPU; "fp8": E4M3 weights; "w8a8": int8; None: dense
     attention_backend: str = "auto"  # "auto" (triton on CUDA, else the C++ CPU kernels) | a registry name
     max_model_len: int | None = None
     block_size: int = 16

@@ -110,14 +110,31 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
+QUANTIZATIONS = ("gguf", "fp8", "w8a8")
+
+
 def resolve_quantization(quantization: str | None, files: ModelFiles, device: torch.device) -> str | None:
-    """"auto": "gguf" for GGUF files on CPU (the int4 kernel is a CPU one), else None (dense)."""
+    """"auto": "gguf" for GGUF files on CPU (the int4 kernel is a CPU one), the checkpoint's own scheme for a
+    quantized Hugging Face directory ("compressed-tensors"), else None (dense). A quantized checkpoint
+    with an unsupported ``quantization_config`` fails here, naming the field."""
+    checkpoint = None
+    if files.gguf is None:
+        from pagoda.quantization.compressed_tensors import parse_quantization_config
+
+        if parse_quantization_config(files.hf_config()) is not None:
+            checkpoint = "compressed-tensors"
+    if checkpoint is not None:
+        if quantization not in ("auto", "w8a8", checkpoint):
+            raise ValueError(f"{files.path!r} holds an int8 W8A8 checkpoint (compressed-tensors): quantization must "
+                             f"be 'auto' or 'w8a8', got {quantization!r}")
+        return checkpoint
     if quantization == "auto":
         return "gguf" if files.gguf is not None and device.type == "cpu" else None
     if quantization == "gguf" and files.gguf is None:
         raise ValueError("quantization='gguf' needs a GGUF model file")
-    if quantization not in (None, "gguf", "fp8"):
-        raise ValueError(f"quantization must be 'auto', 'gguf', 'fp8' or None, got {quantization!r}")
+    if quantization not in (None, *QUANTIZATIONS):
+        raise ValueError(f"quantization must be 'auto', {', '.join(map(repr, QUANTIZATIONS))} or None, "
+                         f"got {quantization!r}")
     return quantization
 
 
@@ -126,7 +143,8 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
                prune: Callable[[LlamaForCausalLM], None] | None = None) -> LlamaForCausalLM:
     """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint.
 
-    ``quantization="gguf"`` keeps Q4_0 / Q4_1 matrices packed (see ``pagoda.quantization``).
+    ``quantization="gguf"`` keeps Q4_0 / Q4_1 matrices packed (see ``pagoda.quantization``); "w8a8"
+    quantizes the linear layers to int8 after loading, "compressed-tensors" loads int8 codes as stored.
     With ``tp`` the module holds only this rank's shard (each parameter's weight_loader slices);
     ``prune`` drops modules before loading (a pipeline stage's other layers; ``files`` must skip them).
     The attention backend named by ``config.attention_backend`` is resolved here, once; the model
@@ -142,6 +160,12 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
         from pagoda.quantization.gguf_swap import swap_int4_linears
 
         swap_int4_linears(model, files.tensor_types(), config.dtype)
+    if quantization == "compressed-tensors":
+        from pagoda.quantization.compressed_tensors import parse_quantization_config, swap_compressed_linears
+
+        scheme = parse_quantization_config(files.hf_config())
+        assert scheme is not None
+        swap_compressed_linears(model, scheme)
     weights = tqdm(files.iter_weights(keep_quantized=keep), desc=f"Loading {files.name}", unit=" tensors",
                    total=files.num_tensors(), disable=not show_progress, leave=False)
     loaded = model.load_weights(weights)
@@ -149,6 +173,14 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
         from pagoda.quantization.fp8 import quantize_fp8_
 
         quantize_fp8_(model)
+    if quantization == "w8a8":
+        from pagoda.quantization.w8a8 import quantize_w8a8_
+
+        quantize_w8a8_(model)
+    if quantization == "compressed-tensors":
+        from pagoda.quantization.compressed_tensors import finalize_int8_linears
+
+        finalize_int8_linears(model, loaded)
     if keep:
         from pagoda.quantization.gguf_swap import finalize_int4_linears
 

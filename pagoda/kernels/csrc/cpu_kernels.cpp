@@ -818,6 +818,96 @@ at::Tensor invariant_linear(const at::Tensor& x, const at::Tensor& weight, const
 #endif
 }
 
+// ---- Int8 linear helpers (W8A8 and GGUF Q8_0): per-row activation quantization, int32 epilogue ----
+//
+// Integer dot products are exact, so their order never matters; what a row's result could depend
+// on is the float work around them, which these kernels do per row (quantization: one amax, one
+// scale) and per element (epilogue: one fixed expression), the same at every row count.
+
+// x [M, K] -> codes int8 [M, K] = rne(x * 127 / amax_row) and scales float32 [M, 1] = amax_row / 127
+// (a zero row gets scale 1 and zero codes).
+template <typename T>
+void quantize_rows_int8_impl(const T* x, int64_t ldx, int8_t* q, float* s, int64_t m, int64_t k) {
+  at::parallel_for(0, m, grain_rows(k), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = x + r * ldx;
+      float amax = 0.f;
+#pragma omp simd reduction(max : amax)
+      for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(to_float(xr[i])));
+      const float scale = amax > 0.f ? amax / 127.f : 1.f;
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      int8_t* qr = q + r * k;
+#pragma omp simd
+      for (int64_t i = 0; i < k; ++i) {
+        const float v = std::nearbyint(to_float(xr[i]) * inv);
+        qr[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
+      }
+      s[r] = scale;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rows_int8(const at::Tensor& x) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [M, K] with contiguous rows");
+  const int64_t m = x.size(0), k = x.size(1);
+  at::Tensor q = at::empty({m, k}, x.options().dtype(at::kChar));
+  at::Tensor s = at::empty({m, 1}, x.options().dtype(at::kFloat));
+  PAGODA_DISPATCH(x.scalar_type(), "quantize_rows_int8", [&] {
+    quantize_rows_int8_impl<typename Raw<scalar_t>::type>(raw<scalar_t>(x), x.stride(0),
+                                      q.data_ptr<int8_t>(), s.data_ptr<float>(), m, k);
+  });
+  return {q, s};
+}
+
+// y[i, j] = fma(float(acc[i, j]), x_scale[i] * w_scale[j], bias[j]) (or the product alone), rounded once
+// to out_dtype: the fma spelt out, so no compiler's contraction choice changes the bits.
+template <typename Y>
+void int8_epilogue_impl(const int32_t* acc, const float* xs, const float* ws, const float* bias, Y* y, int64_t m,
+                        int64_t n) {
+  at::parallel_for(0, m, grain_rows(n), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int32_t* a = acc + r * n;
+      Y* yr = y + r * n;
+      const float sx = xs[r];
+      if (bias != nullptr) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) yr[j] = from_float<Y>(std::fma(static_cast<float>(a[j]), sx * ws[j], bias[j]));
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) yr[j] = from_float<Y>(static_cast<float>(a[j]) * (sx * ws[j]));
+      }
+    }
+  });
+}
+
+at::Tensor int8_scaled_epilogue(const at::Tensor& acc, const at::Tensor& x_scale, const at::Tensor& w_scale,
+                                const c10::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  check_cpu(acc, "acc");
+  TORCH_CHECK(acc.dim() == 2 && acc.is_contiguous() && acc.scalar_type() == at::kInt, "acc must be int32 [M, N]");
+  const int64_t m = acc.size(0), n = acc.size(1);
+  TORCH_CHECK(x_scale.scalar_type() == at::kFloat && x_scale.is_contiguous() && x_scale.numel() == m,
+              "x_scale must be float32 [M, 1]");
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.is_contiguous() && w_scale.numel() == n,
+              "w_scale must be float32 [N]");
+  const float* bp = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == n,
+                "bias must be float32 [N]");
+    bp = bias->data_ptr<float>();
+  }
+  at::Tensor y = at::empty({m, n}, acc.options().dtype(out_dtype));
+  if (out_dtype == at::kFloat) {
+    int8_epilogue_impl<float>(acc.data_ptr<int32_t>(), x_scale.data_ptr<float>(), w_scale.data_ptr<float>(), bp,
+                              y.data_ptr<float>(), m, n);
+  } else {
+    TORCH_CHECK(out_dtype == at::kBFloat16, "out_dtype must be float32 or bfloat16");
+    int8_epilogue_impl<uint16_t>(acc.data_ptr<int32_t>(), x_scale.data_ptr<float>(), w_scale.data_ptr<float>(), bp,
+                                 raw<at::BFloat16>(y), m, n);
+  }
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(pagoda, m) {
@@ -834,6 +924,9 @@ TORCH_LIBRARY(pagoda, m) {
   m.def("invariant_linear_available() -> bool", &invariant_linear_available);
   m.def("invariant_linear(Tensor x, Tensor weight, Tensor scale, Tensor offset, int out_features, "
         "ScalarType out_dtype) -> Tensor");
+  m.def("quantize_rows_int8(Tensor x) -> (Tensor, Tensor)");
+  m.def("int8_scaled_epilogue(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor? bias, ScalarType out_dtype) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
@@ -846,4 +939,6 @@ TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
   m.impl("gemv_bf16", &gemv_bf16);
   m.impl("apply_token_bitmask_", &apply_token_bitmask_);
   m.impl("invariant_linear", &invariant_linear);
+  m.impl("quantize_rows_int8", &quantize_rows_int8);
+  m.impl("int8_scaled_epilogue", &int8_scaled_epilogue);
 }

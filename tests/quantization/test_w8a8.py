@@ -1,0 +1,114 @@
+"""quantization="w8a8": int8 weights per output channel, int8 activations per token, exact int32 sums and one
+float epilogue: the kernels against a PyTorch reference (bitwise), batch invariance (bitwise), a whole model
+against its dense self, and the no-VNNI fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pagoda import LLM, SamplingParams
+from pagoda.kernels import cpu_kernels
+from pagoda.layers.linear import ColumnParallelLinear, RowParallelLinear
+from pagoda.quantization import w8a8
+from pagoda.quantization.w8a8 import Int8Linear, quantize_rows
+
+SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
+BATCH = st.sampled_from([1, 2, 3, 5, 15, 16, 17, 31, 63, 64, 65, 100, 130])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels() -> None:
+    assert cpu_kernels.available(), "the CPU kernels must build on the CI machine"
+
+
+def _dense(cls, in_f: int, out_f: int, dtype: torch.dtype, bias: bool = True, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    layer = cls(in_f, out_f, bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(out_f, in_f, generator=g) * torch.linspace(0.01, 3, out_f)[:, None])
+        if bias:
+            layer.bias.copy_(torch.randn(out_f, generator=g))
+    return layer.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_quantization_kernel_matches_torch_reference(dtype):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(37, 96, generator=g) * torch.logspace(-3, 2, 37)[:, None]).to(dtype)
+    x[5] = 0  # a zero row: scale 1, codes 0
+    codes, scale = torch.ops.pagoda.quantize_rows_int8(x)
+    ref_codes, ref_scale = quantize_rows(x)
+    assert torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale)
+    assert codes.abs().amax(1)[torch.arange(37) != 5].eq(127).all()  # each row's max hits 127
+    assert (codes.float() * scale - x.float()).abs().le(scale * 0.5001).all()  # half a step
+
+
+@pytest.mark.parametrize("cls", [ColumnParallelLinear, RowParallelLinear])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_is_exact_integer_product_then_one_epilogue(cls, dtype):
+    dense = _dense(cls, 96, 40, dtype)
+    layer = Int8Linear.from_dense(dense)
+    assert layer.weight.dtype == torch.int8 and layer.weight.shape == (40, 96)
+    x = torch.randn(2, 7, 96, generator=torch.Generator().manual_seed(2)).to(dtype)  # any leading shape
+    y = layer(x)
+    assert y.shape == (2, 7, 40) and y.dtype == dtype
+    xq, xs = quantize_rows(x.reshape(-1, 96))
+    acc = xq.long() @ layer.weight.long().t()  # exact, in int64
+    ref = acc.float() * (xs * layer.weight_scale)
+    if dense.bias is not None and cls is ColumnParallelLinear:  # fused: one fma (the product is exact in float64)
+        ref = (acc.double() * (xs * layer.weight_scale).double() + dense.bias.double()).float()
+    elif dense.bias is not None:  # row-parallel: after the all-reduce
+        ref = ref.to(dtype).float() + dense.bias.float()
+    assert torch.equal(y.reshape(-1, 40), ref.to(dtype))
+    # and close to the dense layer: int8 on both sides, about a percent
+    exact = dense(x).float()
+    assert (y.float() - exact).norm() / exact.norm() < 0.02
+
+
+@given(m=BATCH, seed=st.integers(0, 2**16))
+@SETTINGS
+def test_int8_linear_is_batch_invariant(m, seed):
+    layer = Int8Linear.from_dense(_dense(ColumnParallelLinear, 576, 960, torch.bfloat16, seed=seed % 7))
+    x = torch.randn(m, 576, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+    full = layer(x)
+    for r in {0, m // 2, m - 1}:
+        assert torch.equal(layer(x[r:r + 1].clone())[0], full[r]), f"row {r} of {m} differs from the row alone"
+    for k in (1, 16, 17, 64, 65):
+        if k < m:
+            assert torch.equal(layer(x[:k].clone()), full[:k]), f"the first {k} rows differ"
+
+
+def test_without_vnni_the_model_stays_dense_with_a_warning(tiny_model_factory, monkeypatch):
+    monkeypatch.setattr(w8a8, "cpu_has_vnni", lambda: False)
+    with pytest.warns(UserWarning, match="no int8 dot-product instructions.*keeping the dense weights"):
+        llm = LLM(tiny_model_factory(), dtype="float32", quantization="w8a8", num_kv_blocks=16, show_progress=False)
+    model = llm.engine.runner.model
+    assert not any(isinstance(m, Int8Linear) for m in model.modules())
+    assert llm.generate("Hello", SamplingParams(temperature=0, max_tokens=3))[0].outputs[0].token_ids
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tiny_model_w8a8_tracks_dense(tiny_model_factory, dtype):
+    """Every layer matrix becomes int8 (a quarter of the float32 bytes); prompt logprobs stay close."""
+    path = tiny_model_factory()
+    prompt = "The quick brown fox jumps over the lazy dog. Paged attention stores keys and values."
+    params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0)
+    runs = {q: LLM(path, dtype=dtype, quantization=q, num_kv_blocks=32, show_progress=False) for q in (None, "w8a8")}
+    model = runs["w8a8"].engine.runner.model
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 2 * 4  # qkv, o, gate_up, down in each of 2 layers
+    assert all(m.weight.dtype == torch.int8 for m in layers)
+    dense_lp = torch.tensor(_prompt_logprobs(runs[None], prompt, params))
+    int8_lp = torch.tensor(_prompt_logprobs(runs["w8a8"], prompt, params))
+    diff = (int8_lp - dense_lp).abs()
+    print("w8a8 vs dense prompt logprobs:", diff.mean().item(), dense_lp.abs().mean().item())
+    assert diff.mean() < 0.03 * dense_lp.abs().mean()
+
+
+def _prompt_logprobs(llm, prompt, params) -> list[float]:
+    out = llm.generate(prompt, params)[0]
+    ids = out.prompt_token_ids
+    return [entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], ids[1:])]
