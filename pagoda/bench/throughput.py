@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="default 1 8 32 64 (--quick: 1 8); none skips the fixed shapes")
     f.add_argument("--prompt-len", type=int, default=128)
     f.add_argument("--output-len", type=int, default=128)
-    f.add_argument("--quantizations", nargs="*", default=["gguf", "none"], choices=["gguf", "none"],
+    f.add_argument("--quantizations", nargs="*", default=["gguf", "none"], choices=["gguf", "w8a8", "none"],
                    help="Pagoda settings to measure ('none' dequantizes)")
     f.add_argument("--skip-transformers", action="store_true", help="no transformers baseline")
     m = parser.add_argument_group("ShareGPT-like mix (quantization auto)")
