@@ -926,6 +926,186 @@ at::Tensor int8_scaled_epilogue(const at::Tensor& acc, const at::Tensor& x_scale
   return y;
 }
 
+// ---- GGUF Q8_0 linear: int8 weights in blocks of 32 with a float scale each, kept as stored ----
+//
+// As llama.cpp multiplies Q8_0: the activations are quantized per block of 32 too (an int8 code and a
+// scale per block), each block's dot product is an exact int32 sum (VNNI vpdpbusd on unsigned codes
+// q + 128, less 128 * the block's weight sum), and the blocks are summed in float in k order:
+// y = sum_b float(dot_b) * (w_scale_b * x_scale_b). Every (row, output) takes exactly these operations in
+// this order whatever tile it falls in, so a row's result does not depend on the other rows.
+//
+// Weights are packed for the kernel once (int8_block_pack in Python): 16 outputs x 4 consecutive k per
+// 64-byte vector, [N / 16][K / 4][16][4]; scales and the 128 * sum corrections as [N / 16][K / 32][16].
+
+bool int8_block_linear_available() {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr int64_t Q8_BLOCK = 32;
+
+// x [M, K] -> unsigned codes (q + 128) [M, K] and scales [M, K / 32]: per block q = rne(x * 127 / amax).
+template <typename T>
+void quantize_blocks_u8(const T* x, int64_t ldx, uint8_t* xu, float* xs, int64_t m, int64_t k) {
+  const int64_t nb = k / Q8_BLOCK;
+  at::parallel_for(0, m, grain_rows(k), [&](int64_t begin, int64_t end) {
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), bias = _mm512_set1_epi32(128);
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const T* src = x + r * ldx + b * Q8_BLOCK;
+        __m512 v[2];
+        for (int h = 0; h < 2; ++h) {
+          if constexpr (std::is_same_v<T, float>) {
+            v[h] = _mm512_loadu_ps(src + 16 * h);
+          } else {
+            const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 16 * h));
+            v[h] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+          }
+        }
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+        xs[r * nb + b] = amax > 0.f ? amax / 127.f : 1.f;
+        const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        for (int h = 0; h < 2; ++h) {
+          __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(v[h], inv));
+          c = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(c, lo), hi), bias);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(xu + r * k + b * Q8_BLOCK + 16 * h), _mm512_cvtepi32_epi8(c));
+        }
+      }
+    }
+  });
+}
+
+// R rows x C vectors of 16 outputs. wp/ws/corr point at the first vector's data; vectors are
+// `k * 16` bytes (codes) and `nb * 16` elements (scales, corrections) apart.
+template <typename Y, int R, int C>
+void q8_tile(const uint8_t* xu, const float* xs, int64_t k, const int8_t* wp, const float* ws, const int32_t* corr,
+             Y* y, int64_t ldy, int64_t cols) {
+  const int64_t nb = k / Q8_BLOCK;
+  __m512 facc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) facc[r][c] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
+    for (int64_t kk = 0; kk < Q8_BLOCK / 4; ++kk) {
+      const int64_t k4 = b * (Q8_BLOCK / 4) + kk;
+      __m512i w[C];
+      for (int c = 0; c < C; ++c) w[c] = _mm512_loadu_si512(wp + c * k * 16 + k4 * 64);
+      for (int r = 0; r < R; ++r) {
+        int32_t four;
+        std::memcpy(&four, xu + r * k + k4 * 4, 4);
+        const __m512i xb = _mm512_set1_epi32(four);
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xb, w[c]);
+      }
+    }
+    for (int c = 0; c < C; ++c) {
+      const __m512i cv = _mm512_loadu_si512(corr + c * nb * 16 + b * 16);
+      const __m512 wv = _mm512_loadu_ps(ws + c * nb * 16 + b * 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][c], cv));
+        facc[r][c] = _mm512_fmadd_ps(f, _mm512_mul_ps(wv, _mm512_set1_ps(xs[r * nb + b])), facc[r][c]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      const int64_t valid = std::min<int64_t>(16, cols - 16 * c);
+      if (valid <= 0) continue;
+      alignas(64) float tmp[16];
+      _mm512_store_ps(tmp, facc[r][c]);
+      for (int64_t j = 0; j < valid; ++j) y[r * ldy + 16 * c + j] = from_float<Y>(tmp[j]);
+    }
+}
+
+template <typename Y>
+void q8_linear_impl(const uint8_t* xu, const float* xs, int64_t m, int64_t k, const int8_t* wp, const float* ws,
+                    const int32_t* corr, int64_t n, Y* y) {
+  const int64_t nb = k / Q8_BLOCK, vecs = (n + 15) / 16;
+  constexpr int64_t VECS_PER_TASK = 4, ROWS_PER_TASK = 64;
+  const int64_t groups = (vecs + VECS_PER_TASK - 1) / VECS_PER_TASK, row_blocks = (m + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+  at::parallel_for(0, groups * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t rb = task / groups, g = task % groups;
+      const int64_t r_end = std::min(m, (rb + 1) * ROWS_PER_TASK);
+      const int64_t v_end = std::min(vecs, (g + 1) * VECS_PER_TASK);
+      for (int64_t r0 = rb * ROWS_PER_TASK; r0 < r_end; r0 += 4) {
+        const int64_t rows = std::min<int64_t>(4, r_end - r0);
+        const int64_t step = rows == 1 ? 4 : 2;  // vectors per tile
+        for (int64_t v0 = g * VECS_PER_TASK; v0 < v_end; v0 += step) {
+          const int64_t nv = std::min(step, v_end - v0);
+          const uint8_t* xr = xu + r0 * k;
+          const float* sr = xs + r0 * nb;
+          const int8_t* w = wp + v0 * k * 16;
+          const float* s = ws + v0 * nb * 16;
+          const int32_t* cr = corr + v0 * nb * 16;
+          Y* yr = y + r0 * n + v0 * 16;
+          const int64_t cols = std::min(n - v0 * 16, nv * 16);
+#define PAGODA_Q8_TILE(RR, CC) q8_tile<Y, RR, CC>(xr, sr, k, w, s, cr, yr, n, cols)
+          if (rows == 1) {
+            if (nv == 4) PAGODA_Q8_TILE(1, 4);
+            else if (nv == 3) PAGODA_Q8_TILE(1, 3);
+            else if (nv == 2) PAGODA_Q8_TILE(1, 2);
+            else PAGODA_Q8_TILE(1, 1);
+          } else if (nv == 2) {
+            if (rows == 4) PAGODA_Q8_TILE(4, 2);
+            else if (rows == 3) PAGODA_Q8_TILE(3, 2);
+            else PAGODA_Q8_TILE(2, 2);
+          } else {
+            if (rows == 4) PAGODA_Q8_TILE(4, 1);
+            else if (rows == 3) PAGODA_Q8_TILE(3, 1);
+            else PAGODA_Q8_TILE(2, 1);
+          }
+#undef PAGODA_Q8_TILE
+        }
+      }
+    }
+  });
+}
+#endif
+
+// x [M, K] (float32 or bfloat16, K a multiple of 32) times packed Q8_0 weights -> [M, N] in out_dtype.
+at::Tensor int8_block_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
+                             const at::Tensor& correction, int64_t out_features, at::ScalarType out_dtype) {
+  check_cpu(x, "x");
+  TORCH_CHECK(int8_block_linear_available(), "int8_block_linear needs AVX-512 VNNI (built without it)");
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [M, K] with contiguous rows");
+  const int64_t m = x.size(0), k = x.size(1), n = out_features, vecs = (n + 15) / 16;
+  TORCH_CHECK(k % Q8_BLOCK == 0, "int8_block_linear: K must be a multiple of 32, got ", k);
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.is_contiguous() && packed.numel() == vecs * 16 * k,
+              "packed codes must be contiguous int8 [ceil(N / 16), K / 4, 16, 4]");
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.is_contiguous() &&
+              w_scale.numel() == vecs * 16 * (k / Q8_BLOCK), "w_scale must be contiguous float32 [N / 16, K / 32, 16]");
+  TORCH_CHECK(correction.scalar_type() == at::kInt && correction.is_contiguous() &&
+              correction.numel() == vecs * 16 * (k / Q8_BLOCK), "correction must be contiguous int32 [N / 16, K / 32, 16]");
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype must be float32 or bfloat16");
+  at::Tensor y = at::empty({m, n}, x.options().dtype(out_dtype));
+  if (m == 0) return y;
+  at::Tensor xu = at::empty({m, k}, x.options().dtype(at::kByte));
+  at::Tensor xs = at::empty({m, k / Q8_BLOCK}, x.options().dtype(at::kFloat));
+  PAGODA_DISPATCH(x.scalar_type(), "int8_block_linear", [&] {
+    quantize_blocks_u8<typename Raw<scalar_t>::type>(raw<scalar_t>(x), x.stride(0), xu.data_ptr<uint8_t>(),
+                                                     xs.data_ptr<float>(), m, k);
+  });
+  const int8_t* wp = packed.data_ptr<int8_t>();
+  if (out_dtype == at::kFloat) {
+    q8_linear_impl<float>(xu.data_ptr<uint8_t>(), xs.data_ptr<float>(), m, k, wp, w_scale.data_ptr<float>(),
+                          correction.data_ptr<int32_t>(), n, y.data_ptr<float>());
+  } else {
+    q8_linear_impl<uint16_t>(xu.data_ptr<uint8_t>(), xs.data_ptr<float>(), m, k, wp, w_scale.data_ptr<float>(),
+                             correction.data_ptr<int32_t>(), n, raw<at::BFloat16>(y));
+  }
+  return y;
+#else
+  return x;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY(pagoda, m) {
@@ -945,6 +1125,9 @@ TORCH_LIBRARY(pagoda, m) {
   m.def("quantize_rows_int8(Tensor x) -> (Tensor, Tensor)");
   m.def("int8_scaled_epilogue(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor? bias, ScalarType out_dtype) "
         "-> Tensor");
+  m.def("int8_block_linear_available() -> bool", &int8_block_linear_available);
+  m.def("int8_block_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor correction, int out_features, "
+        "ScalarType out_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
@@ -959,4 +1142,5 @@ TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
   m.impl("invariant_linear", &invariant_linear);
   m.impl("quantize_rows_int8", &quantize_rows_int8);
   m.impl("int8_scaled_epilogue", &int8_scaled_epilogue);
+  m.impl("int8_block_linear", &int8_block_linear);
 }
