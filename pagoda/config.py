@@ -101,6 +101,7 @@ class CacheConfig:
     block_size: int
     num_blocks: int
     enable_prefix_caching: bool = EngineArgs.enable_prefix_caching
+    kv_cache_dtype: str = EngineArgs.kv_cache_dtype  # "int8" / "fp8": see pagoda.attention.quantized_kv
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from pagoda.attention import quantized_kv
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.attention.torch_backend import TorchAttentionBackend
 
@@ -24,13 +25,22 @@ class CpuAttentionBackend(TorchAttentionBackend):
                 v_cache: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
         if not q.is_cpu:
             return super().forward(q, k, v, k_cache, v_cache, metadata)
-        torch.ops.pagoda.write_kv_cache_(k, v, k_cache, v_cache, metadata.slot_mapping)
+        if quantized_kv.is_quantized(k_cache):
+            if not self._quantized_kernel_fits():
+                return super().forward(q, k, v, k_cache, v_cache, metadata)
+            self._write_cache(k, v, k_cache, v_cache, metadata.slot_mapping)  # quantizes
+            attend = torch.ops.pagoda.paged_attention_rows_quantized
+        else:
+            torch.ops.pagoda.write_kv_cache_(k, v, k_cache, v_cache, metadata.slot_mapping)
+            attend = torch.ops.pagoda.paged_attention_rows
         out = torch.empty_like(q)
         if metadata.num_decodes == metadata.num_seqs:  # one token per sequence: the rows are the sequences
-            torch.ops.pagoda.paged_attention_rows(out, q, k_cache, v_cache, metadata.block_tables, metadata.seq_lens,
-                                                  None, self.scale)
+            attend(out, q, k_cache, v_cache, metadata.block_tables, metadata.seq_lens, None, self.scale)
         else:
             table_of, lens = metadata.query_rows
-            torch.ops.pagoda.paged_attention_rows(out, q, k_cache, v_cache, metadata.block_tables, lens, table_of,
-                                                  self.scale)
+            attend(out, q, k_cache, v_cache, metadata.block_tables, lens, table_of, self.scale)
         return out
+
+    def _quantized_kernel_fits(self) -> bool:
+        d, group = self.head_dim, self.num_heads // self.num_kv_heads
+        return d % 16 == 0 and (d <= 96 or d == 128) and group <= 16

@@ -20,6 +20,7 @@ from typing import Any
 # option -> the values it takes (None as a choice is spelt "none" on the command line)
 DTYPES = ("auto", "float32", "bfloat16")
 QUANTIZATIONS = ("auto", "gguf", "fp8", "w8a8", None)
+KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 BATCHING = ("continuous", "static")
 SCHEDULING_POLICIES = ("fcfs", "priority", "lpm")
 DISTRIBUTED_BACKENDS = ("shm", "gloo")
@@ -42,12 +43,13 @@ class EngineArgs:
     model: str | None = None  # HF directory or .gguf file; None: the bundled SmolLM2-135M-Instruct
     tokenizer: str | None = None  # defaults to the model's own
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16"
-    quantization: str | None = "auto"  # "auto": "gguf" for GGUF files on CPU; "fp8": E4M3 weights; "w8a8": int8; None: dense
+    quantization: str | None = "auto"  # "auto": "gguf" for GGUF files on CPU; "fp8": E4M3; "w8a8": int8; None: dense
     attention_backend: str = "auto"  # "auto" (triton on CUDA, else the C++ CPU kernels) | a registry name
     max_model_len: int | None = None
     block_size: int = 16
     kv_cache_memory_gb: float = 1.0  # KV pool budget
     num_kv_blocks: int | None = None  # overrides the budget (tests use tiny pools)
+    kv_cache_dtype: str = "auto"  # "auto" (the model dtype) | "int8" | "fp8": per token and head scales
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     batching: str = "continuous"  # "continuous" | "static"
@@ -83,6 +85,7 @@ class EngineArgs:
         """Refuses a bad option, naming it; model-dependent checks wait for the model."""
         _choice("dtype", self.dtype, DTYPES)
         _choice("quantization", self.quantization, QUANTIZATIONS)
+        _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
         _choice("attention_backend", self.attention_backend, _attention_backends())
         _choice("batching", self.batching, BATCHING)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # whether that GPU exists: at engine start
@@ -123,7 +126,8 @@ class EngineArgs:
         g.add_argument("--dtype", default=d.dtype, choices=DTYPES)
         g.add_argument("--quantization", default=d.quantization, type=_none_name, choices=QUANTIZATIONS,
                        metavar="{" + ",".join(_cli_name(q) for q in QUANTIZATIONS) + "}",
-                       help="gguf: keep a GGUF's 4-bit weights packed; fp8: E4M3 weights (CUDA); none: dense")
+                       help="gguf: keep a GGUF's 4-bit / Q8_0 weights packed; fp8: E4M3 weights (CUDA); "
+                       "w8a8: int8 weights and activations (CPU, VNNI); none: dense")
         g.add_argument("--attention-backend", default=d.attention_backend, choices=_attention_backends(),
                        help="paged attention implementation (auto: triton on CUDA, else the C++ CPU kernels when built)")
         g.add_argument("--max-model-len", type=int, default=d.max_model_len)
@@ -131,6 +135,8 @@ class EngineArgs:
         g.add_argument("--kv-cache-memory-gb", type=float, default=d.kv_cache_memory_gb)
         g.add_argument("--num-kv-blocks", type=int, default=d.num_kv_blocks,
                        help="KV cache blocks (overrides --kv-cache-memory-gb)")
+        g.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, choices=KV_CACHE_DTYPES,
+                       help="auto: the model dtype; int8 / fp8 (E4M3) with a scale per token and head: ~2x the tokens")
         g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
         g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
         g.add_argument("--batching", default=d.batching, choices=BATCHING)

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import torch
 
+from pagoda.attention import quantized_kv
 from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import CacheConfig, ModelConfig
@@ -62,9 +63,9 @@ class StepModel(Protocol):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
-def kv_cache_bytes_per_block(config: ModelConfig, block_size: int) -> int:
-    elem = torch.empty(0, dtype=config.dtype).element_size()
-    return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * elem
+def kv_cache_bytes_per_block(config: ModelConfig, block_size: int, kv_cache_dtype: str = "auto") -> int:
+    row = quantized_kv.bytes_per_token_head(kv_cache_dtype, config.dtype, config.head_dim)
+    return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * row
 
 
 @dataclass
@@ -92,10 +93,14 @@ class ModelRunner:
         self.device = device
         self.attention = model.attention_backend  # resolved once, by the model loader
         self.scratch_block = cache_config.num_blocks  # never handed out by the block pool
+        if cache_config.kv_cache_dtype != "auto" and not getattr(self.attention, "reads_quantized_kv", False):
+            raise ValueError(f"kv_cache_dtype={cache_config.kv_cache_dtype!r} needs an attention backend that reads "
+                             f"quantized blocks ('cpu' or 'torch'), not {self.attention.__name__}")
+        dtype, row = quantized_kv.cache_storage(cache_config.kv_cache_dtype, model_config.dtype, model_config.head_dim)
         shape = self.attention.kv_cache_shape(cache_config.num_blocks + 1, cache_config.block_size,
-                                              model_config.num_key_value_heads, model_config.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=model_config.dtype, device=device),
-                           torch.zeros(shape, dtype=model_config.dtype, device=device))
+                                              model_config.num_key_value_heads, row)
+        self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=device),
+                           torch.zeros(shape, dtype=dtype, device=device))
                           for _ in range(model_config.num_hidden_layers)]
 
     decode_graphs: DecodeGraphs | None = None

@@ -1106,6 +1106,163 @@ at::Tensor int8_block_linear(const at::Tensor& x, const at::Tensor& packed, cons
 #endif
 }
 
+// ---- Paged attention over a quantized KV cache (kv_cache_dtype "int8" / "fp8") ----
+//
+// Each cached (token, head) row is head_dim codes (int8, or float8 E4M3 bits) then a float16 scale: the
+// row's value is codes * scale. The same algorithm as decode_task (one query row per task, scores key by
+// key, a float32 softmax, values key by key), with the scale applied once per key (to the dot product) and
+// once per value (to the probability). Every query is one row over its own causal context in one fixed
+// order, so prefill chunks, prefix-cache hits and the other rows of a step do not change its result.
+
+// 16 codes -> 16 floats (unscaled). E4M3 bits become float16 bits with the same exponent field and
+// mantissa: the float16 value is the E4M3 value times 2^-8 (subnormals included); the 256 is folded into
+// the row's scale by the caller.
+inline f32x16 load16_codes(const int8_t* p) {
+  const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  f32x16 out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
+}
+inline f32x16 load16_codes(const uint8_t* p) {
+  const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8);
+  const __m256i rest = _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7F)), 7);
+  const __m512 v = _mm512_cvtph_ps(_mm256_or_si256(sign, rest));
+  f32x16 out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
+}
+template <typename C> constexpr float code_factor() { return std::is_same_v<C, int8_t> ? 1.f : 256.f; }
+
+template <typename C>
+inline float row_scale(const C* row, int64_t d) {
+  uint16_t half;
+  std::memcpy(&half, row + d, 2);
+  return _cvtsh_ss(half) * code_factor<C>();
+}
+
+template <typename T, typename C, int CHUNKS>
+void decode_task_q(T* out, int64_t osh, const T* q, int64_t qsh, const C* kh, const C* vh, const int64_t* table,
+                   int64_t len, int64_t group, int64_t block_size, float scale, std::vector<float>& scores) {
+  constexpr int64_t d = 16 * CHUNKS, row = d + 2;
+  f32x16 qv[MAX_GROUP][CHUNKS], acc[MAX_GROUP][CHUNKS] = {};
+  for (int64_t g = 0; g < group; ++g)
+    for (int c = 0; c < CHUNKS; ++c) qv[g][c] = load16(q + g * qsh + c * 16) * scale;
+  scores.resize(group * len);
+  float* sc = scores.data();
+  for (int64_t j = 0; j < len; ++j) {
+    const C* kr = kh + (table[j / block_size] * block_size + j % block_size) * row;
+    prefetch_next_block(kh, table, j, len, block_size, row);
+    f32x16 k[CHUNKS];
+    for (int c = 0; c < CHUNKS; ++c) k[c] = load16_codes(kr + c * 16);
+    const float ks = row_scale(kr, d);
+    for (int64_t g = 0; g < group; ++g) {
+      f32x16 dot = qv[g][0] * k[0];
+      for (int c = 1; c < CHUNKS; ++c) dot += qv[g][c] * k[c];
+      sc[g * len + j] = sum16(dot) * ks;
+    }
+  }
+  softmax_rows(sc, group, len);
+  for (int64_t j = 0; j < len; ++j) {
+    const C* vr = vh + (table[j / block_size] * block_size + j % block_size) * row;
+    prefetch_next_block(vh, table, j, len, block_size, row);
+    f32x16 v[CHUNKS];
+    for (int c = 0; c < CHUNKS; ++c) v[c] = load16_codes(vr + c * 16);
+    const float vs = row_scale(vr, d);
+    for (int64_t g = 0; g < group; ++g) {
+      const float p = sc[g * len + j] * vs;
+      for (int c = 0; c < CHUNKS; ++c) acc[g][c] += p * v[c];
+    }
+  }
+  for (int64_t g = 0; g < group; ++g)
+    for (int64_t i = 0; i < d; ++i) out[g * osh + i] = from_float<T>(acc[g][i / 16][i % 16]);
+}
+
+template <typename T, typename C>
+void decode_impl_q(T* out, const T* q, const C* kc, const C* vc, const int64_t* tables, const int64_t* lens,
+                   const int64_t* table_of, int64_t seqs, int64_t hq, int64_t hk, int64_t d, int64_t block_size,
+                   int64_t table_stride, int64_t head_stride, int64_t qst, int64_t qsh, int64_t ost, int64_t osh,
+                   float scale) {
+  const int64_t group = hq / hk;
+  auto table_row = [=](int64_t s) { return table_of ? table_of[s] : s; };
+  at::parallel_for(0, seqs * hk, 1, [=](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t s = task / hk, h = task % hk;
+      T* o = out + s * ost + h * group * osh;
+      const T* qs = q + s * qst + h * group * qsh;
+      const int64_t* table = tables + table_row(s) * table_stride;
+      const C* kh = kc + h * head_stride;
+      const C* vh = vc + h * head_stride;
+      switch (d / 16) {
+        case 1: decode_task_q<T, C, 1>(o, osh, qs, qsh, kh, vh, table, lens[s], group, block_size, scale, scores); break;
+        case 2: decode_task_q<T, C, 2>(o, osh, qs, qsh, kh, vh, table, lens[s], group, block_size, scale, scores); break;
+        case 3: decode_task_q<T, C, 3>(o, osh, qs, qsh, kh, vh, table, lens[s], group, block_size, scale, scores); break;
+        case 4: decode_task_q<T, C, 4>(o, osh, qs, qsh, kh, vh, table, lens[s], group, block_size, scale, scores); break;
+        case 5: decode_task_q<T, C, 5>(o, osh, qs, qsh, kh, vh, table, lens[s], group, block_size, scale, scores); break;
+        case 6: decode_task_q<T, C, 6>(o, osh, qs, qsh, kh, vh, table, lens[s], group, block_size, scale, scores); break;
+        default: decode_task_q<T, C, 8>(o, osh, qs, qsh, kh, vh, table, lens[s], group, block_size, scale, scores); break;
+      }
+    }
+  });
+}
+
+// As paged_attention_rows, over caches [Hkv, blocks, block, D + 2] of int8 or float8_e4m3fn rows (codes,
+// then a float16 scale). head_dim must be 16, 32, 48, 64, 80, 96 or 128 and the group at most 16.
+void paged_attention_rows_quantized(at::Tensor out, const at::Tensor& q, const at::Tensor& k_cache,
+                                    const at::Tensor& v_cache, const at::Tensor& block_tables,
+                                    const at::Tensor& seq_lens, const c10::optional<at::Tensor>& table_of,
+                                    double scale) {
+  check_cpu(q, "q");
+  TORCH_CHECK(q.dim() == 3 && out.sizes() == q.sizes() && q.stride(2) == 1 && out.stride(2) == 1,
+              "q and out must be [S, Hq, D] with a contiguous head dim");
+  const int64_t d = q.size(2);
+  TORCH_CHECK(d % 16 == 0 && (d / 16 <= 6 || d == 128), "quantized KV attention: head_dim ", d, " unsupported");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.dim() == 4 &&
+              v_cache.sizes() == k_cache.sizes() && k_cache.size(3) == d + 2,
+              "caches must be contiguous [Hkv, blocks, block, D + 2]");
+  TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type() &&
+              (k_cache.scalar_type() == at::kChar || k_cache.scalar_type() == at::kFloat8_e4m3fn),
+              "quantized caches must be int8 or float8_e4m3fn");
+  TORCH_CHECK(q.size(1) % k_cache.size(0) == 0 && q.size(1) / k_cache.size(0) <= MAX_GROUP,
+              "query heads must be a multiple of KV heads, at most 16 per KV head");
+  TORCH_CHECK(out.scalar_type() == q.scalar_type(), "q and out must share a dtype");
+  TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.dim() == 2 && block_tables.stride(1) == 1,
+              "block_tables: int64 [S, blocks]");
+  TORCH_CHECK(seq_lens.scalar_type() == at::kLong && seq_lens.numel() >= q.size(0), "seq_lens: int64 [rows]");
+  at::Tensor rows_table;
+  if (table_of.has_value()) {
+    rows_table = table_of->contiguous();
+    TORCH_CHECK(rows_table.scalar_type() == at::kLong && rows_table.numel() == q.size(0), "table_of: int64 [rows]");
+  } else {
+    TORCH_CHECK(block_tables.size(0) >= q.size(0), "block_tables must have a row per query");
+  }
+  const int64_t* table_ptr = table_of.has_value() ? rows_table.data_ptr<int64_t>() : nullptr;
+  const at::Tensor lens = seq_lens.contiguous();
+  const int64_t block_size = k_cache.size(2);
+  for (int64_t s = 0; s < q.size(0); ++s) {
+    const int64_t t = table_ptr ? table_ptr[s] : s;
+    TORCH_CHECK(t >= 0 && t < block_tables.size(0), "row ", s, " names block table ", t, " of ", block_tables.size(0));
+    TORCH_CHECK(lens.data_ptr<int64_t>()[s] <= block_tables.size(1) * block_size,
+                "sequence ", s, " is longer than its block table");
+  }
+  const bool is_int8 = k_cache.scalar_type() == at::kChar;
+  PAGODA_DISPATCH(q.scalar_type(), "paged_attention_rows_quantized", [&] {
+    using T = typename Raw<scalar_t>::type;
+    auto call = [&](auto* kc, auto* vc) {
+      decode_impl_q<T>(raw<scalar_t>(out), raw<scalar_t>(q), kc, vc, block_tables.data_ptr<int64_t>(),
+                       lens.data_ptr<int64_t>(), table_ptr, q.size(0), q.size(1), k_cache.size(0), d, block_size,
+                       block_tables.stride(0), k_cache.stride(0), q.stride(0), q.stride(1), out.stride(0),
+                       out.stride(1), static_cast<float>(scale));
+    };
+    if (is_int8) {
+      call(static_cast<const int8_t*>(k_cache.data_ptr()), static_cast<const int8_t*>(v_cache.data_ptr()));
+    } else {
+      call(static_cast<const uint8_t*>(k_cache.data_ptr()), static_cast<const uint8_t*>(v_cache.data_ptr()));
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(pagoda, m) {
@@ -1126,6 +1283,8 @@ TORCH_LIBRARY(pagoda, m) {
   m.def("int8_scaled_epilogue(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor? bias, ScalarType out_dtype) "
         "-> Tensor");
   m.def("int8_block_linear_available() -> bool", &int8_block_linear_available);
+  m.def("paged_attention_rows_quantized(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, "
+        "Tensor block_tables, Tensor seq_lens, Tensor? table_of, float scale) -> ()");
   m.def("int8_block_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor correction, int out_features, "
         "ScalarType out_dtype) -> Tensor");
 }
@@ -1143,4 +1302,5 @@ TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
   m.impl("quantize_rows_int8", &quantize_rows_int8);
   m.impl("int8_scaled_epilogue", &int8_scaled_epilogue);
   m.impl("int8_block_linear", &int8_block_linear);
+  m.impl("paged_attention_rows_quantized", &paged_attention_rows_quantized);
 }
