@@ -28,7 +28,7 @@ class CpuAttentionBackend(TorchAttentionBackend):
         if quantized_kv.is_quantized(k_cache):
             if not self._quantized_kernel_fits():
                 return super().forward(q, k, v, k_cache, v_cache, metadata)
-            self._write_cache(k, v, k_cache, v_cache, metadata.slot_mapping)  # quantizes
+            torch.ops.pagoda.write_kv_cache_quantized_(k, v, k_cache, v_cache, metadata.slot_mapping)
             attend = torch.ops.pagoda.paged_attention_rows_quantized
         else:
             torch.ops.pagoda.write_kv_cache_(k, v, k_cache, v_cache, metadata.slot_mapping)

@@ -35,6 +35,26 @@ def test_rows_round_trip_within_one_code_step(kind):
         assert ((back - x).abs() <= x.abs() / 16 + scale * 2**-9).all()
 
 
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_cache_write_matches_the_portable_quantization(kind, dtype):
+    assert cpu_kernels.available()
+    g = torch.Generator().manual_seed(3)
+    k = (torch.randn(9, 2, 64, generator=g) * torch.logspace(-9, 3, 9)[:, None, None]).to(dtype)
+    v = torch.randn(9, 2, 64, generator=g).to(dtype)
+    v[4] = 0  # an all-zero row
+    k_cache = torch.zeros(2, 4, 16, 66, dtype=CODES[kind])
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.tensor([3, 17, 0, 63, 40, -1, 8, 9, 33])  # -1: a padding token, not stored
+    torch.ops.pagoda.write_kv_cache_quantized_(k, v, k_cache, v_cache, slots)
+    for cache, x in ((k_cache, k), (v_cache, v)):
+        flat = cache.view(torch.uint8).view(2, -1, 66)
+        keep = slots >= 0
+        expected = quantized_kv.quantize(x[keep], CODES[kind]).view(torch.uint8).transpose(0, 1)
+        assert torch.equal(flat[:, slots[keep]], expected)
+        assert flat.sum(dtype=torch.int64) == expected.sum(dtype=torch.int64)  # nothing else written
+
+
 def _reference(q, k_rows, v_rows, tables, lens, block_size, scale):
     """float64 attention of each query row over its dequantized context."""
     out = torch.empty(q.shape, dtype=torch.float64)

@@ -1207,6 +1207,78 @@ void decode_impl_q(T* out, const T* q, const C* kc, const C* vc, const int64_t* 
   });
 }
 
+// One (token, head) row -> codes and a float16 scale, as pagoda.attention.quantized_kv.quantize: the scale
+// max(amax / qmax, 2^-24) rounded up to float16, codes = rne(x / scale) (int8, clamped to +-127) or
+// E4M3(clamp(x / scale, +-448)).
+template <typename T, typename C>
+void quantize_kv_row(const T* x, C* row, int64_t d) {
+  constexpr bool INT8 = std::is_same_v<C, int8_t>;
+  constexpr float QMAX = INT8 ? 127.f : 448.f;
+  float amax = 0.f;
+  for (int64_t i = 0; i < d; ++i) amax = std::max(amax, std::fabs(to_float(x[i])));
+  const float exact = std::max(amax / QMAX, 5.9604644775390625e-08f);  // 2^-24
+  c10::Half half(exact);
+  if (static_cast<float>(half) < exact) half = c10::Half(static_cast<uint16_t>(half.x + 1), c10::Half::from_bits());
+  const float scale = static_cast<float>(half);
+  for (int64_t i = 0; i < d; ++i) {
+    const float v = to_float(x[i]) / scale;
+    if constexpr (INT8) {
+      row[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(v))));
+    } else {
+      row[i] = c10::Float8_e4m3fn(std::min(448.f, std::max(-448.f, v))).x;
+    }
+  }
+  std::memcpy(row + d, &half.x, 2);
+}
+
+template <typename T, typename C>
+void cache_write_quantized_impl(const T* k, const T* v, C* kc, C* vc, const int64_t* slots, int64_t tokens,
+                                int64_t hk, int64_t d, int64_t kst, int64_t ksh, int64_t vst, int64_t vsh,
+                                int64_t head_stride) {
+  at::parallel_for(0, tokens, grain_rows(8 * hk * d), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t slot = slots[t];
+      if (slot < 0) continue;  // padding token: nothing to store
+      for (int64_t h = 0; h < hk; ++h) {
+        quantize_kv_row(k + t * kst + h * ksh, kc + h * head_stride + slot * (d + 2), d);
+        quantize_kv_row(v + t * vst + h * vsh, vc + h * head_stride + slot * (d + 2), d);
+      }
+    }
+  });
+}
+
+// Writes k/v [T, Hkv, D] (float32 / bfloat16) quantized into caches [Hkv, blocks, block, D + 2] (int8 or
+// float8_e4m3fn rows) at slot_mapping.
+void write_kv_cache_quantized_(const at::Tensor& k, const at::Tensor& v, at::Tensor k_cache, at::Tensor v_cache,
+                               const at::Tensor& slot_mapping) {
+  check_cpu(k, "k");
+  TORCH_CHECK(k.dim() == 3 && v.sizes() == k.sizes() && k.stride(2) == 1 && v.stride(2) == 1 &&
+              k.scalar_type() == v.scalar_type(), "k and v must be [T, Hkv, D] with a contiguous head dim");
+  const int64_t d = k.size(2);
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.dim() == 4 &&
+              v_cache.sizes() == k_cache.sizes() && k_cache.size(0) == k.size(1) && k_cache.size(3) == d + 2,
+              "caches must be contiguous [Hkv, blocks, block, D + 2]");
+  TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type() &&
+              (k_cache.scalar_type() == at::kChar || k_cache.scalar_type() == at::kFloat8_e4m3fn),
+              "quantized caches must be int8 or float8_e4m3fn");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.numel() == k.size(0), "slot_mapping: int64 [T]");
+  const at::Tensor slots = slot_mapping.contiguous();
+  const bool is_int8 = k_cache.scalar_type() == at::kChar;
+  PAGODA_DISPATCH(k.scalar_type(), "write_kv_cache_quantized_", [&] {
+    using T = typename Raw<scalar_t>::type;
+    auto call = [&](auto* kc, auto* vc) {
+      cache_write_quantized_impl<T>(raw<scalar_t>(k), raw<scalar_t>(v), kc, vc, slots.data_ptr<int64_t>(), k.size(0),
+                                    k.size(1), d, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                                    k_cache.stride(0));
+    };
+    if (is_int8) {
+      call(static_cast<int8_t*>(k_cache.data_ptr()), static_cast<int8_t*>(v_cache.data_ptr()));
+    } else {
+      call(static_cast<uint8_t*>(k_cache.data_ptr()), static_cast<uint8_t*>(v_cache.data_ptr()));
+    }
+  });
+}
+
 // As paged_attention_rows, over caches [Hkv, blocks, block, D + 2] of int8 or float8_e4m3fn rows (codes,
 // then a float16 scale). head_dim must be 16, 32, 48, 64, 80, 96 or 128 and the group at most 16.
 void paged_attention_rows_quantized(at::Tensor out, const at::Tensor& q, const at::Tensor& k_cache,
@@ -1283,6 +1355,8 @@ TORCH_LIBRARY(pagoda, m) {
   m.def("int8_scaled_epilogue(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor? bias, ScalarType out_dtype) "
         "-> Tensor");
   m.def("int8_block_linear_available() -> bool", &int8_block_linear_available);
+  m.def("write_kv_cache_quantized_(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+        "Tensor slot_mapping) -> ()");
   m.def("paged_attention_rows_quantized(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, "
         "Tensor block_tables, Tensor seq_lens, Tensor? table_of, float scale) -> ()");
   m.def("int8_block_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor correction, int out_features, "
@@ -1303,4 +1377,5 @@ TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
   m.impl("int8_scaled_epilogue", &int8_scaled_epilogue);
   m.impl("int8_block_linear", &int8_block_linear);
   m.impl("paged_attention_rows_quantized", &paged_attention_rows_quantized);
+  m.impl("write_kv_cache_quantized_", &write_kv_cache_quantized_);
 }
