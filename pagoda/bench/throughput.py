@@ -39,6 +39,7 @@ from pagoda.bench.throughput_report import BenchReport, format_fixed_table, writ
 HELP = ("offline throughput: fixed batches vs transformers, a ShareGPT-like mix "
         "(continuous vs static), KV memory")
 
+SETTINGS = [f"{q}{kv}" for q in ("gguf", "w8a8", "none") for kv in ("", "+kv-int8", "+kv-fp8")]
 QUICK = dict(batch_sizes=[1, 8], num_requests=32, max_input_len=256, max_output_len=128)
 
 
@@ -56,8 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="default 1 8 32 64 (--quick: 1 8); none skips the fixed shapes")
     f.add_argument("--prompt-len", type=int, default=128)
     f.add_argument("--output-len", type=int, default=128)
-    f.add_argument("--quantizations", nargs="*", default=["gguf", "none"], choices=["gguf", "w8a8", "none"],
-                   help="Pagoda settings to measure ('none' dequantizes)")
+    f.add_argument("--quantizations", nargs="*", default=["gguf", "none"], choices=SETTINGS,
+                   help="Pagoda settings to measure ('none' dequantizes; '+kv-int8' / '+kv-fp8': quantized KV cache)")
+    f.add_argument("--rounds", type=int, default=1,
+                   help="interleaved rounds: every setting is loaded first, then each round measures them in turn "
+                        "(fresh prompts per round); the table shows each cell's median round, the ranges follow")
     f.add_argument("--skip-transformers", action="store_true", help="no transformers baseline")
     m = parser.add_argument_group("ShareGPT-like mix (quantization auto)")
     m.add_argument("--num-requests", type=int, default=None,
@@ -100,7 +104,9 @@ def _make_llm(args: argparse.Namespace, quantization: str | None, batching: str 
               max_num_seqs: int | None = None):
     from pagoda import LLM
 
-    return LLM(model=args.model, dtype=args.dtype, quantization=quantization, batching=batching,
+    quantization, _, kv = (quantization or "none").partition("+kv-")
+    return LLM(model=args.model, dtype=args.dtype, quantization=None if quantization == "none" else quantization,
+               kv_cache_dtype=kv or "auto", batching=batching,
                max_num_seqs=max_num_seqs or args.max_num_seqs,
                max_num_batched_tokens=args.max_num_batched_tokens, num_threads=args.num_threads,
                seed=args.seed, show_progress=False)
@@ -126,7 +132,9 @@ def benchmark(args: argparse.Namespace) -> BenchReport:
               f"{os.cpu_count()} CPUs; other processes will slow every figure down")
     batch_sizes = sorted(args.batch_sizes)
     vocab_size = 0
-    for q in args.quantizations:
+    if args.rounds > 1 and batch_sizes:
+        vocab_size = _interleaved_rounds(args, report, batch_sizes, progress)
+    for q in args.quantizations if args.rounds <= 1 else []:
         system = f"pagoda {q}"
         try:
             llm = _make_llm(args, None if q == "none" else q,
@@ -159,6 +167,36 @@ def benchmark(args: argparse.Namespace) -> BenchReport:
     report.load_average["end"] = os.getloadavg()[0]
     report.wall_s = time.perf_counter() - started
     return report
+
+
+def _interleaved_rounds(args: argparse.Namespace, report: BenchReport, batch_sizes: list[int], progress: bool) -> int:
+    """Fixed shapes with every setting loaded at once and measured in turn, ``args.rounds`` times; keeps each
+    (setting, B)'s median round in the report and prints every cell's range. Returns the vocabulary size."""
+    import statistics
+
+    llms = {}
+    for q in dict.fromkeys(args.quantizations):
+        system = f"pagoda {q}"
+        try:
+            llms[system] = _make_llm(args, None if q == "none" else q, max_num_seqs=max([args.max_num_seqs, *batch_sizes]))
+        except Exception as exc:  # noqa: BLE001  (a setting the engine lacks is reported, not fatal)
+            report.unavailable[system] = f"{type(exc).__name__}: {exc}"
+            print(f"{system}: n/a ({report.unavailable[system]})")
+    runs: dict[tuple[str, int], list] = {}
+    for r in range(args.rounds):
+        for system, llm in llms.items():  # the same fresh prompts for every setting within a round
+            for res in measure_pagoda(llm, system, batch_sizes, args.prompt_len, args.output_len,
+                                      args.seed + 1000 * r, progress):
+                runs.setdefault((system, res.batch_size), []).append(res)
+    for (system, b), results in runs.items():
+        ordered = sorted(results, key=lambda x: x.tokens_per_s)
+        report.fixed_shape.append(ordered[(len(ordered) - 1) // 2])
+        print(f"{system} B={b}: median {statistics.median(x.tokens_per_s for x in results):.1f} tok/s, range "
+              f"{ordered[0].tokens_per_s:.1f}-{ordered[-1].tokens_per_s:.1f} over {len(results)} rounds")
+    vocab = next(iter(llms.values())).engine.model_config.vocab_size if llms else 0
+    llms.clear()
+    _release()
+    return vocab
 
 
 def _make_mix_llm(args: argparse.Namespace, batching: str):

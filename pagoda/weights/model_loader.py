@@ -115,19 +115,16 @@ QUANTIZATIONS = ("gguf", "fp8", "w8a8")
 
 def resolve_quantization(quantization: str | None, files: ModelFiles, device: torch.device) -> str | None:
     """"auto": "gguf" for GGUF files on CPU (the int4 kernel is a CPU one), the checkpoint's own scheme for a
-    quantized Hugging Face directory ("compressed-tensors"), else None (dense). A quantized checkpoint
+    quantized Hugging Face directory ("compressed-tensors", "awq", "gptq"), else None (dense). A quantized checkpoint
     with an unsupported ``quantization_config`` fails here, naming the field."""
-    checkpoint = None
-    if files.gguf is None:
-        from pagoda.quantization.compressed_tensors import parse_quantization_config
-
-        if parse_quantization_config(files.hf_config()) is not None:
-            checkpoint = "compressed-tensors"
-    if checkpoint is not None:
-        if quantization not in ("auto", "w8a8", checkpoint):
-            raise ValueError(f"{files.path!r} holds an int8 W8A8 checkpoint (compressed-tensors): quantization must "
-                             f"be 'auto' or 'w8a8', got {quantization!r}")
-        return checkpoint
+    scheme = checkpoint_scheme(files)
+    if scheme is not None:
+        method = scheme[0]
+        allowed = ("auto", "w8a8") if method == "compressed-tensors" else ("auto",)  # its own scheme
+        if quantization not in allowed:
+            raise ValueError(f"{files.path!r} is a {method} checkpoint: quantization must be "
+                             f"{' or '.join(map(repr, allowed))}, got {quantization!r}")
+        return method
     if quantization == "auto":
         return "gguf" if files.gguf is not None and device.type == "cpu" else None
     if quantization == "gguf" and files.gguf is None:
@@ -136,6 +133,15 @@ def resolve_quantization(quantization: str | None, files: ModelFiles, device: to
         raise ValueError(f"quantization must be 'auto', {', '.join(map(repr, QUANTIZATIONS))} or None, "
                          f"got {quantization!r}")
     return quantization
+
+
+def checkpoint_scheme(files: ModelFiles) -> tuple[str, Any] | None:
+    """A Hugging Face directory's quantization scheme (None for dense weights and GGUF files)."""
+    if files.gguf is not None:
+        return None
+    from pagoda.quantization.checkpoint_scheme import checkpoint_scheme as scheme_of
+
+    return scheme_of(files.hf_config())
 
 
 def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, quantization: str | None = None,
@@ -161,11 +167,17 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
 
         swap_int4_linears(model, files.tensor_types(), config.dtype)
     if quantization == "compressed-tensors":
-        from pagoda.quantization.compressed_tensors import parse_quantization_config, swap_compressed_linears
+        from pagoda.quantization.compressed_tensors import CompressedTensorsConfig, swap_compressed_linears
 
-        scheme = parse_quantization_config(files.hf_config())
-        assert scheme is not None
-        swap_compressed_linears(model, scheme)
+        scheme = checkpoint_scheme(files)
+        assert scheme is not None and isinstance(scheme[1], CompressedTensorsConfig)
+        swap_compressed_linears(model, scheme[1])
+    if quantization in ("awq", "gptq"):
+        from pagoda.quantization.int4_checkpoint import Int4CheckpointConfig, swap_int4_checkpoint_linears
+
+        scheme = checkpoint_scheme(files)
+        assert scheme is not None and isinstance(scheme[1], Int4CheckpointConfig)
+        swap_int4_checkpoint_linears(model, scheme[1], config.dtype)
     weights = tqdm(files.iter_weights(keep_quantized=keep), desc=f"Loading {files.name}", unit=" tensors",
                    total=files.num_tensors(), disable=not show_progress, leave=False)
     loaded = model.load_weights(weights)
@@ -181,7 +193,7 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
         from pagoda.quantization.compressed_tensors import finalize_int8_linears
 
         finalize_int8_linears(model, loaded)
-    if keep:
+    if keep or quantization in ("awq", "gptq"):
         from pagoda.quantization.gguf_swap import finalize_int4_linears
 
         finalize_int4_linears(model)

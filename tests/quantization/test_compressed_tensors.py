@@ -92,7 +92,7 @@ def test_same_tokens_as_w8a8_on_the_dequantized_weights(checkpoints):
 
 
 @pytest.mark.parametrize(("path", "value", "field"), [
-    (("quant_method",), "awq", "quant_method"),
+    (("quant_method",), "hqq", "quant_method"),
     (("format",), "pack-quantized", "format"),
     (("config_groups", "group_0", "weights", "strategy"), "group", "config_groups.group_0.weights.strategy"),
     (("config_groups", "group_0", "weights", "num_bits"), 4, "config_groups.group_0.weights.num_bits"),
