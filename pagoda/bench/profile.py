@@ -15,7 +15,8 @@ HELP = "profile engine steps: time per component and per operator, plus a Chrome
 
 # operator -> component, by the first matching fragment
 _COMPONENTS = [
-    ("matmul (linear layers, LM head)", ("linear", "addmm", "aten::mm", "int4pack", "mkldnn")),
+    ("matmul (linear layers, LM head)", ("linear", "addmm", "aten::mm", "int4pack", "mkldnn", "_int_mm",
+                                         "quantize_rows_int8", "int8_scaled_epilogue")),
     ("attention", ("index_select", "bmm", "softmax", "scaled_dot_product", "index_copy", "masked_fill")),
     ("sampling", ("topk", "argmax", "amax", "log_softmax", "exponential", "multinomial", "sort")),
 ]
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--warmup-steps", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--quantization", default="auto", choices=["auto", "gguf", "none"])
+    parser.add_argument("--quantization", default="auto", choices=["auto", "gguf", "w8a8", "none"])
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--out", default="bench_results")
 
