@@ -60,6 +60,24 @@ def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     return (groups[:, :, 0] | (groups[:, :, 1] << 4)).reshape(q.shape[0], -1).contiguous()
 
 
+TILE = 16  # outputs per tile of the kernel's Q4 layout
+
+
+def tile_q4(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed codes [N, K / 2] and scale / offset [N, K / 32] -> the kernel's layout, tiles of 16
+    outputs with each group's codes and parameters side by side: codes [ceil(N / 16), K / 32, 16,
+    16], scale and offset [ceil(N / 16), K / 32, 16] (outputs past N padded with zeros)."""
+    rows, groups = scale.shape
+    pad = -rows % TILE
+
+    def tiles(t: torch.Tensor, width: int) -> torch.Tensor:
+        t = torch.cat([t, t.new_zeros(pad, t.shape[1])]) if pad else t
+        return t.view(-1, TILE, groups, width).transpose(1, 2).contiguous()
+
+    return tiles(codes, GROUP // 2), tiles(scale, 1).squeeze(-1), tiles(offset, 1).squeeze(-1)
+
+
 class Int4Linear(nn.Module):
     """Replaces a (possibly fused, possibly TP-sharded) linear layer by its packed 4-bit form.
 
@@ -109,8 +127,7 @@ class Int4Linear(nn.Module):
         if len(self._shards) < self._num_shards:
             raise ValueError(f"packed linear got {len(self._shards)} of its {self._num_shards} parts from the checkpoint")
         if cpu_kernels.invariant_linear_available():
-            self.codes = pack_nibbles(self._codes)
-            self.scale, self.offset = self._scale.contiguous(), self._offset.contiguous()
+            self.codes, self.scale, self.offset = tile_q4(pack_nibbles(self._codes), self._scale, self._offset)
         else:
             groups = self._scale.shape[1]
             codes = self._codes.view(self.out_features, groups, GROUP).float()
