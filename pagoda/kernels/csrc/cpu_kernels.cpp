@@ -741,63 +741,67 @@ void lin_q4_fused(const uint16_t* x, int64_t m, int64_t ldx, const LinearWeight&
   });
 }
 
-// float32 rows times a bfloat16 weight (the LM head): each row is split once into three bfloat16
-// parts, x = hi + mid + lo exactly (8 + 8 + 8 significant bits), stored [hi | mid | lo] per chunk
-// of 32; every product of a part and a weight is exact in float32, so vdpbf16ps accumulates the
-// float32 dot product in float32 at the bfloat16 rate. The weight is read in place.
+// float32 rows times a bfloat16 weight (the LM head): each row is split once into two bfloat16
+// parts, x = hi + lo + e with hi its first 8 significant bits, lo the rest rounded to 8 more, so
+// |e| <= 2^-16 |x| (2^7 below the rounding of the bfloat16 weights themselves); each product of a
+// part and a weight is exact in float32, and vdpbf16ps accumulates them in float32 at twice the
+// bfloat16 cost rather than the four times of float32 FMAs. Stored [hi | lo] per chunk of 32.
+// The weight is read in place.
+constexpr int64_t SPLIT_PARTS = 2, SPLIT_ROWS = 2, SPLIT_COLS = 4;
+
 void lin_split_rows(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* parts) {
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       for (int64_t i = 0; i < k; i += 16) {
-        __m512 rest = _mm512_loadu_ps(x + r * ldx + i);
-        uint16_t* out = parts + r * 3 * k + (i / 32) * 96 + i % 32;
-        for (int p = 0; p < 3; ++p) {
-          // truncation keeps the part exact and the remainder representable in float32
-          const __m512i bits = _mm512_and_si512(_mm512_castps_si512(rest), _mm512_set1_epi32(0xFFFF0000));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + p * 32), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
-          rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(bits));
-        }
+        const __m512 v = _mm512_loadu_ps(x + r * ldx + i);
+        const __m512i hi = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0xFFFF0000));
+        const __m512 rest = _mm512_sub_ps(v, _mm512_castsi512_ps(hi));  // exact
+        uint16_t* out = parts + r * SPLIT_PARTS * k + (i / 32) * 32 * SPLIT_PARTS + i % 32;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(_mm512_srli_epi32(hi, 16)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32), (__m256i)_mm512_cvtneps_pbh(rest));
       }
   });
 }
 
-// One output at a time for R rows: three accumulators per row (one per part of x), so the
-// chains are short and the weight row streams alone; they are added hi + (mid + lo) lane-wise,
-// then over the 16 lanes in a fixed order. Each (row, output) sees the same operations at every R.
-template <int R>
-void lin_split_col(const uint16_t* parts, int64_t ldp, const uint16_t* w, int64_t k, float* y, int64_t ldy) {
-  __m512 acc[R][3];
+template <int R, int C>
+void lin_split_tile(const uint16_t* parts, int64_t ldp, const uint16_t* w, int64_t k, float* y, int64_t ldy,
+                    int64_t cols) {
+  __m512 acc[R][C][SPLIT_PARTS];
   for (int r = 0; r < R; ++r)
-    for (int p = 0; p < 3; ++p) acc[r][p] = _mm512_setzero_ps();
+    for (int c = 0; c < C; ++c)
+      for (int p = 0; p < SPLIT_PARTS; ++p) acc[r][c][p] = _mm512_setzero_ps();
+  const uint16_t* rows[C];
+  for (int c = 0; c < C; ++c) rows[c] = w + std::min<int64_t>(c, cols - 1) * k;  // past `cols`: never stored
   for (int64_t i = 0; i < k; i += 32) {
-    const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + i);
+    __m512bh xv[R][SPLIT_PARTS];
     for (int r = 0; r < R; ++r)
-      for (int p = 0; p < 3; ++p)
-        acc[r][p] = _mm512_dpbf16_ps(acc[r][p], (__m512bh)_mm512_loadu_si512(parts + r * ldp + (i / 32) * 96 + p * 32), wv);
+      for (int p = 0; p < SPLIT_PARTS; ++p) xv[r][p] = (__m512bh)_mm512_loadu_si512(parts + r * ldp + (i / 32) * 32 * SPLIT_PARTS + p * 32);
+    for (int c = 0; c < C; ++c) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(rows[c] + i);
+      for (int r = 0; r < R; ++r)
+        for (int p = 0; p < SPLIT_PARTS; ++p) acc[r][c][p] = _mm512_dpbf16_ps(acc[r][c][p], xv[r][p], wv);
+    }
   }
   for (int r = 0; r < R; ++r)
-    y[r * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], _mm512_add_ps(acc[r][1], acc[r][2])));
+    for (int c = 0; c < cols; ++c)
+      y[r * ldy + c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][c][0], acc[r][c][1]));
 }
 
 void lin_split(const float* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n, int64_t k, float* y) {
-  std::vector<uint16_t> parts(m * 3 * k);
+  std::vector<uint16_t> parts(m * SPLIT_PARTS * k);
   lin_split_rows(x, m, ldx, k, parts.data());
-  const int64_t ldp = 3 * k;
+  const int64_t ldp = SPLIT_PARTS * k;
   at::parallel_for(0, (n + LIN_OUTS - 1) / LIN_OUTS, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t o0 = task * LIN_OUTS, outs = std::min(LIN_OUTS, n - o0);
-      for (int64_t r0 = 0; r0 < m; r0 += 4) {
-        const int64_t rows = std::min<int64_t>(4, m - r0);
+      for (int64_t r0 = 0; r0 < m; r0 += SPLIT_ROWS) {
         const uint16_t* pr = parts.data() + r0 * ldp;
         float* yr = y + r0 * n + o0;
-        for (int64_t o = o0; o < o0 + outs; ++o) {
-          const uint16_t* wo = w + o * k;
-          switch (rows) {
-            case 4: lin_split_col<4>(pr, ldp, wo, k, yr + o - o0, n); break;
-            case 3: lin_split_col<3>(pr, ldp, wo, k, yr + o - o0, n); break;
-            case 2: lin_split_col<2>(pr, ldp, wo, k, yr + o - o0, n); break;
-            default: lin_split_col<1>(pr, ldp, wo, k, yr + o - o0, n); break;
-          }
+        for (int64_t c0 = 0; c0 < outs; c0 += SPLIT_COLS) {
+          const int64_t cols = std::min(SPLIT_COLS, outs - c0);
+          const uint16_t* wt = w + (o0 + c0) * k;
+          if (m - r0 >= SPLIT_ROWS) lin_split_tile<SPLIT_ROWS, SPLIT_COLS>(pr, ldp, wt, k, yr + c0, n, cols);
+          else lin_split_tile<1, SPLIT_COLS>(pr, ldp, wt, k, yr + c0, n, cols);
         }
       }
     }
