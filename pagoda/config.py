@@ -102,9 +102,9 @@ class CacheConfig:
     block_size: int
     num_blocks: int
     enable_prefix_caching: bool = EngineArgs.enable_prefix_caching
-    # off under the default numerics: a generated token's KV comes from another kernel than a prompt
-    # token's (pagoda.layers.row_roles), so it must not serve as another request's prompt
-    cache_generated_tokens: bool = True
+    # under the default numerics a generated token's KV comes from another kernel than a prompt
+    # token's (pagoda.layers.row_roles): only prompt tokens enter the prefix cache unless deterministic
+    deterministic: bool = EngineArgs.deterministic
 
 
 @dataclass(frozen=True)

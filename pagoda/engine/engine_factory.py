@@ -73,8 +73,7 @@ def _model_path(args: EngineArgs) -> str:
 def _cache_config(args: EngineArgs, model_config: ModelConfig) -> CacheConfig:
     per_block = kv_cache_bytes_per_block(model_config, args.block_size)
     num_blocks = args.num_kv_blocks or max(1, int(args.kv_cache_memory_gb * 2**30 // per_block))
-    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching,
-                       cache_generated_tokens=args.deterministic)
+    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching, args.deterministic)
 
 
 def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cache_config: CacheConfig,

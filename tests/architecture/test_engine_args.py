@@ -53,7 +53,7 @@ NON_DEFAULT = {
     "max_model_len": 512, "block_size": 8, "kv_cache_memory_gb": 0.5, "num_kv_blocks": 40, "max_num_seqs": 3,
     "max_num_batched_tokens": 99, "batching": "static", "enable_prefix_caching": False,
     "enable_chunked_prefill": False, "scheduling_policy": "lpm", "max_wait_s": 1.5, "seed": 7, "device": "cpu",
-    "enforce_eager": True, "num_threads": 2,
+    "enforce_eager": True, "deterministic": True, "num_threads": 2,
     "show_progress": False, "tensor_parallel_size": 2, "pipeline_parallel_size": 2, "data_parallel_size": 3,
     "distributed_backend": "gloo", "router_policy": "round_robin", "pipeline_micro_batches": 2,
     "pipeline_virtual_engines": 1, "pipeline_stage_layers": (3, 4), "nnodes": 2, "node_rank": 1,
