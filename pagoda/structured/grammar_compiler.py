@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from pagoda.errors import InvalidRequestError
 from pagoda.structured.backend_registry import GRAMMAR_BACKENDS
@@ -17,6 +19,9 @@ from pagoda.tokenizer import Tokenizer
 CLOSING_CHARACTERS = '"}])' + " ,:0.1aAeE-_/\n" + "".join(chr(c) for c in range(33, 127))
 
 _CACHE_SIZE = 256
+# compiles requested by the server's handlers: a costly spec occupies a thread, never the event loop;
+# two threads so one slow spec does not queue every other behind it
+_server_compile_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pagoda-grammar-validate")
 
 
 class GrammarCompiler:
@@ -79,3 +84,15 @@ def compiler_for(tokenizer: Tokenizer) -> GrammarCompiler:
         if compiler is None:
             compiler = _compilers[tokenizer] = GrammarCompiler(tokenizer)
         return compiler
+
+
+async def compile_off_loop(compiler: GrammarCompiler, spec: GuidedDecodingParams, timeout_s: float) -> CompiledGrammar:
+    """``compiler.compile(spec)`` in a worker thread, so the event loop serves others meanwhile.
+    Past ``timeout_s`` an InvalidRequestError naming the spec's field; the compile itself runs on to
+    its end (Rust code cannot be interrupted; llguidance's own limits bound it) and is cached."""
+    future = asyncio.get_running_loop().run_in_executor(_server_compile_pool, compiler.compile, spec)
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+    except TimeoutError:
+        raise InvalidRequestError(f"the {spec.kind} spec did not compile within {timeout_s:g} s "
+                                  "(--grammar-compile-timeout)", spec.param) from None
