@@ -67,8 +67,7 @@ class LLMEngine:
         per_engine = replace(scheduler_config, max_num_seqs=max(1, -(-scheduler_config.max_num_seqs // v)))
         self.schedulers = [make_scheduler(per_engine, self.kv_cache) for _ in range(v)]
         self.requests = RequestRegistry()
-        self.input_processor = InputProcessor(tokenizer, model_config,
-                                              max_kv_tokens=cache_config.num_blocks * cache_config.block_size)
+        self.input_processor = InputProcessor(tokenizer, model_config)
         self.output_processor = OutputProcessor(tokenizer, self.requests)
         self._in_flight: deque[InFlight] = deque()
         self._turn = 0  # the virtual engine that schedules next

@@ -114,7 +114,8 @@ async def _too_large(send: Any, limit: int) -> None:
 
 async def _error(send: Any, status: int, message: str, code: str, headers: dict[str, str]) -> None:
     kind = "service_unavailable_error" if status == 503 else "invalid_request_error"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}},
+                      separators=(",", ":")).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
