@@ -6,10 +6,10 @@ import asyncio
 import threading
 import weakref
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 
 from pagoda.errors import InvalidRequestError
 from pagoda.structured.backend_registry import GRAMMAR_BACKENDS
+from pagoda.structured.compile_executor import CompileExecutor, call_on_deep_stack
 from pagoda.structured.grammar_backend import CompiledGrammar, GrammarBackend
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 from pagoda.tokenizer import Tokenizer
@@ -21,7 +21,7 @@ CLOSING_CHARACTERS = '"}])' + " ,:0.1aAeE-_/\n" + "".join(chr(c) for c in range(
 _CACHE_SIZE = 256
 # compiles requested by the server's handlers: a costly spec occupies a thread, never the event loop;
 # two threads so one slow spec does not queue every other behind it
-_server_compile_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pagoda-grammar-validate")
+_server_compile_pool = CompileExecutor(2, "pagoda-grammar-validate")
 
 
 class GrammarCompiler:
@@ -64,7 +64,8 @@ class GrammarCompiler:
                 self._cache.move_to_end(spec)
                 return hit
         backend = self.backend(spec.backend)
-        compiled = backend.compile(spec)  # outside the lock: compiles of different specs overlap
+        # outside the lock (compiles of different specs overlap), on a deep stack (see compile_executor)
+        compiled = call_on_deep_stack(backend.compile, spec)
         with self._lock:
             self.num_compiled += 1
             self._cache[spec] = compiled
