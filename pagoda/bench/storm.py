@@ -19,7 +19,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -50,8 +50,8 @@ class StormProfile:
 
 
 PROFILES = {
-    "ci": StormProfile(generated=200, cut_streams=40, slowloris=20, big_bodies=3, adversarial=20,
-                       well_formed_prompts=4, well_formed_tokens=12, concurrency=8, time_limit_s=90.0),
+    "ci": StormProfile(generated=150, cut_streams=30, slowloris=16, big_bodies=2, adversarial=16,
+                       well_formed_prompts=4, well_formed_tokens=12, concurrency=8, time_limit_s=60.0),
     "full": StormProfile(generated=10_000, cut_streams=500, slowloris=200, big_bodies=10, adversarial=50,
                          well_formed_prompts=8, well_formed_tokens=32, concurrency=32, time_limit_s=1800.0),
 }
@@ -112,14 +112,15 @@ async def run_storm(url: str, profile: StormProfile, *, max_waiting: int, model:
     parsed = urlparse(url)
     if parsed.hostname not in _LOOPBACK or parsed.port is None:
         raise SystemExit(f"the storm runs against a server on this host only (got {url!r})")
-    storm = _Storm(url.rstrip("/"), parsed.port, profile, max_waiting, api_key, random.Random(seed))
+    storm = _Storm(url.rstrip("/"), parsed.port, profile, max_waiting, api_key, seed)
     return await storm.run(model)
 
 
 class _Storm:
     def __init__(self, url: str, port: int, profile: StormProfile, max_waiting: int, api_key: str | None,
-                 rng: random.Random) -> None:
-        self.url, self.port, self.profile, self.max_waiting, self.rng = url, port, profile, max_waiting, rng
+                 seed: int) -> None:
+        self.url, self.port, self.profile, self.max_waiting = url, port, profile, max_waiting
+        self.seed, self.rng = seed, random.Random(seed)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.statuses: dict[str, Counter[str]] = {}
         self.times_503: list[float] = []
@@ -139,7 +140,10 @@ class _Storm:
         async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=120) as client:
             self.model = model or (await client.get("/v1/models")).json()["data"][0]["id"]
             openapi = (await client.get("/openapi.json")).json()
-            self.report.before = await self.snapshot(client)
+            await self.warm_up(openapi)
+            await self.drain(client)
+        self.report.before = await self.snapshot()
+        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=120) as client:
             calm_latencies = []
             for _ in range(3):  # calm: one at a time
                 for prompt in _PROMPTS[:self.profile.well_formed_prompts]:
@@ -167,7 +171,7 @@ class _Storm:
             storm_latencies = await steady
             self.report.storm_latency_s = _percentiles(storm_latencies)
             self.report.drain_s = await self.drain(client)
-            self.report.after = await self.snapshot(client)
+        self.report.after = await self.snapshot()
         self.report.statuses = {k: dict(sorted(v.items())) for k, v in self.statuses.items()}
         self.report.answer_503_s = _percentiles(self.times_503)
         before, after = self.report.before, self.report.after
@@ -281,12 +285,11 @@ class _Storm:
             auth = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
             head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n").encode()
-            trickle = head if i % 2 == 0 else head + b"\r\n" + body[:-1]  # headers, or the body, never end
-            sent = 0
+            # even: headers that never end; odd: whole headers, then a body that never ends
+            trickle, sent = (head, 20) if i % 2 == 0 else (head + b"\r\n" + body[:-1], len(head) + 2)
             deadline = time.monotonic() + self.profile.slow_hold_s
             try:
-                writer.write(trickle[:20])
-                sent = 20
+                writer.write(trickle[:sent])
                 while time.monotonic() < deadline:
                     try:
                         data = await asyncio.wait_for(reader.read(65536), timeout=1.0)
@@ -324,7 +327,8 @@ class _Storm:
             await asyncio.gather(*(self.send("flood", client, "/v1/completions", body) for _ in range(n)))
 
     async def adversarial(self) -> None:
-        specs = adversarial_specs(self.profile.adversarial, random.Random(self.rng.random()))
+        # the same specs in the warm-up and the storm: what stays cached after the warm-up is the baseline
+        specs = adversarial_specs(self.profile.adversarial, random.Random(self.seed))
         sem = asyncio.Semaphore(4)
         async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=300) as client:
             async def one(spec: dict[str, Any]) -> None:
@@ -354,8 +358,29 @@ class _Storm:
                 out[name] = out.get(name, 0.0) + float(value)
         return out
 
-    async def snapshot(self, client: httpx.AsyncClient) -> Snapshot:
-        m = await self.metrics(client)
+    async def warm_up(self, openapi: dict[str, Any]) -> None:
+        """The same storm (at most 1,000 generated requests), so that the baseline holds what serving
+        warms up once (allocator arenas at the storm's high-water mark, compiled-grammar caches,
+        tokenizer tables) and before/after compares storm with storm: growth then is a leak."""
+        full = self.profile
+        self.profile = replace(full, generated=min(full.generated, 1000), cut_streams=min(full.cut_streams, 100),
+                               slowloris=min(full.slowloris, 50))
+        try:
+            await asyncio.gather(self.generated(openapi), self.cut_streams(), self.slowloris(), self.big_bodies(),
+                                 self.flood(), self.adversarial())
+        finally:
+            self.profile = full
+            self.statuses.clear()
+            self.times_503.clear()
+            self.report.unexpected_5xx = 0
+            self.report.slowloris_closed_by_server = 0
+
+    async def snapshot(self) -> Snapshot:
+        await asyncio.sleep(1.0)  # the server's side of connections just closed sees their end
+        # a fresh connection, closed after: none of ours stays open to be counted
+        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=30,
+                                     limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            m = await self.metrics(client)
         processes: dict[str, dict[str, int]] = {}
         api_pid = process_probe.listening_pid(self.port)
         if api_pid is not None:
@@ -371,7 +396,7 @@ class _Storm:
                         running=m.get("pagoda:num_requests_running", 0.0),
                         waiting=m.get("pagoda:num_requests_waiting", 0.0),
                         preemptions=m.get("pagoda:num_preemptions_total", m.get("pagoda:num_preemptions", 0.0)),
-                        connections=process_probe.established_connections(self.port) - 1,  # our own scrape
+                        connections=process_probe.established_connections(self.port),
                         processes=processes)
 
 

@@ -45,7 +45,9 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer |
 
     app = FastAPI(title="Pagoda", description="OpenAI-compatible LLM server")
     install_error_handlers(app)
-    app.add_middleware(SlowClientGuard, config=config)  # body size and read time, requests at once
+    # body size and read time, requests at once, and a full queue answered before the body is read
+    app.add_middleware(SlowClientGuard, config=config,
+                       queue_full=lambda: client.num_waiting >= config.max_waiting)
     bearer = HTTPBearer(auto_error=False)
 
     async def check_api_key(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:

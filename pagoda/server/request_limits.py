@@ -15,7 +15,6 @@ from pagoda.errors import InvalidRequestError
 from pagoda.server.config import ServerConfig
 from pagoda.server.errors import APIError
 from pagoda.structured.grammar_compiler import compile_off_loop, compiler_for
-from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 from pagoda.structured.openai_fields import guided_spec_from_request, request_field
 from pagoda.tokenizer import Tokenizer
 
@@ -52,7 +51,7 @@ async def check_guided_spec(req: Any, tokenizer: Tokenizer, config: ServerConfig
     if spec is None:
         return
     param = "response_format" if request_field(req, "response_format") not in (None, {"type": "text"}) else spec.param
-    size = _spec_chars(spec)
+    size = spec.num_chars
     if size > config.max_spec_chars:
         raise APIError(400, f"the structured-output spec has {size} characters; the limit is {config.max_spec_chars} "
                             "(--max-spec-chars)", param=param, code="spec_too_large")
@@ -65,10 +64,6 @@ async def check_guided_spec(req: Any, tokenizer: Tokenizer, config: ServerConfig
         await compile_off_loop(compiler_for(tokenizer), spec, config.grammar_compile_timeout_s)
     except InvalidRequestError as e:
         raise APIError(400, e.message, param=param) from None
-
-
-def _spec_chars(spec: GuidedDecodingParams) -> int:
-    return sum(len(x) for x in (spec.json or "", spec.regex or "", spec.grammar or "", *(spec.choice or ())))
 
 
 def _depth(value: Any) -> int:

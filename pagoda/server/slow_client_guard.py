@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -29,11 +30,14 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 _GUARDED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")  # the API; /health and /metrics stay cheap and open
+_GENERATING = ("/v1/completions", "/v1/chat/completions", "/v1/responses")  # these queue engine work
+_DRAIN_FACTOR = 4  # a declared body up to this many times the limit is read (and dropped) before the 413
 
 
 class SlowClientGuard:
-    def __init__(self, app: Any, config: ServerConfig) -> None:
+    def __init__(self, app: Any, config: ServerConfig, queue_full: Callable[[], bool] = lambda: False) -> None:
         self.app = app
+        self.queue_full = queue_full  # the engine's waiting queue is at --max-waiting: 503 before reading anything
         self.max_bytes = config.max_request_bytes
         self.timeout_s = config.body_read_timeout_s
         self.max_active = config.max_concurrent_requests
@@ -48,6 +52,10 @@ class SlowClientGuard:
             await _error(send, 503, f"server busy: {self.active} requests in progress (limit {self.max_active}); "
                                     "retry later", "server_overloaded", {"retry-after": str(self.retry_after_s)})
             return
+        if scope["method"] == "POST" and scope["path"] in _GENERATING and self.queue_full():
+            await _error(send, 503, "server overloaded: the waiting queue is full (--max-waiting); retry later",
+                         "server_overloaded", {"retry-after": str(self.retry_after_s)})
+            return
         self.active += 1
         try:
             await self._guarded(scope, receive, send)
@@ -57,6 +65,8 @@ class SlowClientGuard:
     async def _guarded(self, scope: Scope, receive: Any, send: Any) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            if declared <= _DRAIN_FACTOR * self.max_bytes:
+                await self._drain(receive)  # so the client reads the 413 instead of a reset connection
             await _too_large(send, self.max_bytes)
             return
         if scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -94,6 +104,18 @@ class SlowClientGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+    async def _drain(self, receive: Any) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        more = True
+        while more and loop.time() < deadline:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return
+            more = message["type"] == "http.request" and message.get("more_body", False)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -19,6 +19,9 @@ from pagoda.tokenizer import Tokenizer
 CLOSING_CHARACTERS = '"}])' + " ,:0.1aAeE-_/\n" + "".join(chr(c) for c in range(33, 127))
 
 _CACHE_SIZE = 256
+# and at most this many characters of specs: a compiled grammar's memory grows with its spec, and a storm
+# of large distinct specs must not keep growing the process (the newest entry is always kept)
+_CACHE_CHARS = 1 << 20
 # compiles requested by the server's handlers: a costly spec occupies a thread, never the event loop;
 # two threads so one slow spec does not queue every other behind it
 _server_compile_pool = CompileExecutor(2, "pagoda-grammar-validate")
@@ -28,9 +31,11 @@ class GrammarCompiler:
     """One tokenizer's compiled grammars, by spec. Thread-safe: the server compiles in its request
     handlers, off the engine loop; a spec compiled once is a dictionary hit afterwards."""
 
-    def __init__(self, tokenizer: Tokenizer, cache_size: int = _CACHE_SIZE) -> None:
+    def __init__(self, tokenizer: Tokenizer, cache_size: int = _CACHE_SIZE, cache_chars: int = _CACHE_CHARS) -> None:
         self.tokenizer = tokenizer
         self.cache_size = cache_size
+        self.cache_chars = cache_chars
+        self._cached_chars = 0
         self._backends: dict[str, GrammarBackend] = {}
         self._cache: OrderedDict[GuidedDecodingParams, CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
@@ -68,9 +73,12 @@ class GrammarCompiler:
         compiled = call_on_deep_stack(backend.compile, spec)
         with self._lock:
             self.num_compiled += 1
-            self._cache[spec] = compiled
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            if spec not in self._cache:
+                self._cache[spec] = compiled
+                self._cached_chars += spec.num_chars
+            while len(self._cache) > 1 and (len(self._cache) > self.cache_size
+                                            or self._cached_chars > self.cache_chars):
+                self._cached_chars -= self._cache.popitem(last=False)[0].num_chars
         return compiled
 
 
