@@ -94,11 +94,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="ci")
     parser.add_argument("--max-waiting", type=int, default=32, help="the server's --max-waiting (the burst is 10x)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-limit", type=float, default=None, help="seconds for the storm's phases "
+                        "(default: the profile's); phases still running then are cancelled and reported")
     parser.add_argument("--json-out", default=None, help="also write the report here")
 
 
 def run(args: argparse.Namespace) -> int:
-    report = asyncio.run(run_storm(args.url, PROFILES[args.profile], max_waiting=args.max_waiting,
+    profile = PROFILES[args.profile]
+    if args.time_limit is not None:
+        profile = replace(profile, time_limit_s=args.time_limit)
+    report = asyncio.run(run_storm(args.url, profile, max_waiting=args.max_waiting,
                                    model=args.model, api_key=args.api_key, seed=args.seed))
     print(format_report(report, args.profile))
     if args.json_out:
