@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="seconds to receive a whole request body; past it 408")
     b.add_argument("--header-read-timeout", type=float, default=ServerConfig.header_read_timeout_s,
                    help="seconds for a connection to send its request headers; past it the connection closes")
-    b.add_argument("--keep-alive-timeout", type=float, default=ServerConfig.keep_alive_timeout_s,
+    b.add_argument("--keep-alive-timeout", type=int, default=ServerConfig.keep_alive_timeout_s,
                    help="seconds an idle kept-alive connection stays open")
     b.add_argument("--max-connections", type=int, default=ServerConfig.max_connections,
                    help="open connections; past it uvicorn answers a plain 503")

@@ -23,7 +23,7 @@ class ServerConfig:
     max_request_bytes: int = 4 * 1024 * 1024  # a body past it: 413, checked while it is read, before parsing
     body_read_timeout_s: float = 30.0  # a body not fully received by then (slowloris): 408
     header_read_timeout_s: float = 10.0  # a connection that has not sent complete headers by then is closed
-    keep_alive_timeout_s: float = 5.0  # uvicorn's timeout_keep_alive: an idle kept-alive connection closes
+    keep_alive_timeout_s: int = 5  # uvicorn's timeout_keep_alive: an idle kept-alive connection closes
     max_connections: int = 4096  # uvicorn's limit_concurrency: past it new connections get a plain 503
     max_concurrent_requests: int = 2048  # /v1 requests (streams included) being served at once; past it 503
     max_n: int = 128  # samples per request (OpenAI's limit)
