@@ -125,4 +125,4 @@ class SchedulerConfig:
     max_wait_s: float = EngineArgs.max_wait_s  # past this wait a request is admitted first, whatever the policy
     # a request preempted more often than this is resumed only once blocks for its whole remaining run are
     # free (no thrash: it would otherwise be preempted again as soon as the others grow)
-    max_preemptions: int = 2
+    max_preemptions: int = EngineArgs.max_preemptions

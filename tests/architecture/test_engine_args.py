@@ -52,7 +52,7 @@ NON_DEFAULT = {
     "model": "m.gguf", "tokenizer": "tok", "dtype": "float32", "quantization": None, "attention_backend": "torch",
     "max_model_len": 512, "block_size": 8, "kv_cache_memory_gb": 0.5, "num_kv_blocks": 40, "max_num_seqs": 3,
     "max_num_batched_tokens": 99, "batching": "static", "enable_prefix_caching": False,
-    "enable_chunked_prefill": False, "scheduling_policy": "lpm", "max_wait_s": 1.5, "seed": 7, "device": "cpu",
+    "enable_chunked_prefill": False, "scheduling_policy": "lpm", "max_wait_s": 1.5, "max_preemptions": 5, "seed": 7, "device": "cpu",
     "enforce_eager": True, "num_threads": 2,
     "show_progress": False, "tensor_parallel_size": 2, "pipeline_parallel_size": 2, "data_parallel_size": 3,
     "distributed_backend": "gloo", "router_policy": "round_robin", "pipeline_micro_batches": 2,
