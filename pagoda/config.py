@@ -123,3 +123,6 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = EngineArgs.enable_chunked_prefill
     scheduling_policy: str = EngineArgs.scheduling_policy
     max_wait_s: float = EngineArgs.max_wait_s  # past this wait a request is admitted first, whatever the policy
+    # a request preempted more often than this is resumed only once blocks for its whole remaining run are
+    # free (no thrash: it would otherwise be preempted again as soon as the others grow)
+    max_preemptions: int = EngineArgs.max_preemptions
