@@ -48,6 +48,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     attention_backend: str = EngineArgs.attention_backend  # how to run it: resolved by the model loader
+    deterministic: bool = EngineArgs.deterministic  # batch-invariant kernels for every row (gguf_int4.py)
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any], dtype: torch.dtype, max_model_len: int | None) -> ModelConfig:
@@ -101,6 +102,9 @@ class CacheConfig:
     block_size: int
     num_blocks: int
     enable_prefix_caching: bool = EngineArgs.enable_prefix_caching
+    # under the default numerics a generated token's KV comes from another kernel than a prompt
+    # token's (pagoda.layers.row_roles): only prompt tokens enter the prefix cache unless deterministic
+    deterministic: bool = EngineArgs.deterministic
     kv_cache_dtype: str = EngineArgs.kv_cache_dtype  # "int8" / "fp8": see pagoda.attention.quantized_kv
 
 
@@ -120,3 +124,6 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = EngineArgs.enable_chunked_prefill
     scheduling_policy: str = EngineArgs.scheduling_policy
     max_wait_s: float = EngineArgs.max_wait_s  # past this wait a request is admitted first, whatever the policy
+    # a request preempted more often than this is resumed only once blocks for its whole remaining run are
+    # free (no thrash: it would otherwise be preempted again as soon as the others grow)
+    max_preemptions: int = EngineArgs.max_preemptions

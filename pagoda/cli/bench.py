@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 HELP = ("benchmarks: serve (load-test any OpenAI server), throughput, prefix, parallel, profile, structured, "
-        "sampler, diffusion-accuracy, digits-accuracy, quality")
+        "sampler, diffusion-accuracy, digits-accuracy, quality, storm")
 
 BENCH_COMMANDS: dict[str, str] = {
     "serve": "pagoda.bench.serve",
@@ -23,6 +23,7 @@ BENCH_COMMANDS: dict[str, str] = {
     "diffusion-accuracy": "pagoda.bench.diffusion_accuracy",
     "digits-accuracy": "pagoda.bench.digits_accuracy",
     "quality": "pagoda.bench.quality",
+    "storm": "pagoda.bench.storm",
 }
 
 

@@ -7,6 +7,7 @@ token budget.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 
@@ -17,6 +18,8 @@ from pagoda.engine.scheduler_counters import SchedulerCounters
 from pagoda.engine.scheduler_interface import SchedulerInterface
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagoda.kv_cache.kv_cache_manager import KVCacheManager
+
+logger = logging.getLogger(__name__)
 
 
 def make_policy(config: SchedulerConfig, kv_cache: KVCacheManager) -> SchedulingPolicy:
@@ -141,6 +144,8 @@ class Scheduler(SchedulerInterface):
         """Admits a waiting request, reusing its longest cached prefix. Returns None (deferred)
         when a running request is still prefilling the very blocks this one would compute next."""
         rid = request.request_id
+        if self._held_back(request):
+            return False
         # prompt logprobs need every prompt position computed: such requests don't reuse the cache
         reuse = rid not in self.kv_cache.block_tables and request.params.prompt_logprobs is None
         prefix = self.kv_cache.match_prefix(request.all_token_ids, request.cache_salt) if reuse else []
@@ -162,6 +167,15 @@ class Scheduler(SchedulerInterface):
         self._admit(request)
         out.scheduled.append(ScheduledRequest(request, start, num_new, table))
         return True
+
+    def _held_back(self, request: Request) -> bool:
+        """A request preempted more than ``max_preemptions`` times waits, at the head of the queue, until
+        blocks for its whole remaining run are free (or nothing else runs): resuming it sooner would only
+        get it preempted again."""
+        if request.metrics.num_preemptions <= self.config.max_preemptions or not self.running:
+            return False
+        whole = self.kv_cache.blocks_needed(request.request_id, request.num_prompt_tokens + request.max_tokens)
+        return whole > self.kv_cache.num_free_blocks + self.kv_cache.pool.num_evictable
 
     def _prefix_in_flight(self, request: Request, num_cached_blocks: int) -> bool:
         """Whether a running request shares this one's next uncached block and has not computed it
@@ -185,6 +199,8 @@ class Scheduler(SchedulerInterface):
         request.status = RequestStatus.PREEMPTED
         request.metrics.num_preemptions += 1
         self.counters.num_preemptions += 1
+        logger.info("preempted %s (%d tokens; preemption %d of this request, %d in all)", request.request_id,
+                    request.num_tokens, request.metrics.num_preemptions, self.counters.num_preemptions)
         self.waiting.appendleft(request)
         out.preempted_request_ids.append(request.request_id)
 
@@ -201,7 +217,8 @@ class Scheduler(SchedulerInterface):
             request.num_computed_tokens += s.num_new_tokens
             self.counters.prompt_tokens_computed += max(
                 0, min(request.num_prompt_tokens, s.start + s.num_new_tokens) - s.start)
-            self.kv_cache.cache_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens)
+            self.kv_cache.cache_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens,
+                                       request.num_prompt_tokens)
             token = sampled.get(request.request_id)
             if token is None:
                 continue

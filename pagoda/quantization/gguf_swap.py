@@ -23,7 +23,8 @@ def checkpoint_names(model: nn.Module, module_name: str) -> list[str]:
     return [f"{module_name[: -len(leaf)]}{part}.weight" for part in parts]
 
 
-def swap_int4_linears(model: nn.Module, tensor_types: dict[str, GGMLQuantizationType], dtype) -> int:
+def swap_int4_linears(model: nn.Module, tensor_types: dict[str, GGMLQuantizationType], dtype,
+                      deterministic: bool) -> int:
     """Replaces packable linear layers in place; returns how many were swapped."""
     swapped = 0
     q8 = q8_kernel_available()
@@ -33,7 +34,7 @@ def swap_int4_linears(model: nn.Module, tensor_types: dict[str, GGMLQuantization
         types = [tensor_types.get(n) for n in checkpoint_names(model, name)]
         packed: nn.Module | None = None
         if all(t in PACKABLE for t in types):
-            packed = Int4Linear(module, dtype)
+            packed = Int4Linear(module, dtype, deterministic)
         elif q8 and all(t in Q8_TYPES for t in types) and module.in_features % 32 == 0:
             packed = Q8Linear(module)
         if packed is not None:

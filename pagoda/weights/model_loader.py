@@ -165,7 +165,7 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
     if keep:
         from pagoda.quantization.gguf_swap import swap_int4_linears
 
-        swap_int4_linears(model, files.tensor_types(), config.dtype)
+        swap_int4_linears(model, files.tensor_types(), config.dtype, config.deterministic)
     if quantization == "compressed-tensors":
         from pagoda.quantization.compressed_tensors import CompressedTensorsConfig, swap_compressed_linears
 
