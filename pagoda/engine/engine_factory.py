@@ -30,6 +30,9 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     if args.data_parallel_size > 1:
         raise ValueError("data_parallel_size > 1 runs replicas behind a router: use `pagoda serve --dp N`; "
                          "one engine is one replica")
+    if args.enable_lora and args.tensor_parallel_size * args.pipeline_parallel_size > 1:
+        # each rank would have to follow the driver's slot plan: not wired into the workers yet
+        raise ValueError("enable_lora runs on one process: tensor / pipeline parallel LoRA is not implemented")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     device = resolve_device(args.device)
@@ -52,14 +55,26 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     scheduler_config = SchedulerConfig(
         max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
         max_model_len=model_config.max_model_len, batching=args.batching, scheduling_policy=args.scheduling_policy,
-        max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill)
+        max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill,
+        max_loras=args.max_loras if args.enable_lora else None)
     sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
     runner = _runner(args, files, model_config, cache_config, sampler, device)
-    if isinstance(runner, ModelRunner) and device.type == "cuda" and not args.enforce_eager:
+    if args.enable_lora:
+        _enable_lora(args, runner, model_config)
+    if isinstance(runner, ModelRunner) and device.type == "cuda" and not args.enforce_eager and not args.enable_lora:
         runner.enable_decode_graphs(scheduler_config.max_num_seqs, model_config.max_model_len)
     logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                 time.perf_counter() - start, cache_config.num_blocks, args.block_size)
     return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)
+
+
+def _enable_lora(args: EngineArgs, runner: Runner, model_config: ModelConfig) -> None:
+    from pagoda.lora.config import LoRAConfig
+    from pagoda.lora.manager import LoRAManager
+
+    assert isinstance(runner, ModelRunner)  # one process (checked in build_engine)
+    config = LoRAConfig(args.max_loras, args.max_lora_rank, args.max_cpu_loras)
+    runner.lora = LoRAManager(cast(torch.nn.Module, runner.model), config, model_config.dtype)
 
 
 def _model_path(args: EngineArgs) -> str:

@@ -11,6 +11,8 @@ dequantized copy for large batches). torch's ``_weight_int4pack_mm_for_cpu`` con
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
@@ -74,6 +76,8 @@ class Int4Linear(nn.Module):
     batch-invariant on this CPU) or, in float32, ``F.linear`` (not batch-invariant).
     """
 
+    lora: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # adds LoRA deltas (pagoda.lora)
+
     def __init__(self, base: LinearBase, dtype: torch.dtype) -> None:
         super().__init__()
         if base.in_features % GROUP:
@@ -129,6 +133,8 @@ class Int4Linear(nn.Module):
                                                   self.out_features, x.dtype)
         else:
             y = linear(x, self.dense, None, self.dense_packed)
+        if self.lora is not None:  # LoRA deltas (pagoda.lora), before the all-reduce
+            y = self.lora(x, y)
         y = y.reshape(*shape[:-1], self.out_features)
         if self.reduce:
             y = self.tp.all_reduce(y)
