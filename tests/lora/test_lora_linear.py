@@ -1,0 +1,90 @@
+"""The batched low-rank delta: tensor-parallel shards through the layers' own loaders, and a row's
+delta bitwise the same alone or among rows of other adapters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pagoda.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagoda.lora.lora_linear import LoRABatch, LoRALinear
+from pagoda.parallel import TensorParallel
+
+
+def _ab(r: int, in_features: int, out_features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(r, in_features, generator=g), torch.randn(out_features, r, generator=g) * 0.1
+
+
+def _delta(layer, parts, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    lora = LoRALinear(layer, LoRABatch([(0, None)]), 1, dtype)
+    lora.set_slot(0, lora.shard("layer", parts))
+    out = layer.out_features
+    return lora(x.to(dtype), torch.zeros(x.shape[0], out, dtype=dtype))
+
+
+@pytest.mark.parametrize("kv_heads", [4, 1])  # KV heads split, and replicated across the two ranks
+def test_qkv_shards_are_slices_of_the_full_delta(kv_heads):
+    hidden, d, heads = 64, 16, 4
+    parts = {"q": _ab(4, hidden, heads * d, 1), "v": _ab(8, hidden, kv_heads * d, 2)}  # k not targeted
+    x = torch.randn(5, hidden)
+    full = {s: x @ a.T @ b.T for s, (a, b) in parts.items()}
+    for rank in (0, 1):
+        layer = QKVParallelLinear(hidden, d, heads, kv_heads, tp=TensorParallel(rank, 2))
+        y = _delta(layer, parts, x)
+        q, kv = layer.num_heads * d, layer.num_kv_heads * d
+        kv_rank = rank // layer.kv_replicas
+        torch.testing.assert_close(y[:, :q], full["q"][:, rank * q:(rank + 1) * q])
+        torch.testing.assert_close(y[:, q:q + kv], torch.zeros(5, kv))
+        torch.testing.assert_close(y[:, q + kv:], full["v"][:, kv_rank * kv:(kv_rank + 1) * kv])
+
+
+def test_gate_up_and_row_parallel_shards():
+    hidden, inter = 64, 128
+    parts = {0: _ab(8, hidden, inter, 3), 1: _ab(8, hidden, inter, 4)}
+    down = {None: _ab(16, inter, hidden, 5)}
+    x, h = torch.randn(3, hidden), torch.randn(3, inter)
+    summed = torch.zeros(3, hidden)
+    for rank in (0, 1):
+        tp = TensorParallel(rank, 2)
+        y = _delta(MergedColumnParallelLinear(hidden, [inter, inter], tp=tp), parts, x)
+        half = inter // 2
+        for i in (0, 1):
+            a, b = parts[i]
+            torch.testing.assert_close(y[:, i * half:(i + 1) * half], (x @ a.T @ b.T)[:, rank * half:(rank + 1) * half])
+        # row-parallel: each rank's delta on its slice of the input; the all-reduce sums them
+        summed += _delta(RowParallelLinear(inter, hidden, tp=tp), down, h[:, rank * 64:(rank + 1) * 64])
+    a, b = down[None]
+    torch.testing.assert_close(summed, h @ a.T @ b.T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(batch=st.sampled_from([1, 2, 5, 16, 17, 33, 64, 65, 100]), seed=st.integers(0, 2**16))
+def test_row_delta_is_batch_invariant(dtype, batch, seed):
+    """Each row's output is bitwise the same alone (its slot's group of one) and in a batch whose rows
+    are spread over three adapters and the base."""
+    hidden, d, heads, kv_heads = 96, 32, 3, 1
+    layer = QKVParallelLinear(hidden, d, heads, kv_heads)
+    group = LoRABatch([])
+    lora = LoRALinear(layer, group, 3, dtype)
+    for slot, r in enumerate((8, 16, 64)):
+        parts = {"q": _ab(r, hidden, heads * d, seed + slot), "k": _ab(r, hidden, kv_heads * d, seed + 7),
+                 "v": _ab(r, hidden, kv_heads * d, seed + 9)}
+        lora.set_slot(slot, lora.shard("qkv", parts))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, hidden, generator=g).to(dtype)
+    base = torch.randn(batch, layer.out_features, generator=g).to(dtype)
+    slots = torch.randint(-1, 3, (batch,), generator=g)
+    group.groups = [(s, torch.nonzero(slots == s).flatten()) for s in range(3) if (slots == s).any()]
+    full = lora(x, base.clone())
+    for row in {0, batch // 2, batch - 1}:
+        s = int(slots[row])
+        group.groups = [] if s < 0 else [(s, None)]
+        alone = lora(x[row:row + 1].clone(), base[row:row + 1].clone())
+        assert torch.equal(alone[0], full[row]), f"row {row} (slot {s}) of {batch}"
+    if (slots >= 0).any():
+        assert not torch.equal(full[slots >= 0], base[slots >= 0])
+    assert torch.equal(full[slots < 0], base[slots < 0])
