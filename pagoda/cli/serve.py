@@ -31,9 +31,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="/v1/embeddings: the last prompt token's final hidden state, or the mean over the prompt")
     g.add_argument("--web-ui", action=argparse.BooleanOptionalAction, default=ServerConfig.web_ui,
                    help="the chat page at / and the live dashboard at /dashboard (--no-web-ui: neither)")
+    g.add_argument("--lora-modules", nargs="+", type=_lora_module, default=list(ServerConfig.lora_modules),
+                   metavar="NAME=PATH", help="LoRA adapters (PEFT directories) served as models (needs --enable-lora)")
+    g.add_argument("--allow-runtime-lora", action=argparse.BooleanOptionalAction,
+                   default=ServerConfig.allow_runtime_lora,
+                   help="allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
     g.add_argument("--log-level", default=ServerConfig.log_level, choices=["debug", "info", "warning", "error"])
     g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                    help="log every HTTP request")
+
+
+def _lora_module(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, served_model_name=args.served_model_name,
                           api_key=args.api_key, max_waiting=args.max_waiting, image_model=args.image_model,
                           log_level=args.log_level, web_ui=args.web_ui, tool_call_parser=args.tool_call_parser,
-                          reasoning_parser=args.reasoning_parser, pooling=args.pooling)
+                          reasoning_parser=args.reasoning_parser, pooling=args.pooling,
+                          lora_modules=tuple(args.lora_modules), allow_runtime_lora=args.allow_runtime_lora)
+    if (config.lora_modules or config.allow_runtime_lora) and not args.enable_lora:
+        raise SystemExit("--lora-modules and --allow-runtime-lora need --enable-lora")
     run_server(EngineArgs.from_cli_args(args), config, access_log=args.access_log)
     return 0

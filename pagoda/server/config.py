@@ -19,3 +19,5 @@ class ServerConfig:
     tool_call_parser: str | None = None  # the format of tool calls; default: from the chat template, else hermes
     pooling: str = "last"  # /v1/embeddings: the last prompt token's final hidden state, or "mean"
     reasoning_parser: str | None = None  # e.g. "think": <think>...</think> becomes message.reasoning_content
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, adapter directory) served as models (needs enable_lora)
+    allow_runtime_lora: bool = False  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter
