@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pagoda.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagoda.layers.linear import (
+    LinearBase,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+    WeightLoader,
+)
 from pagoda.layers.prepacked import linear, prepack_weight
 from pagoda.lora.peft_adapter import LoRALoadError
 
@@ -53,13 +59,15 @@ class LoRALinear:
 
     def __init__(self, layer: nn.Module, batch: LoRABatch, num_slots: int, dtype: torch.dtype) -> None:
         # a packed layer keeps the loader of the layer it replaced; that layer knows the shards
-        loader = getattr(layer, "base_loader", None) or getattr(layer, "weight_loader")
-        self.base = loader.__self__
-        self.loader = loader
+        loader = getattr(layer, "base_loader", None) or getattr(layer, "weight_loader", None)
+        base = getattr(loader, "__self__", None)
+        if loader is None or not isinstance(base, LinearBase):
+            raise TypeError(f"{type(layer).__name__} has no sharded weight loader to load LoRA weights with")
+        self.base: LinearBase = base
+        self.loader: WeightLoader = loader
         self.batch = batch
         self.dtype = dtype
         self.slots: list[LoRAWeights | None] = [None] * num_slots
-        base = self.base
         self.row_parallel = isinstance(base, RowParallelLinear)
         if isinstance(base, QKVParallelLinear):
             kv_full = base.num_kv_heads * base.tp.size // base.kv_replicas * base.head_dim

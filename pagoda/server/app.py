@@ -13,8 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pagoda.server.config import ServerConfig
 from pagoda.server.engine_client import EngineClient
 from pagoda.server.errors import APIError, install_error_handlers
-from pagoda.server.metrics import ServerMetrics
 from pagoda.server.lora_models import LoRAModels
+from pagoda.server.metrics import ServerMetrics
 from pagoda.server.openai_serving import ModelInfo, parse_body
 from pagoda.server.protocol import (
     DetokenizeResponse,

@@ -24,11 +24,11 @@ from typing import Any
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.stats import EngineStats
 from pagoda.errors import InvalidRequestError
+from pagoda.lora.request import LoRARequest
 from pagoda.sampling_params import SamplingParams
 from pagoda.server.dashboard_snapshot import DashboardSnapshot
 from pagoda.server.engine_client import EngineDeadError, EngineRequestError
 from pagoda.server.engine_process import make_llm_engine, run_engine_process
-from pagoda.lora.request import LoRARequest
 from pagoda.server.messages import (
     AbortRequest,
     AddRequest,

@@ -88,3 +88,39 @@ def test_row_delta_is_batch_invariant(dtype, batch, seed):
     if (slots >= 0).any():
         assert not torch.equal(full[slots >= 0], base[slots >= 0])
     assert torch.equal(full[slots < 0], base[slots < 0])
+
+
+@pytest.mark.parametrize("fmt", ["dense", "fp8", "gguf-q4"])
+def test_every_weight_format_adds_the_delta(fmt):
+    """The hook in each linear type's forward: output with an adapter = output without + x A^T B^T."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    from pagoda.quantization.fp8 import Fp8Linear
+    from pagoda.quantization.gguf_int4 import Int4Linear
+
+    hidden, inter = 64, 96
+    dense = MergedColumnParallelLinear(hidden, [inter, inter])
+    w = torch.randn(2 * inter, hidden) * 0.1
+    dense.weight.data.copy_(w)
+    layer: torch.nn.Module = dense
+    if fmt == "fp8":
+        layer = Fp8Linear(dense)
+    elif fmt == "gguf-q4":
+        layer = Int4Linear(dense, torch.float32)
+        for part in (0, 1):
+            rows = w[part * inter:(part + 1) * inter].numpy().astype(np.float32)
+            layer.load_quantized(Q.Q4_0, quants.quantize(rows, Q.Q4_0), (inter, hidden), part)
+        layer.finalize()
+    x = torch.randn(7, hidden)
+    without = layer(x)
+    parts = {0: _ab(8, hidden, inter, 1), 1: _ab(4, hidden, inter, 2)}
+    lora = LoRALinear(layer, LoRABatch([(0, torch.tensor([0, 2, 5]))]), 1, torch.float32)
+    lora.set_slot(0, lora.shard("gate_up", parts))
+    layer.lora = lora
+    with_lora = layer(x)
+    expected = torch.cat([x @ a.T @ b.T for a, b in parts.values()], dim=1)
+    rows = [0, 2, 5]
+    torch.testing.assert_close(with_lora[rows] - without[rows], expected[rows], atol=1e-5, rtol=1e-4)
+    assert torch.equal(with_lora[[1, 3, 4, 6]], without[[1, 3, 4, 6]])

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from adapters import peft_reference
 import torch
+from adapters import peft_reference
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "server"))
 from live_server import API_KEY, MODEL, LiveServer, tiny_engine_args  # noqa: E402

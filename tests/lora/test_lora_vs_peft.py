@@ -7,7 +7,12 @@ import random
 import pytest
 import torch
 from adapters import load_base, peft_reference
-from reference import assert_all_blocks_returned, assert_greedy_matches, assert_logprobs_match, reference_logits
+from reference import (
+    assert_all_blocks_returned,
+    assert_greedy_matches,
+    assert_logprobs_match,
+    reference_logits,
+)
 
 from pagoda import LLM, LoRARequest, SamplingParams
 
@@ -117,3 +122,4 @@ def test_bf16_model_with_adapters_runs(tiny_llama_dir, lora_adapters, references
     assert abs(out.logprobs[0][out.token_ids[0]].logprob - float(ref[0, out.token_ids[0]])) < 0.1
     assert out.token_ids[0] == int(ref[0].argmax())
     llm.shutdown()
+
