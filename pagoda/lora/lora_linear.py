@@ -9,18 +9,24 @@ rank: A is [parts * r_pad, in] and B [out, parts * r_pad] is zero outside each p
 one shrink and one expand cover the fused output. r_pad rounds the rank up to 32, the fixed-order
 kernel's block.
 
-Batch invariance: a row's delta is x_row A^T B^T through ``pagoda.layers.prepacked.linear`` (the
-fixed-order kernel in float32, oneDNN's bfloat16 GEMM otherwise: both give a row the same bits at
-every row count), added once to the row's base output. It depends on the row and its adapter only.
+Mixed batches: the step's rows are gathered once, grouped by slot; each adapter's rows take one
+shrink (x A^T) and one expand (. B^T) matmul, the deltas go back to row order with one gather and
+are added to the base output (Punica's grouped shrink/expand, as plain matmuls per adapter).
+
+Batch invariance: a row's delta is x_row A^T B^T through the fixed-order kernel
+(``pagoda::invariant_linear``; elsewhere ``pagoda.layers.prepacked.linear``), which gives a row the
+same bits at every row count, added once to the row's base output: it depends on the row and its
+adapter only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from pagoda.kernels import cpu_kernels
 from pagoda.layers.linear import (
     LinearBase,
     MergedColumnParallelLinear,
@@ -28,7 +34,7 @@ from pagoda.layers.linear import (
     RowParallelLinear,
     WeightLoader,
 )
-from pagoda.layers.prepacked import linear, prepack_weight
+from pagoda.layers.prepacked import linear
 from pagoda.lora.peft_adapter import LoRALoadError
 
 RANK_BLOCK = 32
@@ -36,21 +42,44 @@ RANK_BLOCK = 32
 
 @dataclass
 class LoRAWeights:
-    """One adapter's A [width, in] and B [out, width] for one layer on this rank, in the model dtype,
-    with oneDNN-packed copies once in a slot (bfloat16 on CPU)."""
+    """One adapter's A [width, in] and B [out, width] for one layer on this rank, in the model dtype."""
 
     a: torch.Tensor
     b: torch.Tensor
-    a_packed: torch.Tensor | None = None
-    b_packed: torch.Tensor | None = None
 
 
 @dataclass
 class LoRABatch:
-    """The step's rows per slot, shared by every LoRA layer of the model (set by ``LoRAManager``):
-    (slot, row indices) pairs; None as indices means every row of the step."""
+    """The step's rows by slot, shared by every LoRA layer of the model (set by ``LoRAManager``).
 
-    groups: list[tuple[int, torch.Tensor | None]]
+    ``order`` lists the rows that use an adapter, grouped by slot (None: every row of the step, in
+    order); ``segments`` are (slot, start, end) ranges of ``order``; ``scatter`` maps each row of
+    the step to its delta's position in the grouped order, rows without an adapter to one past the
+    end (a zero row) (None: the identity)."""
+
+    order: torch.Tensor | None = None
+    segments: list[tuple[int, int, int]] = field(default_factory=list)
+    scatter: torch.Tensor | None = None
+
+    def set_rows(self, row_slots: list[int], device: torch.device | None = None) -> None:
+        """The step's slot of each row (negative: no adapter)."""
+        rows: dict[int, list[int]] = {}
+        for r, slot in enumerate(row_slots):
+            if slot >= 0:
+                rows.setdefault(slot, []).append(r)
+        order = [r for slot_rows in rows.values() for r in slot_rows]
+        self.segments, at = [], 0
+        for slot, slot_rows in rows.items():
+            self.segments.append((slot, at, at + len(slot_rows)))
+            at += len(slot_rows)
+        if order == list(range(len(row_slots))):  # every row has an adapter, already grouped
+            self.order = self.scatter = None
+            return
+        position = [len(order)] * len(row_slots)  # no adapter: the zero row after the deltas
+        for i, r in enumerate(order):
+            position[r] = i
+        self.order = torch.tensor(order, dtype=torch.int64, device=device)
+        self.scatter = torch.tensor(position, dtype=torch.int64, device=device)
 
 
 class LoRALinear:
@@ -115,21 +144,35 @@ class LoRALinear:
     def set_slot(self, slot: int, weights: LoRAWeights | None, device: torch.device | None = None) -> None:
         """Copies an adapter's weights (host memory) into a slot; None empties it."""
         if weights is not None:
-            a, b = weights.a.to(device), weights.b.to(device)
-            weights = LoRAWeights(a, b, prepack_weight(a), prepack_weight(b))
+            weights = LoRAWeights(weights.a.to(device), weights.b.to(device))
         self.slots[slot] = weights
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        batch = self.batch
+        if not batch.segments:
+            return y
         x, shape = x.reshape(-1, x.shape[-1]), y.shape
-        y = y.reshape(-1, shape[-1])
-        for slot, rows in self.batch.groups:
+        xs = x if batch.order is None else x.index_select(0, batch.order)  # rows grouped by slot
+        deltas = []
+        for slot, start, end in batch.segments:  # shrink then expand, one pair of matmuls per adapter
             w = self.slots[slot]
             if w is None:
-                continue
-            xs = x if rows is None else x.index_select(0, rows)
-            delta = linear(linear(xs, w.a, None, w.a_packed), w.b, None, w.b_packed)
-            if rows is None:
-                y = y + delta.view_as(y)
+                deltas.append(xs.new_zeros(end - start, shape[-1]))
             else:
-                y = y.index_add(0, rows, delta.to(y.dtype))
-        return y.view(shape)
+                deltas.append(_matmul(_matmul(xs[start:end], w.a), w.b))
+        if batch.scatter is None:
+            delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas)
+        else:  # back to the step's row order; rows without an adapter get the zero row
+            delta = torch.cat([*deltas, xs.new_zeros(1, shape[-1])]).index_select(0, batch.scatter)
+        return (y.reshape(-1, shape[-1]) + delta).view(shape)
+
+
+_NONE = torch.empty(0)
+
+
+def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x w^T through the fixed-order kernel where it runs (every width here is a multiple of 32):
+    a row's result is the same at every row count, and small matrices pay no per-shape set-up."""
+    if x.is_cpu and w.dtype == x.dtype and cpu_kernels.invariant_linear_available():
+        return torch.ops.pagoda.invariant_linear(x.contiguous(), w, _NONE, _NONE, w.shape[0], x.dtype)
+    return linear(x, w, None, None)

@@ -38,7 +38,7 @@ class LoRAManager:
 
     def __init__(self, model: nn.Module, config: LoRAConfig, dtype: torch.dtype) -> None:
         self.config = config
-        self.batch = LoRABatch([])
+        self.batch = LoRABatch()
         # checkpoint module fragment -> (fused module fragment, part)
         self.fused = {ckpt: (param, part) for ckpt, param, part in getattr(model, "stacked_params", [])}
         self.layers: dict[str, LoRALinear] = {}
@@ -122,21 +122,14 @@ class LoRAManager:
     def activate(self, step: LoRAStep | None, device: torch.device) -> None:
         """Places the step's new adapters into their slots and sets each slot's rows."""
         if step is None:
-            self.batch.groups = []
+            self.batch.segments = []
             return
         for slot, request in step.loads:
             if self.resident[slot] != request.lora_int_id:
                 self._place(slot, request.lora_int_id, self._host_weights(request), device)
                 self.num_swaps += 1
-        rows: dict[int, list[int]] = {}
-        start = 0
-        for slot, n in zip(step.slots, step.num_rows, strict=True):
-            if slot != NO_SLOT:
-                rows.setdefault(slot, []).extend(range(start, start + n))
-            start += n
-        self.batch.groups = [
-            (slot, None if len(r) == start else torch.tensor(r, dtype=torch.int64, device=device))
-            for slot, r in rows.items()]
+        row_slots = [slot for slot, n in zip(step.slots, step.num_rows, strict=True) for _ in range(n)]
+        self.batch.set_rows(row_slots, device)
 
     def _place(self, slot: int, lora_id: int | None, weights: dict[str, LoRAWeights],
                device: torch.device | None) -> None:

@@ -19,7 +19,9 @@ def _ab(r: int, in_features: int, out_features: int, seed: int) -> tuple[torch.T
 
 
 def _delta(layer, parts, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    lora = LoRALinear(layer, LoRABatch([(0, None)]), 1, dtype)
+    rows = LoRABatch()
+    rows.set_rows([0] * x.shape[0])
+    lora = LoRALinear(layer, rows, 1, dtype)
     lora.set_slot(0, lora.shard("layer", parts))
     out = layer.out_features
     return lora(x.to(dtype), torch.zeros(x.shape[0], out, dtype=dtype))
@@ -78,11 +80,11 @@ def test_row_delta_is_batch_invariant(dtype, batch, seed):
     x = torch.randn(batch, hidden, generator=g).to(dtype)
     base = torch.randn(batch, layer.out_features, generator=g).to(dtype)
     slots = torch.randint(-1, 3, (batch,), generator=g)
-    group.groups = [(s, torch.nonzero(slots == s).flatten()) for s in range(3) if (slots == s).any()]
+    group.set_rows(slots.tolist())
     full = lora(x, base.clone())
     for row in {0, batch // 2, batch - 1}:
         s = int(slots[row])
-        group.groups = [] if s < 0 else [(s, None)]
+        group.set_rows([s])
         alone = lora(x[row:row + 1].clone(), base[row:row + 1].clone())
         assert torch.equal(alone[0], full[row]), f"row {row} (slot {s}) of {batch}"
     if (slots >= 0).any():
@@ -116,7 +118,9 @@ def test_every_weight_format_adds_the_delta(fmt):
     x = torch.randn(7, hidden)
     without = layer(x)
     parts = {0: _ab(8, hidden, inter, 1), 1: _ab(4, hidden, inter, 2)}
-    lora = LoRALinear(layer, LoRABatch([(0, torch.tensor([0, 2, 5]))]), 1, torch.float32)
+    rows = LoRABatch()
+    rows.set_rows([0, -1, 0, -1, -1, 0, -1])
+    lora = LoRALinear(layer, rows, 1, torch.float32)
     lora.set_slot(0, lora.shard("gate_up", parts))
     layer.lora = lora
     with_lora = layer(x)
