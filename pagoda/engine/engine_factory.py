@@ -43,7 +43,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     files = ModelFiles(_model_path(args))
     dtype = resolve_dtype(args.dtype, device)
     model_config = replace(ModelConfig.from_hf_config(files.hf_config(), dtype, args.max_model_len),
-                           attention_backend=args.attention_backend)
+                           attention_backend=args.attention_backend, deterministic=args.deterministic)
     tokenizer = files.tokenizer(args.tokenizer)
     cache_config = _cache_config(args, model_config)
     if model_config.max_model_len > cache_config.num_blocks * args.block_size:
@@ -88,7 +88,8 @@ def _model_path(args: EngineArgs) -> str:
 def _cache_config(args: EngineArgs, model_config: ModelConfig) -> CacheConfig:
     per_block = kv_cache_bytes_per_block(model_config, args.block_size)
     num_blocks = args.num_kv_blocks or max(1, int(args.kv_cache_memory_gb * 2**30 // per_block))
-    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching)
+    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching,
+                       cache_generated_tokens=args.deterministic)
 
 
 def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cache_config: CacheConfig,

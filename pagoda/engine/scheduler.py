@@ -210,7 +210,8 @@ class Scheduler(SchedulerInterface):
             request.num_computed_tokens += s.num_new_tokens
             self.counters.prompt_tokens_computed += max(
                 0, min(request.num_prompt_tokens, s.start + s.num_new_tokens) - s.start)
-            self.kv_cache.cache_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens)
+            self.kv_cache.cache_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens,
+                                       request.num_prompt_tokens)
             token = sampled.get(request.request_id)
             if token is None:
                 continue
