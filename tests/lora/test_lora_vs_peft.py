@@ -96,9 +96,10 @@ def test_prefix_cache_is_per_adapter(tiny_llama_dir, lora_adapters, references):
 
 
 def test_rows_are_bitwise_the_same_alone_and_in_a_mixed_batch(tiny_llama_dir, lora_adapters):
-    """A request's tokens and logprobs do not depend on the other requests (and adapters) of its steps."""
+    """``deterministic=True``: a request's tokens and logprobs do not depend on the other requests (and
+    adapters) of its steps."""
     llm = LLM(tiny_llama_dir, dtype="float32", enable_lora=True, max_loras=4, num_kv_blocks=512,
-              max_num_batched_tokens=512, enable_prefix_caching=False, show_progress=False)
+              max_num_batched_tokens=512, enable_prefix_caching=False, deterministic=True, show_progress=False)
     reqs = list(requests(lora_adapters).values())
     ps = prompts(24, 9)
     loras = [reqs[i % 3] if i % 4 else None for i in range(24)]
