@@ -20,6 +20,7 @@ from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype, r
 
 if TYPE_CHECKING:
     from pagoda.engine.llm_engine import LLMEngine
+    from pagoda.lora.config import LoRAConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     if args.data_parallel_size > 1:
         raise ValueError("data_parallel_size > 1 runs replicas behind a router: use `pagoda serve --dp N`; "
                          "one engine is one replica")
-    if args.enable_lora and args.tensor_parallel_size * args.pipeline_parallel_size > 1:
-        # each rank would have to follow the driver's slot plan: not wired into the workers yet
-        raise ValueError("enable_lora runs on one process: tensor / pipeline parallel LoRA is not implemented")
+    if args.enable_lora and args.pipeline_parallel_size > 1:
+        # a stage holds some layers only; its adapter shards would have to be cut the same way
+        raise ValueError("enable_lora with pipeline parallelism is not implemented (tensor parallelism is)")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     device = resolve_device(args.device)
@@ -59,7 +60,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         max_loras=args.max_loras if args.enable_lora else None)
     sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
     runner = _runner(args, files, model_config, cache_config, sampler, device)
-    if args.enable_lora:
+    if args.enable_lora and isinstance(runner, ModelRunner):  # a parallel runner's ranks set up their own
         _enable_lora(args, runner, model_config)
     if isinstance(runner, ModelRunner) and device.type == "cuda" and not args.enforce_eager and not args.enable_lora:
         runner.enable_decode_graphs(scheduler_config.max_num_seqs, model_config.max_model_len)
@@ -68,12 +69,17 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)
 
 
-def _enable_lora(args: EngineArgs, runner: Runner, model_config: ModelConfig) -> None:
+def _lora_config(args: EngineArgs) -> LoRAConfig | None:
     from pagoda.lora.config import LoRAConfig
+
+    return LoRAConfig(args.max_loras, args.max_lora_rank, args.max_cpu_loras) if args.enable_lora else None
+
+
+def _enable_lora(args: EngineArgs, runner: ModelRunner, model_config: ModelConfig) -> None:
     from pagoda.lora.manager import LoRAManager
 
-    assert isinstance(runner, ModelRunner)  # one process (checked in build_engine)
-    config = LoRAConfig(args.max_loras, args.max_lora_rank, args.max_cpu_loras)
+    config = _lora_config(args)
+    assert config is not None
     runner.lora = LoRAManager(cast(torch.nn.Module, runner.model), config, model_config.dtype)
 
 
@@ -100,6 +106,6 @@ def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cach
         from pagoda.distributed.parallel_config import ParallelConfig
 
         return MultiprocExecutor(ParallelConfig.from_engine_args(args), files.path, model_config, cache_config, sampler,
-                                 quantization)
+                                 quantization, _lora_config(args))
     model = load_model(files, model_config, device, quantization=quantization, show_progress=args.show_progress)
     return ModelRunner(cast(StepModel, model), model_config, cache_config, sampler, device)  # a causal LM

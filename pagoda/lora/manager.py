@@ -49,10 +49,11 @@ class LoRAManager:
                 module.lora = lora
                 self.layers[name] = lora
         self.requests: dict[int, LoRARequest] = {}
-        self.host: OrderedDict[int, dict[str, LoRAWeights]] = OrderedDict()  # LRU first
+        # keyed by the whole request: an id removed and added again from elsewhere is read afresh
+        self.host: OrderedDict[LoRARequest, dict[str, LoRAWeights]] = OrderedDict()  # LRU first
         self.slot_ids: list[int | None] = [None] * config.max_loras  # the driver's view (plan)
         self.slot_used: list[int] = [0] * config.max_loras
-        self.resident: list[int | None] = [None] * config.max_loras  # what this process's slots hold
+        self.resident: list[LoRARequest | None] = [None] * config.max_loras  # what this process's slots hold
         self.num_swaps = 0
         self._clock = 0
 
@@ -68,18 +69,19 @@ class LoRAManager:
 
     def remove(self, lora_id: int) -> None:
         self.requests.pop(lora_id, None)
-        self.host.pop(lora_id, None)
+        for key in [k for k in self.host if k.lora_int_id == lora_id]:
+            del self.host[key]
         for slot, held in enumerate(self.slot_ids):
             if held == lora_id:
                 self.slot_ids[slot] = None
-        for slot, held in enumerate(self.resident):
-            if held == lora_id:
+        for slot, lora in enumerate(self.resident):
+            if lora is not None and lora.lora_int_id == lora_id:
                 self._place(slot, None, {}, None)
 
     def _host_weights(self, request: LoRARequest) -> dict[str, LoRAWeights]:
-        weights = self.host.get(request.lora_int_id)
+        weights = self.host.get(request)
         if weights is not None:
-            self.host.move_to_end(request.lora_int_id)
+            self.host.move_to_end(request)
             return weights
         adapter = read_peft_adapter(request.lora_path, self.config.max_lora_rank)
         parts: dict[str, dict[object, tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -91,7 +93,7 @@ class LoRAManager:
                 raise LoRALoadError(f"LoRA adapter {request.lora_path!r}: module {module!r} is not in the model")
             parts.setdefault(name, {})[part] = ab
         weights = {name: self.layers[name].shard(name, p) for name, p in parts.items()}
-        self.host[request.lora_int_id] = weights
+        self.host[request] = weights
         limit = self.config.max_cpu_loras
         while limit is not None and len(self.host) > limit:
             self.host.popitem(last=False)  # read again from disk when next needed
@@ -125,14 +127,14 @@ class LoRAManager:
             self.batch.segments = []
             return
         for slot, request in step.loads:
-            if self.resident[slot] != request.lora_int_id:
-                self._place(slot, request.lora_int_id, self._host_weights(request), device)
+            if self.resident[slot] != request:
+                self._place(slot, request, self._host_weights(request), device)
                 self.num_swaps += 1
         row_slots = [slot for slot, n in zip(step.slots, step.num_rows, strict=True) for _ in range(n)]
         self.batch.set_rows(row_slots, device)
 
-    def _place(self, slot: int, lora_id: int | None, weights: dict[str, LoRAWeights],
+    def _place(self, slot: int, lora: LoRARequest | None, weights: dict[str, LoRAWeights],
                device: torch.device | None) -> None:
         for name, layer in self.layers.items():
             layer.set_slot(slot, weights.get(name), device)
-        self.resident[slot] = lora_id
+        self.resident[slot] = lora
