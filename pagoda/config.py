@@ -123,4 +123,4 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = EngineArgs.enable_chunked_prefill
     scheduling_policy: str = EngineArgs.scheduling_policy
     max_wait_s: float = EngineArgs.max_wait_s  # past this wait a request is admitted first, whatever the policy
-    max_loras: int | None = None  # with LoRA: the most distinct adapters among running requests (the slots)
+    max_loras: int = EngineArgs.max_loras  # with LoRA: the most distinct adapters among running requests (the slots)

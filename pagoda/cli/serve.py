@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="/v1/embeddings: the last prompt token's final hidden state, or the mean over the prompt")
     g.add_argument("--web-ui", action=argparse.BooleanOptionalAction, default=ServerConfig.web_ui,
                    help="the chat page at / and the live dashboard at /dashboard (--no-web-ui: neither)")
-    g.add_argument("--lora-modules", nargs="+", type=_lora_module, default=list(ServerConfig.lora_modules),
+    g.add_argument("--lora-modules", nargs="+", type=_lora_module, default=ServerConfig.lora_modules,
                    metavar="NAME=PATH", help="LoRA adapters (PEFT directories) served as models (needs --enable-lora)")
     g.add_argument("--allow-runtime-lora", action=argparse.BooleanOptionalAction,
                    default=ServerConfig.allow_runtime_lora,

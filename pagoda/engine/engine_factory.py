@@ -57,7 +57,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
         max_model_len=model_config.max_model_len, batching=args.batching, scheduling_policy=args.scheduling_policy,
         max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill,
-        max_loras=args.max_loras if args.enable_lora else None)
+        max_loras=args.max_loras)
     sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
     runner = _runner(args, files, model_config, cache_config, sampler, device)
     if args.enable_lora and isinstance(runner, ModelRunner):  # a parallel runner's ranks set up their own

@@ -118,7 +118,7 @@ class Scheduler(SchedulerInterface):
 
     def _lora_slot_free(self, request: Request) -> bool:
         lora, limit = request.lora_request, self.config.max_loras
-        if lora is None or limit is None:
+        if lora is None:
             return True
         running = {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
         return lora.lora_int_id in running or len(running) < limit
