@@ -15,6 +15,7 @@ _EXPORTS = {
     "CompletionOutput": "pagoda.outputs",
     "Logprob": "pagoda.outputs",
     "InvalidRequestError": "pagoda.errors",
+    "LoRARequest": "pagoda.lora.request",
 }
 __all__ = list(_EXPORTS)
 

@@ -127,3 +127,4 @@ class SchedulerConfig:
     # a request preempted more often than this is resumed only once blocks for its whole remaining run are
     # free (no thrash: it would otherwise be preempted again as soon as the others grow)
     max_preemptions: int = EngineArgs.max_preemptions
+    max_loras: int = EngineArgs.max_loras  # with LoRA: the most distinct adapters among running requests (the slots)

@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 HELP = ("benchmarks: serve (load-test any OpenAI server), throughput, prefix, parallel, profile, structured, "
-        "sampler, diffusion-accuracy, digits-accuracy, quality, storm")
+        "sampler, diffusion-accuracy, digits-accuracy, quality, storm, lora")
 
 BENCH_COMMANDS: dict[str, str] = {
     "serve": "pagoda.bench.serve",
@@ -24,6 +24,7 @@ BENCH_COMMANDS: dict[str, str] = {
     "digits-accuracy": "pagoda.bench.digits_accuracy",
     "quality": "pagoda.bench.quality",
     "storm": "pagoda.bench.storm",
+    "lora": "pagoda.bench.lora_bench",
 }
 
 

@@ -55,9 +55,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="deepest nesting of a JSON schema")
     b.add_argument("--grammar-compile-timeout", type=float, default=ServerConfig.grammar_compile_timeout_s,
                    help="seconds a structured-output spec may take to compile (off the event loop); past it 400")
+    g.add_argument("--lora-modules", nargs="+", type=_lora_module, default=ServerConfig.lora_modules,
+                   metavar="NAME=PATH", help="LoRA adapters (PEFT directories) served as models (needs --enable-lora)")
+    g.add_argument("--allow-runtime-lora", action=argparse.BooleanOptionalAction,
+                   default=ServerConfig.allow_runtime_lora,
+                   help="allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
     g.add_argument("--log-level", default=ServerConfig.log_level, choices=["debug", "info", "warning", "error"])
     g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                    help="log every HTTP request")
+
+
+def _lora_module(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
                           max_connections=args.max_connections, max_concurrent_requests=args.max_concurrent_requests,
                           max_n=args.max_n, max_logprobs=args.max_logprobs, max_stop_strings=args.max_stop_strings,
                           max_spec_chars=args.max_spec_chars, max_schema_depth=args.max_schema_depth,
-                          grammar_compile_timeout_s=args.grammar_compile_timeout)
+                          grammar_compile_timeout_s=args.grammar_compile_timeout,
+                          lora_modules=tuple(args.lora_modules), allow_runtime_lora=args.allow_runtime_lora)
+    if (config.lora_modules or config.allow_runtime_lora) and not args.enable_lora:
+        raise SystemExit("--lora-modules and --allow-runtime-lora need --enable-lora")
     run_server(EngineArgs.from_cli_args(args), config, access_log=args.access_log)
     return 0

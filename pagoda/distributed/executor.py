@@ -50,6 +50,8 @@ from pagoda.distributed.worker import (
 )
 from pagoda.engine.model_runner import ModelRunnerOutput, StepInputs
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagoda.lora.config import LoRAConfig
+from pagoda.lora.request import LoRARequest
 from pagoda.sample.sampler import Sampler
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,8 @@ class MultiprocExecutor:
     workers, leaves the process group and removes the shared memory and the temp folder."""
 
     def __init__(self, parallel: ParallelConfig, model_path: str, model_config: ModelConfig,
-                 cache_config: CacheConfig, sampler: Sampler, quantization: str | None) -> None:
+                 cache_config: CacheConfig, sampler: Sampler, quantization: str | None,
+                 lora: LoRAConfig | None = None) -> None:
         parallel.validate(model_config)
         _claim_process_group()
         self.parallel = parallel
@@ -96,18 +99,18 @@ class MultiprocExecutor:
             store = dist.TCPStore(parallel.master_addr, port + 1, is_master=True, wait_for_workers=False)
             # bytes are fine; torch's stub says str
             store.set(SPEC_KEY, pickle.dumps(WorkerSpec(  # type: ignore[arg-type]
-                -1, parallel, model_path, model_config, cache_config, quantization, "", init_method)))
+                -1, parallel, model_path, model_config, cache_config, quantization, "", init_method, lora=lora)))
             self._resources["spec_store"] = store
         for rank in parallel.local_ranks(0)[1:]:
             spec = WorkerSpec(rank, parallel, model_path, model_config, cache_config, quantization, name,
-                              init_method, os.path.join(self._error_dir, f"rank{rank}.err"))
+                              init_method, os.path.join(self._error_dir, f"rank{rank}.err"), lora)
             proc = subprocess.Popen([sys.executable, "-m", "pagoda.distributed.worker"], stdin=subprocess.PIPE)
             assert proc.stdin is not None
             proc.stdin.write(pickle.dumps(spec))
             proc.stdin.close()
             self._procs.append(proc)
         spec0 = WorkerSpec(0, parallel, model_path, model_config, cache_config, quantization, name,
-                           init_method)
+                           init_method, lora=lora)
         watchdog = functools.partial(_check_workers, parallel.local_ranks(0)[1:], self._procs, self._error_dir)
         try:
             self.state = RankState(spec0, watchdog, sampler)
@@ -118,6 +121,13 @@ class MultiprocExecutor:
             raise
         self.runner = self.state.runner
         self._step_s = 0.0
+
+    def add_lora(self, request: LoRARequest) -> None:
+        """Checks an adapter on the driver; the other ranks read their shards when a step places it."""
+        self.runner.add_lora(request)
+
+    def remove_lora(self, lora_id: int) -> None:
+        self.runner.remove_lora(lora_id)
 
     def _check_workers(self) -> None:
         """Raises if a worker has died (called while waiting on the ranks)."""
@@ -143,7 +153,7 @@ class MultiprocExecutor:
         t0 = time.perf_counter()
         runner, stats = self.runner, self.state.stats
         parts = [runner.prepare(o) for o in split_micro_batches(out, self._num_micro_batches())]
-        self.state.publish(StepMessage([MicroBatch(p.input_ids, p.positions, p.metadata, p.block_copies)
+        self.state.publish(StepMessage([MicroBatch(p.input_ids, p.positions, p.metadata, p.block_copies, p.lora)
                                    for p in parts]))
         hidden: list[torch.Tensor | None] = []
         for k, inputs in enumerate(parts):

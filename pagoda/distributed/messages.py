@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.lora.manager import LoRAStep
 
 
 @dataclass
@@ -24,6 +25,7 @@ class MicroBatch:
     positions: torch.Tensor
     metadata: AttentionMetadata
     block_copies: list[tuple[int, int]]
+    lora: LoRAStep | None = None  # the rows' adapter slots, and adapters to place first
 
 
 @dataclass

@@ -45,6 +45,8 @@ from pagoda.distributed.rank_stats import RankStats
 from pagoda.distributed.shm_comm import PeerLost, ShmCommunicator, create_segment
 from pagoda.distributed.shm_ring import ShmRing, create_ring
 from pagoda.engine.model_runner import ModelRunner, StepInputs
+from pagoda.lora.config import LoRAConfig
+from pagoda.lora.manager import LoRAManager
 from pagoda.parallel import TensorParallel
 from pagoda.sample.sampler import Sampler
 
@@ -103,6 +105,7 @@ class WorkerSpec:
     shm_name: str
     init_method: str
     error_path: str = ""
+    lora: LoRAConfig | None = None  # LoRA slots on every rank (tensor parallel only)
 
 
 class RankState:
@@ -173,6 +176,8 @@ class RankState:
                         num_hidden_layers=len(layers))
         model = DriverModel(self.stage_module, self.publish) if spec.rank == 0 else self.stage_module
         self.runner = ModelRunner(model, shard, spec.cache_config, sampler, torch.device("cpu"))
+        if spec.lora is not None:  # each rank shards the adapters the driver's plan places
+            self.runner.lora = LoRAManager(self.model, spec.lora, config.dtype)
         self.stats = RankStats()
 
     def publish(self, message: Message) -> None:
@@ -223,7 +228,7 @@ def _serve(state: RankState) -> None:
         message = decode(state.comm.recv_message())
         if isinstance(message, StepMessage):
             for k, mb in enumerate(message.micro_batches):
-                inputs = StepInputs([], mb.input_ids, mb.positions, mb.metadata, mb.block_copies)
+                inputs = StepInputs([], mb.input_ids, mb.positions, mb.metadata, mb.block_copies, mb.lora)
                 with state.stats.busy(state.comm_seconds, state.wait_seconds, k):
                     runner.forward(inputs)
         elif isinstance(message, LogitsMessage):

@@ -79,6 +79,10 @@ class EngineArgs:
     master_addr: str | None = None  # node 0's address (default: $MASTER_ADDR, else 127.0.0.1)
     master_port: int | None = None  # default: $MASTER_PORT, else a free port (one host only)
     startup_timeout_s: float = 300.0  # how long ranks wait for each other to start
+    enable_lora: bool = False  # serve PEFT LoRA adapters (LoRARequest per request)
+    max_loras: int = 4  # adapters resident at once (slots): the most distinct adapters in one step
+    max_lora_rank: int = 64  # adapters of a higher rank are refused at load
+    max_cpu_loras: int | None = None  # adapters kept in host memory for swapping in (None: all used so far)
 
     def __post_init__(self) -> None:
         if self.pipeline_stage_layers is not None:
@@ -100,7 +104,9 @@ class EngineArgs:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size",
                      "pipeline_parallel_size", "data_parallel_size", "pipeline_micro_batches", "nnodes"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("max_model_len", "num_kv_blocks", "num_threads", "pipeline_virtual_engines"):
+        for name in ("max_loras", "max_lora_rank"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("max_model_len", "num_kv_blocks", "num_threads", "pipeline_virtual_engines", "max_cpu_loras"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
         _at_least("max_wait_s", self.max_wait_s, 0)
@@ -196,6 +202,15 @@ class EngineArgs:
                        help="node 0's rendezvous port ($MASTER_PORT)")
         p.add_argument("--startup-timeout-s", type=float, default=d.startup_timeout_s,
                        help="how long ranks wait for each other to start")
+
+        lo = parser.add_argument_group("LoRA")
+        lo.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=d.enable_lora,
+                        help="serve PEFT LoRA adapters on the base model")
+        lo.add_argument("--max-loras", type=int, default=d.max_loras,
+                        help="adapters resident at once (the most distinct adapters in one step)")
+        lo.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank, help="highest adapter rank accepted")
+        lo.add_argument("--max-cpu-loras", type=int, default=d.max_cpu_loras,
+                        help="adapters kept in host memory for swapping in (default: every one used)")
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:

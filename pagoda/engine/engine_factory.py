@@ -20,6 +20,7 @@ from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype, r
 
 if TYPE_CHECKING:
     from pagoda.engine.llm_engine import LLMEngine
+    from pagoda.lora.config import LoRAConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     if args.data_parallel_size > 1:
         raise ValueError("data_parallel_size > 1 runs replicas behind a router: use `pagoda serve --dp N`; "
                          "one engine is one replica")
+    if args.enable_lora and args.pipeline_parallel_size > 1:
+        # a stage holds some layers only; its adapter shards would have to be cut the same way
+        raise ValueError("enable_lora with pipeline parallelism is not implemented (tensor parallelism is)")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     device = resolve_device(args.device)
@@ -53,14 +57,30 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
         max_model_len=model_config.max_model_len, batching=args.batching, scheduling_policy=args.scheduling_policy,
         max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill,
-        max_preemptions=args.max_preemptions)
+        max_preemptions=args.max_preemptions, max_loras=args.max_loras)
     sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
     runner = _runner(args, files, model_config, cache_config, sampler, device)
-    if isinstance(runner, ModelRunner) and device.type == "cuda" and not args.enforce_eager:
+    if args.enable_lora and isinstance(runner, ModelRunner):  # a parallel runner's ranks set up their own
+        _enable_lora(args, runner, model_config)
+    if isinstance(runner, ModelRunner) and device.type == "cuda" and not args.enforce_eager and not args.enable_lora:
         runner.enable_decode_graphs(scheduler_config.max_num_seqs, model_config.max_model_len)
     logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                 time.perf_counter() - start, cache_config.num_blocks, args.block_size)
     return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)
+
+
+def _lora_config(args: EngineArgs) -> LoRAConfig | None:
+    from pagoda.lora.config import LoRAConfig
+
+    return LoRAConfig(args.max_loras, args.max_lora_rank, args.max_cpu_loras) if args.enable_lora else None
+
+
+def _enable_lora(args: EngineArgs, runner: ModelRunner, model_config: ModelConfig) -> None:
+    from pagoda.lora.manager import LoRAManager
+
+    config = _lora_config(args)
+    assert config is not None
+    runner.lora = LoRAManager(cast(torch.nn.Module, runner.model), config, model_config.dtype)
 
 
 def _model_path(args: EngineArgs) -> str:
@@ -86,6 +106,6 @@ def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cach
         from pagoda.distributed.parallel_config import ParallelConfig
 
         return MultiprocExecutor(ParallelConfig.from_engine_args(args), files.path, model_config, cache_config, sampler,
-                                 quantization)
+                                 quantization, _lora_config(args))
     model = load_model(files, model_config, device, quantization=quantization, show_progress=args.show_progress)
     return ModelRunner(cast(StepModel, model), model_config, cache_config, sampler, device)  # a causal LM

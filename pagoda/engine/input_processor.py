@@ -7,6 +7,8 @@ import time
 from pagoda.config import ModelConfig
 from pagoda.engine.request_group import RequestGroup
 from pagoda.errors import InvalidRequestError
+from pagoda.kv_cache.cache_key import prefix_cache_key
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import RequestMetrics
 from pagoda.sampling_params import SamplingParams
 from pagoda.tokenizer import Tokenizer
@@ -23,12 +25,14 @@ class InputProcessor:
         self.vocab_size = model_config.vocab_size
 
     def process(self, request_id: str, prompt: str | list[int], params: SamplingParams, *, priority: int = 0,
-                arrival_time: float | None = None, cache_salt: str | None = None) -> RequestGroup:
+                arrival_time: float | None = None, cache_salt: str | None = None,
+                lora_request: LoRARequest | None = None) -> RequestGroup:
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams", "sampling_params")
         prompt_text, prompt_ids = self.tokenize(prompt)
         if params.pooling == "mean":  # every prompt row is needed: no prefix-cache hit may skip one
             cache_salt = f"{cache_salt or ''}\x00pooling:{request_id}"
+        cache_salt = prefix_cache_key(cache_salt, None if lora_request is None else lora_request.lora_int_id)
         max_len = self.max_model_len
         if len(prompt_ids) >= max_len:
             raise InvalidRequestError(
@@ -38,7 +42,8 @@ class InputProcessor:
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         metrics = RequestMetrics(arrival_time=arrival_time or time.monotonic())
         group = RequestGroup.create(request_id, prompt_text, prompt_ids, params, self.tokenizer, metrics,
-                                    max_tokens=max_tokens, priority=priority, cache_salt=cache_salt)
+                                    max_tokens=max_tokens, priority=priority, cache_salt=cache_salt,
+                                    lora_request=lora_request)
         first, *others = (s.request for s in group.samples)
         first.pending_forks = others
         return group

@@ -24,6 +24,7 @@ from pagoda.engine.schedulers import make_scheduler
 from pagoda.engine.stats import EngineStats
 from pagoda.errors import InvalidRequestError
 from pagoda.kv_cache.kv_cache_manager import BlockMapSnapshot, KVCacheManager
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import RequestOutput
 from pagoda.sampling_params import SamplingParams
 from pagoda.tokenizer import Tokenizer
@@ -79,16 +80,37 @@ class LLMEngine:
 
     # -- requests -----------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams, *,
-                    priority: int = 0, arrival_time: float | None = None, cache_salt: str | None = None) -> None:
+                    priority: int = 0, arrival_time: float | None = None, cache_salt: str | None = None,
+                    lora_request: LoRARequest | None = None) -> None:
         if self._shut_down:
             raise RuntimeError("the engine has been shut down")
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
-        group = self.input_processor.process(request_id, prompt, params, priority=priority,
-                                             arrival_time=arrival_time, cache_salt=cache_salt)
+        if lora_request is not None:
+            self.add_lora(lora_request)
+        group = self.input_processor.process(request_id, prompt, params, priority=priority, arrival_time=arrival_time,
+                                             cache_salt=cache_salt, lora_request=lora_request)
         scheduler = min(self.schedulers, key=lambda s: len(s.requests))
         self.requests.add(group, scheduler)
         scheduler.add_request(group.samples[0].request)  # the others fork from it
+
+    def add_lora(self, lora_request: LoRARequest) -> None:
+        """Reads and checks an adapter (once per id), so that requests can use it; a bad one raises
+        ``InvalidRequestError`` naming the problem and the engine goes on."""
+        add = getattr(self.runner, "add_lora", None)
+        if add is None:
+            raise InvalidRequestError("LoRA adapters are not supported by this engine's runner", "lora_request")
+        try:
+            add(lora_request)
+        except ValueError as exc:  # LoRALoadError, or LoRA not enabled
+            raise InvalidRequestError(str(exc), "lora_request") from exc
+
+    def remove_lora(self, lora_id: int) -> None:
+        """Forgets an adapter (its host copy and slot); requests already running with it finish with
+        it (read again from its directory)."""
+        remove = getattr(self.runner, "remove_lora", None)
+        if remove is not None:
+            remove(lora_id)
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
         for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:

@@ -17,6 +17,8 @@ from pagoda.engine.decode_graphs import DecodeGraphs
 from pagoda.engine.guarded_processors import guarded_processors
 from pagoda.engine.request import Request
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagoda.lora.manager import LoRAManager, LoRAStep
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import PositionLogprobs
 from pagoda.sample.prompt_logprobs import position_logprobs
 from pagoda.sample.sampler import RowLogprobs, Sampler, SamplingBatch
@@ -46,6 +48,7 @@ class StepInputs:
     positions: torch.Tensor
     metadata: AttentionMetadata
     block_copies: list[tuple[int, int]]
+    lora: LoRAStep | None = None  # the rows' adapter slots (None: no adapter this step)
 
 
 class StepModel(Protocol):
@@ -104,6 +107,17 @@ class ModelRunner:
                           for _ in range(model_config.num_hidden_layers)]
 
     decode_graphs: DecodeGraphs | None = None
+    lora: LoRAManager | None = None  # set by the engine factory when LoRA is enabled
+
+    def add_lora(self, request: LoRARequest) -> None:
+        """Reads and checks an adapter into host memory (``LoRALoadError`` when it cannot run)."""
+        if self.lora is None:
+            raise ValueError("LoRA is not enabled on this engine (enable_lora=True)")
+        self.lora.add(request)
+
+    def remove_lora(self, lora_id: int) -> None:
+        if self.lora is not None:
+            self.lora.remove(lora_id)
 
     def enable_decode_graphs(self, max_num_seqs: int, max_model_len: int, capture: bool = True) -> None:
         """Decode steps replay CUDA graphs (captured now, per batch-size bucket); ``capture=False`` runs
@@ -143,12 +157,16 @@ class ModelRunner:
         # decodes (one new token) first: attention runs them together
         scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
         input_ids, positions, metadata = self._prepare_inputs(scheduled)
-        return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies)
+        lora = None if self.lora is None else self.lora.plan(
+            [s.request.lora_request for s in scheduled], [s.num_new_tokens for s in scheduled])
+        return StepInputs(scheduled, input_ids, positions, metadata, out.block_copies, lora)
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor | None:
         """Block copies, then the model over the flat batch; returns hidden states [tokens, hidden]."""
         self._copy_blocks(inputs.block_copies)
+        if self.lora is not None:
+            self.lora.activate(inputs.lora, self.device)
         if self.decode_graphs is not None and self.decode_graphs.can_run(inputs.metadata):
             return self.decode_graphs.run(inputs.input_ids, inputs.positions, inputs.metadata)
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)

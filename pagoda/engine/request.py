@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import PositionLogprobs, RequestMetrics
 from pagoda.sampling_params import SamplingParams
 
@@ -48,6 +49,7 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     all_token_ids: list[int] = field(default_factory=list)
     cache_salt: str | None = None  # requests with different salts never share cached prefixes
+    lora_request: LoRARequest | None = None  # the adapter it runs with (None: the base model)
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache (or shared by a fork)
     pending_forks: list[Request] = field(default_factory=list)  # other samples, forked after the prompt
     stop_reason: int | str | None = None

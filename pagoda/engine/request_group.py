@@ -9,6 +9,7 @@ import torch
 from pagoda.detokenizer import IncrementalDetokenizer
 from pagoda.engine.request import Request
 from pagoda.logits_processor import CloneableProcessor
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from pagoda.sampling_params import SamplingParams
 from pagoda.tokenizer import Tokenizer
@@ -40,7 +41,7 @@ class RequestGroup:
     @classmethod
     def create(cls, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
                tokenizer: Tokenizer, metrics: RequestMetrics, *, max_tokens: int, priority: int = 0,
-               cache_salt: str | None = None) -> RequestGroup:
+               cache_salt: str | None = None, lora_request: LoRARequest | None = None) -> RequestGroup:
         """The group and its n samples (ids ``{i}_{request_id}`` when n > 1; sample i seeded with
         ``seed + i``; each with its own copy of stateful logits processors)."""
         stop_ids = set(params.stop_token_ids or ())
@@ -55,7 +56,7 @@ class RequestGroup:
                 prompt_token_ids=prompt_token_ids, params=params if i == 0 else fresh_processors(params),
                 max_tokens=max_tokens, stop_token_ids=frozenset(stop_ids),
                 metrics=metrics if params.n == 1 else RequestMetrics(arrival_time=metrics.arrival_time),
-                priority=priority, seed=seed, cache_salt=cache_salt,
+                priority=priority, seed=seed, cache_salt=cache_salt, lora_request=lora_request,
                 generator=None if seed is None else torch.Generator())
             detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids, params.skip_special_tokens,
                                                  stop, params.include_stop_str_in_output)

@@ -110,12 +110,21 @@ class Scheduler(SchedulerInterface):
         for request in self._waiting_in_order():
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 break
+            if not self._lora_slot_free(request):
+                continue  # its adapter would need a slot that running requests hold
             admitted = self._admit_one(request, budget, out)
             if admitted is None:
                 continue  # its next blocks are being computed by another request: wait for them
             if not admitted:
                 break  # head of line: keep the policy's order
             budget -= out.scheduled[-1].num_new_tokens
+
+    def _lora_slot_free(self, request: Request) -> bool:
+        lora, limit = request.lora_request, self.config.max_loras
+        if lora is None:
+            return True
+        running = {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
+        return lora.lora_int_id in running or len(running) < limit
 
     def _stamp(self, out: SchedulerOutput) -> SchedulerOutput:
         """The step's block copies and its requests' first-scheduled times."""

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.engine_factory import build_engine
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import RequestOutput
 from pagoda.sampling_params import SamplingParams
 from pagoda.tokenizer import Tokenizer
@@ -50,8 +51,11 @@ class LLM:
         return self.engine.tokenizer
 
     def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams |
-                 Sequence[SamplingParams] | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+                 Sequence[SamplingParams] | None = None, use_tqdm: bool = True,
+                 lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None) -> list[RequestOutput]:
         """Generates for every prompt (a string or a list of token ids); outputs in input order.
+        ``lora_request``: one adapter for every prompt, or one (or None) per prompt (needs
+        ``LLM(enable_lora=True)``).
 
         Invalid input raises ``InvalidRequestError`` before anything runs.
         """
@@ -59,11 +63,12 @@ class LLM:
             prompts = [prompts]
         prompts = list(prompts)
         params = _per_prompt(sampling_params, len(prompts))
+        loras = _per_prompt_lora(lora_request, len(prompts))
         request_ids = []
         try:
-            for prompt, p in zip(prompts, params, strict=True):
+            for prompt, p, lora in zip(prompts, params, loras, strict=True):
                 request_id = f"llm-{next(self._ids)}"
-                self.engine.add_request(request_id, prompt, p)
+                self.engine.add_request(request_id, prompt, p, lora_request=lora)
                 request_ids.append(request_id)
         except Exception:
             self.engine.abort_request(request_ids)
@@ -113,6 +118,16 @@ def normalized(vector: list[float]) -> list[float]:
     """``vector`` over its L2 norm (unchanged when it is zero)."""
     norm = math.sqrt(sum(x * x for x in vector))
     return [x / norm for x in vector] if norm > 0 else list(vector)
+
+
+def _per_prompt_lora(lora: LoRARequest | Sequence[LoRARequest | None] | None, n: int
+                     ) -> list[LoRARequest | None]:
+    if lora is None or isinstance(lora, LoRARequest):
+        return [lora] * n
+    loras = list(lora)
+    if len(loras) != n:
+        raise ValueError(f"got {len(loras)} LoRA requests for {n} prompts")
+    return loras
 
 
 def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:

@@ -4,7 +4,8 @@ Each node is one full block: its key is the block's ``block_size`` token ids, it
 block that holds them (at those positions, after that prefix). The tree holds one reference on
 every block it maps, so a block outlives the request that computed it until it is evicted.
 Unreferenced leaves (only the tree holds them) are evicted least-recently-used first; a block
-some request still uses is never evicted. ``cache_salt`` gives each tenant a separate tree.
+some request still uses is never evicted. ``cache_salt`` gives each tenant a separate tree (its key: ``cache_key.prefix_cache_key``,
+the salt and the LoRA adapter).
 """
 
 from __future__ import annotations

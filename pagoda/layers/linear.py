@@ -28,6 +28,7 @@ class LinearBase(nn.Module):
     """y = x W^T (+ b) with W of shape [out_per_rank, in_per_rank]."""
 
     packed: torch.Tensor | None = None
+    lora: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # adds LoRA deltas (pagoda.lora)
 
     def __init__(self, in_features: int, out_features: int, bias: bool, tp: TensorParallel) -> None:
         super().__init__()
@@ -52,7 +53,8 @@ class LinearBase(nn.Module):
             self.weight.data = self.weight.data.new_empty(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.packed)
+        y = linear(x, self.weight, self.bias, self.packed)
+        return y if self.lora is None else self.lora(x, y)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -128,5 +130,7 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = linear(x, self.weight, None, self.packed)
+        if self.lora is not None:  # a partial delta on this rank's inputs, summed with the product
+            y = self.lora(x, y)
         y = self.tp.all_reduce(y)
         return y if self.bias is None else y + self.bias

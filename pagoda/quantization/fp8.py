@@ -12,6 +12,8 @@ on the CPU, which is how CI checks the numerics against the dequantized weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -49,6 +51,9 @@ class Fp8Linear(nn.Module):
         self.weight_scale: torch.Tensor
         self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # [1, out] float32
         self.bias = dense.bias
+        self.base_loader = dense.weight_loader  # the shard maths, for LoRA weights (pagoda.lora)
+
+    lora: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # adds LoRA deltas (pagoda.lora)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -57,6 +62,8 @@ class Fp8Linear(nn.Module):
         out_dtype = x.dtype if x.device.type == "cpu" else torch.bfloat16
         y = torch._scaled_mm(codes, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=out_dtype)
         y = y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
+        if self.lora is not None:  # LoRA deltas in the activation dtype, before the all-reduce
+            y = self.lora(x, y)
         if self.reduce:
             y = self.tp.all_reduce(y)
         return y if self.bias is None else y + self.bias

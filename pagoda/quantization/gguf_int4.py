@@ -18,6 +18,8 @@ Two numerics, chosen at load (``ModelConfig.deterministic``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
@@ -102,6 +104,8 @@ class Int4Linear(nn.Module):
     on this CPU) or, in float32, ``F.linear`` (not batch-invariant).
     """
 
+    lora: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # adds LoRA deltas (pagoda.lora)
+
     def __init__(self, base: LinearBase, dtype: torch.dtype, deterministic: bool = True) -> None:
         super().__init__()
         self.deterministic = deterministic
@@ -168,6 +172,8 @@ class Int4Linear(nn.Module):
             y = self._by_role(x)
         else:
             y = linear(x, self.dense, None, self.dense_packed)
+        if self.lora is not None:  # LoRA deltas (pagoda.lora), before the all-reduce
+            y = self.lora(x, y)
         y = y.reshape(*shape[:-1], self.out_features)
         if self.reduce:
             y = self.tp.all_reduce(y)

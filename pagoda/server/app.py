@@ -13,9 +13,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pagoda.server.config import ServerConfig
 from pagoda.server.engine_client import EngineClient
 from pagoda.server.errors import APIError, install_error_handlers
+from pagoda.server.lora_models import LoRAModels
 from pagoda.server.metrics import ServerMetrics
-from pagoda.server.openai_serving import ModelInfo
-from pagoda.server.protocol import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
+from pagoda.server.openai_serving import ModelInfo, parse_body
+from pagoda.server.protocol import (
+    DetokenizeResponse,
+    LoadLoRAAdapterRequest,
+    ModelCard,
+    ModelList,
+    TokenizeResponse,
+    UnloadLoRAAdapterRequest,
+)
 from pagoda.server.serving_chat import ChatServing
 from pagoda.server.serving_completion import CompletionServing
 from pagoda.server.serving_embedding import EmbeddingServing
@@ -34,8 +42,10 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer |
     engine's own for rendering chats (several apps over one engine with other chat templates)."""
     assert client.info is not None, "start the EngineClient first"
     tokenizer = tokenizer or client.info.tokenizer
-    model = ModelInfo(name=config.served_model_name or client.info.model_name,
-                      max_model_len=client.info.max_model_len, vocab_size=client.info.vocab_size)
+    name = config.served_model_name or client.info.model_name
+    loras = _lora_models(client, config, name)
+    model = ModelInfo(name=name, max_model_len=client.info.max_model_len, vocab_size=client.info.vocab_size,
+                      loras=loras)
     metrics = ServerMetrics(model.name, lambda: client.latest_stats)
     completions = CompletionServing(client, tokenizer, model, config, metrics)
     chat = ChatServing(client, tokenizer, model, config, metrics)
@@ -61,7 +71,24 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer |
 
     @api.get("/v1/models")
     async def list_models() -> ModelList:
-        return ModelList(data=[ModelCard(id=model.name, max_model_len=model.max_model_len)])
+        cards = [ModelCard(id=model.name, max_model_len=model.max_model_len, root=model.name)]
+        cards += [ModelCard(id=a.lora_name, max_model_len=model.max_model_len, root=a.lora_path, parent=model.name)
+                  for a in (loras.adapters() if loras is not None else [])]
+        return ModelList(data=cards)
+
+    @api.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> Response:
+        body = await parse_body(request, LoadLoRAAdapterRequest)
+        registry = _runtime_lora(loras, config)
+        registry.load(body.lora_name, body.lora_path)
+        return JSONResponse({"status": "ok", "message": f"LoRA adapter {body.lora_name!r} loaded"})
+
+    @api.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> Response:
+        body = await parse_body(request, UnloadLoRAAdapterRequest)
+        lora = _runtime_lora(loras, config).unload(body.lora_name)
+        client.unload_lora(lora.lora_int_id)
+        return JSONResponse({"status": "ok", "message": f"LoRA adapter {body.lora_name!r} unloaded"})
 
     @api.post("/v1/completions")
     async def create_completion(request: Request) -> Response:
@@ -115,3 +142,25 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer |
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _lora_models(client: EngineClient, config: ServerConfig, base_name: str) -> LoRAModels | None:
+    assert client.info is not None
+    rank = client.info.max_lora_rank
+    if rank is None:
+        if config.lora_modules or config.allow_runtime_lora:
+            raise ValueError("--lora-modules and --allow-runtime-lora need --enable-lora")
+        return None
+    try:
+        return LoRAModels(base_name, rank, config.lora_modules)
+    except APIError as exc:  # a bad --lora-modules entry: refuse to start, naming it
+        raise ValueError(exc.message) from None
+
+
+def _runtime_lora(loras: LoRAModels | None, config: ServerConfig) -> LoRAModels:
+    if loras is None:
+        raise APIError(400, "LoRA is not enabled on this server (start it with --enable-lora)")
+    if not config.allow_runtime_lora:
+        raise APIError(403, "loading and unloading LoRA adapters at run time is off: start the server "
+                            "with --allow-runtime-lora", code="runtime_lora_disabled")
+    return loras

@@ -16,6 +16,7 @@ from typing import Any
 from pagoda.distributed.router import make_router
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.stats import EngineStats
+from pagoda.lora.request import LoRARequest
 from pagoda.sampling_params import SamplingParams
 from pagoda.server.engine_client import EngineDeadError
 from pagoda.server.engine_process import make_llm_engine
@@ -96,7 +97,8 @@ class DataParallelClient:
     # --- requests ---
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                        priority: int = 0, arrival_time: float | None = None,
-                       cache_salt: str | None = None) -> AsyncGenerator[RequestDelta, None]:
+                       cache_salt: str | None = None, lora_request: LoRARequest | None = None
+                       ) -> AsyncGenerator[RequestDelta, None]:
         if not self.alive:
             raise EngineDeadError(self.dead_reason or "engine is not running")
         i = self.router.choose(prompt_token_ids, [r.num_in_flight for r in self.replicas])
@@ -104,11 +106,16 @@ class DataParallelClient:
         self._owner[request_id] = i
         try:
             async with aclosing(self.replicas[i].generate(request_id, prompt_token_ids, params, priority=priority,
-                                                          arrival_time=arrival_time, cache_salt=cache_salt)) as it:
+                                                          arrival_time=arrival_time, cache_salt=cache_salt,
+                                                          lora_request=lora_request)) as it:
                 async for delta in it:
                     yield delta
         finally:
             self._owner.pop(request_id, None)
+
+    def unload_lora(self, lora_int_id: int) -> None:
+        for replica in self.replicas:
+            replica.unload_lora(lora_int_id)
 
     def abort(self, request_id: str) -> None:
         i = self._owner.get(request_id)

@@ -36,6 +36,7 @@ from pagoda.server.messages import (
     SampleDelta,
     Shutdown,
     StepResult,
+    UnloadLoRA,
 )
 from pagoda.structured.deferred_processor import bind_deferred_processors
 
@@ -65,11 +66,16 @@ def run_engine_process(engine_args: EngineArgs, in_q: Any, out_q: Any,
         return
     out_q.put(EngineReady(model_name=engine.model_name, max_model_len=engine.model_config.max_model_len,
                           vocab_size=engine.model_config.vocab_size, pid=os.getpid(),
-                          tokenizer=engine.tokenizer))
+                          tokenizer=engine.tokenizer, max_lora_rank=_max_lora_rank(engine)))
     try:
         EngineLoop(engine, in_q, out_q).run()
     finally:
         engine.shutdown()
+
+
+def _max_lora_rank(engine: LLMEngine) -> int | None:
+    lora = getattr(engine.runner, "lora", None)
+    return None if lora is None else lora.config.max_lora_rank
 
 
 class EngineLoop:
@@ -125,7 +131,8 @@ class EngineLoop:
             try:
                 params = bind_deferred_processors(msg.params, self.engine.tokenizer)  # structured outputs
                 self.engine.add_request(msg.request_id, msg.prompt_token_ids, params, priority=msg.priority,
-                                        arrival_time=msg.arrival_time, cache_salt=msg.cache_salt)
+                                        arrival_time=msg.arrival_time, cache_salt=msg.cache_salt,
+                                        lora_request=msg.lora_request)
             except InvalidRequestError as e:
                 result.rejected.append(RequestRejected(msg.request_id, e.message, e.param, 400))
             except Exception as e:  # noqa: BLE001 - one bad request must not stop the engine
@@ -141,6 +148,8 @@ class EngineLoop:
                     self.engine.abort_request(msg.request_id)
                 except Exception:  # noqa: BLE001
                     logger.exception("abort_request %s failed", msg.request_id)
+        elif isinstance(msg, UnloadLoRA):
+            self.engine.remove_lora(msg.lora_int_id)
         elif isinstance(msg, GetStats):
             result.stats_token = msg.token
         elif isinstance(msg, GetDashboard):

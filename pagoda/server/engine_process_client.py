@@ -24,6 +24,7 @@ from typing import Any
 from pagoda.engine.args import EngineArgs
 from pagoda.engine.stats import EngineStats
 from pagoda.errors import InvalidRequestError
+from pagoda.lora.request import LoRARequest
 from pagoda.sampling_params import SamplingParams
 from pagoda.server.dashboard_snapshot import DashboardSnapshot
 from pagoda.server.engine_client import EngineDeadError, EngineRequestError
@@ -39,6 +40,7 @@ from pagoda.server.messages import (
     RequestRejected,
     Shutdown,
     StepResult,
+    UnloadLoRA,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,7 +153,8 @@ class EngineProcessClient:
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                        priority: int = 0, arrival_time: float | None = None,
-                       cache_salt: str | None = None) -> AsyncGenerator[RequestDelta, None]:
+                       cache_salt: str | None = None, lora_request: LoRARequest | None = None
+                       ) -> AsyncGenerator[RequestDelta, None]:
         """Yields the request's deltas until the last one (``finished=True``).
 
         Raises InvalidRequestError if the engine rejects the request, EngineRequestError if it
@@ -168,7 +171,7 @@ class EngineProcessClient:
         try:
             self._in_q.put(AddRequest(request_id, list(prompt_token_ids), params,
                                       arrival_time if arrival_time is not None else time.monotonic(), priority,
-                                      cache_salt))
+                                      cache_salt, lora_request))
             while True:
                 item = await stream.queue.get()
                 if isinstance(item, RequestRejected):
@@ -196,6 +199,10 @@ class EngineProcessClient:
     def abort(self, request_id: str) -> None:
         if self.alive:
             self._in_q.put(AbortRequest(request_id))
+
+    def unload_lora(self, lora_int_id: int) -> None:
+        if self.alive:
+            self._in_q.put(UnloadLoRA(lora_int_id))
 
     async def get_stats(self, timeout_s: float = 30.0) -> EngineStats:
         """Fresh engine stats, taken after every message this process sent before the call."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pagoda.engine.stats import EngineStats
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import PositionLogprobs, RequestMetrics
 from pagoda.sampling_params import SamplingParams
 from pagoda.server.dashboard_snapshot import DashboardSnapshot
@@ -30,6 +31,14 @@ class AddRequest:
     arrival_time: float  # time.monotonic(), comparable across processes on one host
     priority: int = 0
     cache_salt: str | None = None  # requests share cached prefixes only with the same salt
+    lora_request: LoRARequest | None = None  # the adapter it runs with (None: the base model)
+
+
+@dataclass(frozen=True)
+class UnloadLoRA:
+    """Forget an adapter (its host copy and slot); nothing is answered."""
+
+    lora_int_id: int
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class EngineReady:
     vocab_size: int
     pid: int
     tokenizer: Tokenizer  # the engine's pagoda.tokenizer.Tokenizer (picklable): one source of truth for both sides
+    max_lora_rank: int | None = None  # with LoRA enabled: the highest adapter rank it accepts
 
 
 @dataclass(frozen=True)

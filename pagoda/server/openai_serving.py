@@ -21,11 +21,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from pagoda.errors import InvalidRequestError
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import PositionLogprobs
 from pagoda.sampling_params import SamplingParams
 from pagoda.server.config import ServerConfig
 from pagoda.server.engine_client import EngineClient, EngineDeadError, EngineRequestError
 from pagoda.server.errors import APIError
+from pagoda.server.lora_models import LoRAModels
 from pagoda.server.messages import RequestDelta
 from pagoda.server.metrics import ServerMetrics
 from pagoda.server.protocol import ErrorInfo, ErrorResponse, UsageInfo
@@ -46,6 +48,7 @@ class ModelInfo:
     name: str  # the served name clients pass as `model`
     max_model_len: int
     vocab_size: int
+    loras: LoRAModels | None = None  # with LoRA: the adapters clients may also pass as `model`
 
 
 class ClientDisconnected(Exception):
@@ -133,10 +136,15 @@ class OpenAIServing:
 
     # --- admission ---
 
-    def check_model(self, name: str | None) -> None:
+    def check_model(self, name: str | None) -> LoRARequest | None:
+        """The adapter that ``model`` names (None: the base model)."""
         # The issue asks for 400 (OpenAI and vLLM answer 404); the code is OpenAI's "model_not_found".
-        if name is not None and name != self.model.name:
+        if name is None or name == self.model.name:
+            return None
+        lora = self.model.loras.get(name) if self.model.loras is not None else None
+        if lora is None:
             raise APIError(400, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+        return lora
 
     def check_capacity(self, num_new: int) -> None:
         if not self.client.alive:
@@ -221,7 +229,8 @@ class OpenAIServing:
     # --- running engine requests ---
 
     async def run(self, base_id: str, prompts: list[list[int]], params: SamplingParams, priority: int = 0,
-                  cache_salt: str | None = None) -> AsyncGenerator[tuple[int, RequestDelta], None]:
+                  cache_salt: str | None = None, lora_request: LoRARequest | None = None
+                  ) -> AsyncGenerator[tuple[int, RequestDelta], None]:
         """Runs one engine request per prompt and yields ``(prompt index, delta)`` as they come.
 
         Leaving the iterator early cancels every request that has not finished (the engine
@@ -229,7 +238,8 @@ class OpenAIServing:
         """
         arrival = time.monotonic()
         if len(prompts) == 1:  # the common case: no merging tasks
-            async with aclosing(self._one(f"{base_id}-0", prompts[0], params, priority, cache_salt, arrival)) as deltas:
+            async with aclosing(self._one(f"{base_id}-0", prompts[0], params, priority, cache_salt, arrival,
+                                          lora_request)) as deltas:
                 async for delta in deltas:
                     yield 0, delta
             return
@@ -238,7 +248,8 @@ class OpenAIServing:
 
         async def pump(i: int, ids: list[int]) -> None:
             try:
-                async with aclosing(self._one(f"{base_id}-{i}", ids, params, priority, cache_salt, arrival)) as deltas:
+                async with aclosing(self._one(f"{base_id}-{i}", ids, params, priority, cache_salt, arrival,
+                                              lora_request)) as deltas:
                     async for delta in deltas:
                         merged.put_nowait((i, delta))
                 merged.put_nowait((i, done))
@@ -262,11 +273,13 @@ class OpenAIServing:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, request_id: str, ids: list[int], params: SamplingParams, priority: int,
-                   cache_salt: str | None, arrival: float) -> AsyncGenerator[RequestDelta, None]:
+                   cache_salt: str | None, arrival: float, lora_request: LoRARequest | None = None
+                   ) -> AsyncGenerator[RequestDelta, None]:
         timer = self.metrics.track(arrival)
         try:
             async with aclosing(self.client.generate(request_id, ids, params, priority=priority,
-                                                     arrival_time=arrival, cache_salt=cache_salt)) as deltas:
+                                                     arrival_time=arrival, cache_salt=cache_salt,
+                                                     lora_request=lora_request)) as deltas:
                 async for delta in deltas:
                     timer.on_delta(delta)
                     yield delta

@@ -163,7 +163,8 @@ class ChatServing(OpenAIServing):
         tokens: dict[int, list[int]] = {j: [] for j in range(req.n)}
         lps: dict[int, list[PositionLogprobs]] = {j: [] for j in range(req.n)}
         ends: dict[int, tuple[str | None, int | str | None]] = {}
-        async with aclosing(self.run(rid, [ids], params, req.priority, req.cache_salt)) as deltas:
+        async with aclosing(self.run(rid, [ids], params, req.priority, req.cache_salt,
+                                     self.check_model(req.model))) as deltas:
             async for _, delta in deltas:
                 for s in delta.samples:
                     outputs[s.index].feed(s.text, final=s.finish_reason is not None)
@@ -201,7 +202,8 @@ class ChatServing(OpenAIServing):
             # OpenAI opens each choice with the role and empty content
             for j in range(req.n):
                 yield chunk(ChatCompletionStreamChoice(index=j, delta=DeltaMessage(role="assistant", content="")))
-            async with aclosing(self.run(rid, [ids], params, req.priority, req.cache_salt)) as deltas:
+            async with aclosing(self.run(rid, [ids], params, req.priority, req.cache_salt,
+                                     self.check_model(req.model))) as deltas:
                 async for _, delta in deltas:
                     for s in delta.samples:
                         num_generated += len(s.token_ids)

@@ -100,7 +100,8 @@ class CompletionServing(OpenAIServing):
                     params: SamplingParams) -> CompletionResponse:
         choices: dict[tuple[int, int], _Choice] = {}
         prompt_lps: dict[int, list[PositionLogprobs | None]] = {}
-        async with aclosing(self.run(rid, prompts, params, req.priority, req.cache_salt)) as deltas:
+        async with aclosing(self.run(rid, prompts, params, req.priority, req.cache_salt,
+                                     self.check_model(req.model))) as deltas:
             async for i, delta in deltas:
                 if delta.prompt_logprobs is not None:
                     prompt_lps[i] = delta.prompt_logprobs
@@ -140,7 +141,8 @@ class CompletionServing(OpenAIServing):
                                  stop_reason=stop_reason)]))
 
         try:
-            async with aclosing(self.run(rid, prompts, params, req.priority, req.cache_salt)) as deltas:
+            async with aclosing(self.run(rid, prompts, params, req.priority, req.cache_salt,
+                                     self.check_model(req.model))) as deltas:
                 async for i, delta in deltas:
                     if req.echo and i not in echoed:
                         echoed.add(i)

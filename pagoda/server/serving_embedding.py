@@ -61,7 +61,8 @@ class EmbeddingServing(OpenAIServing):
 
     async def _embed(self, req: EmbeddingRequest, prompts: list[list[int]], params: SamplingParams) -> dict[str, Any]:
         vectors: dict[int, list[float]] = {}
-        async with aclosing(self.run(random_id("embd"), prompts, params)) as deltas:
+        async with aclosing(self.run(random_id("embd"), prompts, params,
+                                     lora_request=self.check_model(req.model))) as deltas:
             async for i, delta in deltas:
                 if delta.embedding is not None:
                     vectors[i] = delta.embedding
