@@ -59,7 +59,8 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         runner.enable_decode_graphs(scheduler_config.max_num_seqs, model_config.max_model_len)
     logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                 time.perf_counter() - start, cache_config.num_blocks, args.block_size)
-    return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)
+    return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name,
+                     args.resolved_speculative_config())
 
 
 def _model_path(args: EngineArgs) -> str:
