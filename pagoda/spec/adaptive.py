@@ -8,7 +8,7 @@ At B = 1 on a CPU (weights streamed once per step, whatever the rows) that is a 
 it asks for acceptance near 0.9, so speculation switches itself off where it would not pay.
 
 ``alpha`` is measured per request: a decayed count of accepted and rejected proposals, starting
-from a prior of one each. A request switched off still probes one token every ``PROBE_INTERVAL``
+from a prior of half a proposal each (a rate of 0.5). A request switched off still probes one token every ``PROBE_INTERVAL``
 decode steps, so it switches back on when its text turns repetitive.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DECAY = 0.8  # weight of the past per verification: acceptance follows the last few dozen proposals
-PRIOR_ACCEPTED = 1.0
-PRIOR_REJECTED = 1.0
+PRIOR_ACCEPTED = 0.5
+PRIOR_REJECTED = 0.5
 PROBE_INTERVAL = 16
 
 

@@ -6,14 +6,17 @@ from pagoda.spec.adaptive import PROBE_INTERVAL, Acceptance, num_tokens_to_propo
 
 
 def test_k_follows_acceptance_and_batch_size():
-    good, bad = Acceptance(), Acceptance()
+    good, fair, bad = Acceptance(), Acceptance(), Acceptance()
     for _ in range(20):
         good.record(4, 4)
+        fair.record(4, 3)
         bad.record(4, 0)
-    assert good.rate > 0.9 and bad.rate < 0.2
-    assert num_tokens_to_propose(good, 4, batch_size=1, step_overhead_rows=8) == 4
+    assert good.rate > 0.95 and 0.7 < fair.rate < 0.8 and bad.rate < 0.1
+    assert num_tokens_to_propose(fair, 4, batch_size=1, step_overhead_rows=8) == 4
+    assert num_tokens_to_propose(fair, 4, batch_size=8, step_overhead_rows=8) == 2  # 0.75^2 > 0.5 > 0.75^3
     # at B = 64 a step's rows are its cost: only near-certain proposals pay
-    assert num_tokens_to_propose(good, 4, batch_size=64, step_overhead_rows=8) < 4
+    assert num_tokens_to_propose(fair, 4, batch_size=64, step_overhead_rows=8) == 0
+    assert num_tokens_to_propose(good, 4, batch_size=64, step_overhead_rows=8) == 4
     assert num_tokens_to_propose(bad, 4, batch_size=1, step_overhead_rows=8) == 0
     mid = Acceptance()
     assert 0 < num_tokens_to_propose(mid, 4, batch_size=1, step_overhead_rows=8) < 4  # prior 0.5
