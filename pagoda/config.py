@@ -48,6 +48,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     attention_backend: str = EngineArgs.attention_backend  # how to run it: resolved by the model loader
+    deterministic: bool = EngineArgs.deterministic  # batch-invariant kernels for every row (gguf_int4.py)
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any], dtype: torch.dtype, max_model_len: int | None) -> ModelConfig:
@@ -101,6 +102,9 @@ class CacheConfig:
     block_size: int
     num_blocks: int
     enable_prefix_caching: bool = EngineArgs.enable_prefix_caching
+    # off under the default numerics: a generated token's KV comes from another kernel than a prompt
+    # token's (pagoda.layers.row_roles), so it must not serve as another request's prompt
+    cache_generated_tokens: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
-"""The same greedy request gives the same tokens, whatever else the engine is doing: on the bundled
-model in the default dtype, cold and warm (prefix hit), alone and among 32 other prompts, with
-chunked prefill forced small, after a preemption and with the prefix cache off; over the server,
-streamed and non-streamed, first request or repeat."""
+"""The same greedy request gives the same tokens, whatever else the engine is doing, on the bundled
+model in the default dtype.
+
+Default numerics: cold and warm (prefix hit), with chunked prefill forced small, with the prefix
+cache off, after a preemption and beside up to 15 other decoding requests; over the server,
+streamed and non-streamed, first request or repeat. ``deterministic=True``: also inside a batch
+of 32 mixed prompts (more than 16 decoding rows per step)."""
 
 from __future__ import annotations
 
@@ -40,18 +43,34 @@ def _tokens(llm: LLM, conversations: list[list[dict[str, str]]]) -> list[list[in
     return [list(o.outputs[0].token_ids) for o in llm.chat(conversations, GREEDY, use_tqdm=False)]
 
 
+def _reference(**options) -> dict[str, list[int]]:
+    """Each probe request run alone on a fresh engine (cold: nothing cached)."""
+    return {"question": _tokens(LLM(show_progress=False, **options), [QUESTION])[0],
+            "story": _tokens(LLM(show_progress=False, **options), [STORY])[0]}
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict[str, list[int]]:
-    """Each probe request run alone on a fresh engine (cold: nothing cached)."""
-    llm = LLM(show_progress=False)
-    return {"question": _tokens(llm, [QUESTION])[0], "story": _tokens(LLM(show_progress=False), [STORY])[0]}
+    return _reference()
 
 
-def test_warm_and_inside_a_batch_of_32(reference):
+def test_warm_and_beside_other_requests(reference):
     llm = LLM(show_progress=False)
     assert _tokens(llm, [QUESTION]) == [reference["question"]]  # cold
     assert _tokens(llm, [QUESTION]) == [reference["question"]]  # warm: the prompt comes from the prefix cache
     assert llm.engine.get_stats().prefix_cache_hits_total > 0
+    batch = _others(10, seed=1)  # 12 decoding rows per step at most: every row on a row-invariant kernel
+    batch.insert(3, QUESTION)
+    batch.insert(8, STORY)
+    out = _tokens(llm, batch)
+    assert (out[3], out[8]) == (reference["question"], reference["story"])
+
+
+def test_deterministic_inside_a_batch_of_32():
+    reference = _reference(deterministic=True)
+    llm = LLM(show_progress=False, deterministic=True)
+    assert _tokens(llm, [QUESTION]) == [reference["question"]]
+    assert _tokens(llm, [QUESTION]) == [reference["question"]]
     batch = _others(30, seed=1)
     batch.insert(7, QUESTION)
     batch.insert(19, STORY)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pagoda.layers.row_roles import RowRoles
+
 
 @dataclass
 class AttentionMetadata:
@@ -28,10 +30,18 @@ class AttentionMetadata:
     # python copies, so per-sequence loops don't synchronise on tensor reads
     query_start_loc_list: list[int]
     seq_lens_list: list[int]
+    # per sequence, how many of its new tokens are prompt tokens (None: not known, all count as prompt)
+    num_prompt_rows_list: list[int] | None = None
 
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_list)
+
+    @functools.cached_property
+    def row_roles(self) -> RowRoles | None:
+        if self.num_prompt_rows_list is None:
+            return None
+        return RowRoles(tuple(self.query_start_loc_list), tuple(self.num_prompt_rows_list))
 
     @functools.cached_property
     def query_rows(self) -> tuple[torch.Tensor, torch.Tensor]:

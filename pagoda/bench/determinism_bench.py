@@ -18,19 +18,21 @@ import subprocess
 import sys
 
 
-def worker(batch_sizes: list[int], prompt_len: int, output_len: int, seed: int) -> None:
+def worker(batch_sizes: list[int], prompt_len: int, output_len: int, seed: int, deterministic: bool) -> None:
     from pagoda import LLM
     from pagoda.bench.fixed_shape import measure_pagoda
 
-    llm = LLM(max_num_seqs=max(batch_sizes), show_progress=False)
+    options = {"deterministic": True} if deterministic else {}  # an old tree may not know the option
+    llm = LLM(max_num_seqs=max(batch_sizes), show_progress=False, **options)
     results = measure_pagoda(llm, "pagoda", batch_sizes, prompt_len, output_len, seed=seed, progress=False)
     print(json.dumps({r.batch_size: r.tokens_per_s for r in results}))
 
 
-def run_tree(tree: str, args: argparse.Namespace, seed: int) -> dict[int, float]:
+def run_tree(tree: str, args: argparse.Namespace, seed: int, deterministic: bool = False) -> dict[int, float]:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--seed", str(seed), "--prompt-len",
            str(args.prompt_len), "--output-len", str(args.output_len), "--batch-sizes", *map(str, args.batch_sizes)]
+    cmd += ["--deterministic"] if deterministic else []
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=os.path.abspath(tree)).stdout
     return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
 
@@ -44,24 +46,35 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="also run the new tree with deterministic=True (a third column)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        worker(args.batch_sizes, args.prompt_len, args.output_len, args.seed)
+        worker(args.batch_sizes, args.prompt_len, args.output_len, args.seed, args.deterministic)
         return
-    runs: dict[str, list[dict[int, float]]] = {"old": [], "new": []}
+    # name -> (tree, deterministic)
+    variants = {"old": (args.old, False), "new": (args.new, False)}
+    if args.deterministic:
+        variants["new --deterministic"] = (args.new, True)
+    runs: dict[str, list[dict[int, float]]] = {name: [] for name in variants}
     for r in range(args.rounds):
-        for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
-            runs[name].append(run_tree(getattr(args, name), args, seed=args.seed + r))
+        names = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in names:
+            tree, deterministic = variants[name]
+            runs[name].append(run_tree(tree, args, seed=args.seed + r, deterministic=deterministic))
             print(f"round {r + 1} {name}: " + ", ".join(f"B={b} {v:.1f}" for b, v in runs[name][-1].items()),
                   flush=True)
-    print("\n| B | old tok/s median (range) | new tok/s median (range) | new / old |\n| --- | --- | --- | --- |")
+    others = [name for name in variants if name != "old"]
+    print("\n| B | " + " | ".join(f"{name} tok/s median (range)" for name in variants) + " | "
+          + " | ".join(f"{name} / old" for name in others) + " |")
+    print("|" + " --- |" * (1 + len(variants) + len(others)))
     for b in args.batch_sizes:
-        old = [x[b] for x in runs["old"]]
-        new = [x[b] for x in runs["new"]]
-        print(f"| {b} | {statistics.median(old):.1f} ({min(old):.1f}-{max(old):.1f}) | "
-              f"{statistics.median(new):.1f} ({min(new):.1f}-{max(new):.1f}) | "
-              f"{statistics.median(new) / statistics.median(old):.3f} |")
+        medians = {name: statistics.median(x[b] for x in runs[name]) for name in variants}
+        cells = [f"{medians[n]:.1f} ({min(x[b] for x in runs[n]):.1f}-{max(x[b] for x in runs[n]):.1f})"
+                 for n in variants]
+        ratios = [f"{medians[n] / medians['old']:.3f}" for n in others]
+        print(f"| {b} | " + " | ".join(cells + ratios) + " |")
 
 
 if __name__ == "__main__":

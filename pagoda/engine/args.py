@@ -61,6 +61,9 @@ class EngineArgs:
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when torch sees a GPU) | "cpu" | "cuda" | "cuda:N"
     enforce_eager: bool = False  # CUDA: no CUDA graphs for decode steps
+    # greedy tokens independent of the rest of the batch (fixed-order kernels for every row); off:
+    # only the same request repeated is reproducible (README, "Deterministic outputs")
+    deterministic: bool = False
     num_threads: int | None = None  # with TP/PP: threads per rank (default: the cores shared out)
     show_progress: bool = True  # a progress bar while loading weights and generating
     tensor_parallel_size: int = 1
@@ -161,6 +164,9 @@ class EngineArgs:
         g.add_argument("--seed", type=int, default=d.seed)
         g.add_argument("--device", default=d.device,
                        help="'auto' (CUDA when a GPU is visible), 'cpu', 'cuda' or 'cuda:N'")
+        g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=d.deterministic,
+                       help="batch-invariant numerics: a greedy request gives the same tokens whatever else runs "
+                            "beside it (slower at large batches; off: the same request repeated is reproducible)")
         g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=d.enforce_eager,
                        help="CUDA: run decode steps without CUDA graphs")
         g.add_argument("--num-threads", type=int, default=d.num_threads)

@@ -40,7 +40,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     files = ModelFiles(_model_path(args))
     dtype = resolve_dtype(args.dtype, device)
     model_config = replace(ModelConfig.from_hf_config(files.hf_config(), dtype, args.max_model_len),
-                           attention_backend=args.attention_backend)
+                           attention_backend=args.attention_backend, deterministic=args.deterministic)
     tokenizer = files.tokenizer(args.tokenizer)
     cache_config = _cache_config(args, model_config)
     if model_config.max_model_len > cache_config.num_blocks * args.block_size:
@@ -60,7 +60,20 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                 time.perf_counter() - start, cache_config.num_blocks, args.block_size)
     return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name,
-                     args.resolved_speculative_config())
+                     args.resolved_speculative_config(), _spec_row_limit(args, files, device))
+
+
+def _spec_row_limit(args: EngineArgs, files: ModelFiles, device: torch.device) -> int | None:
+    """Under the default numerics a GGUF model's generated rows run torch's int4 kernel while a step
+    has at most MAX_INT4_ROWS of them, oneDNN above: proposals must not push a step that plain
+    decoding keeps on the int4 kernel past that, or verification would run other numerics."""
+    if args.speculative_config is None or args.deterministic:
+        return None
+    if resolve_quantization(args.quantization, files, device) != "gguf":
+        return None
+    from pagoda.quantization.gguf_int4 import MAX_INT4_ROWS
+
+    return MAX_INT4_ROWS
 
 
 def _model_path(args: EngineArgs) -> str:
@@ -74,7 +87,8 @@ def _model_path(args: EngineArgs) -> str:
 def _cache_config(args: EngineArgs, model_config: ModelConfig) -> CacheConfig:
     per_block = kv_cache_bytes_per_block(model_config, args.block_size)
     num_blocks = args.num_kv_blocks or max(1, int(args.kv_cache_memory_gb * 2**30 // per_block))
-    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching)
+    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching,
+                       cache_generated_tokens=args.deterministic)
 
 
 def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cache_config: CacheConfig,

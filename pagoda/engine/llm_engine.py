@@ -57,7 +57,8 @@ class LLMEngine:
 
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, scheduler_config: SchedulerConfig,
                  runner: Runner, tokenizer: Tokenizer, model_name: str,
-                 speculative_config: SpeculativeConfig | None = None) -> None:
+                 speculative_config: SpeculativeConfig | None = None,
+                 spec_max_generated_rows: int | None = None) -> None:
         self.model_config = model_config
         self.cache_config = cache_config
         self.scheduler_config = scheduler_config
@@ -65,13 +66,14 @@ class LLMEngine:
         self.model_name = model_name
         self.runner = runner
         self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
-                                       cache_config.enable_prefix_caching)
+                                       cache_config.enable_prefix_caching, cache_config.cache_generated_tokens)
         # a pipeline keeps several steps in flight, each from its own scheduler over the shared KV
         # cache (vLLM's virtual engines); they share out max_num_seqs
         v = runner.num_virtual_engines
         per_engine = replace(scheduler_config, max_num_seqs=max(1, -(-scheduler_config.max_num_seqs // v)))
         self.schedulers = [make_scheduler(per_engine, self.kv_cache,
-                                          Speculator(speculative_config) if speculative_config else None)
+                                          Speculator(speculative_config, spec_max_generated_rows)
+                                          if speculative_config else None)
                            for _ in range(v)]
         self.requests = RequestRegistry()
         self.input_processor = InputProcessor(tokenizer, model_config)

@@ -224,8 +224,10 @@ class ModelRunner:
         query_start = [0]
         seq_lens: list[int] = []
         num_decodes = 0
+        num_prompt_rows: list[int] = []
         for s in scheduled:
             end = s.start + s.num_new_tokens
+            num_prompt_rows.append(max(0, min(end, s.request.num_prompt_tokens) - s.start))
             ids.extend(s.token_ids)
             table = s.block_table
             for p in range(s.start, end):
@@ -247,6 +249,7 @@ class ModelRunner:
             max_seq_len=max(seq_lens),
             query_start_loc_list=query_start,
             seq_lens_list=seq_lens,
+            num_prompt_rows_list=num_prompt_rows,
         )
         return to_device(ids, torch.int64, dev), to_device(pos, torch.int64, dev), metadata
 

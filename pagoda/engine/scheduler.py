@@ -137,7 +137,7 @@ class Scheduler(SchedulerInterface):
 
     def _schedule_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool:
         num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-        proposed = self._propose(request, num_new, budget)
+        proposed = self._propose(request, num_new, budget, out)
         start = request.num_computed_tokens
         table = self.kv_cache.allocate(request.request_id, start + num_new + len(proposed), start)
         if table is None and proposed:  # no room for the proposal: decode plainly
@@ -148,13 +148,17 @@ class Scheduler(SchedulerInterface):
         out.scheduled.append(ScheduledRequest(request, start, num_new + len(proposed), table, proposed))
         return True
 
-    def _propose(self, request: Request, num_new: int, budget: int) -> list[int]:
+    def _propose(self, request: Request, num_new: int, budget: int, out: SchedulerOutput) -> list[int]:
         """A decoding request's proposal, capped so that every token the step may yield fits the
-        budget, the request's max_tokens and the context length."""
+        budget, the request's max_tokens and the context length, and the step keeps to the
+        speculator's room for generated rows."""
         if self.speculator is None or num_new != 1 or request.num_computed_tokens + 1 != request.num_tokens:
             return []
         cap = min(budget - 1, request.max_tokens - request.num_output_tokens - 1,
                   self.config.max_model_len - request.num_tokens - 1)
+        room = self.speculator.room(len(self.running), sum(len(s.spec_token_ids) for s in out.scheduled))
+        if room is not None:
+            cap = min(cap, room)
         return self.speculator.propose(request, cap, len(self.running)) if cap > 0 else []
 
     def _admit_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool | None:
@@ -225,7 +229,8 @@ class Scheduler(SchedulerInterface):
                 self._take_accepted(s, (spec_accepted or {}).get(request.request_id), sampled)
             self.counters.prompt_tokens_computed += max(
                 0, min(request.num_prompt_tokens, s.start + s.num_new_tokens) - s.start)
-            self.kv_cache.cache_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens)
+            self.kv_cache.cache_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens,
+                                       request.num_prompt_tokens)
             token = sampled.get(request.request_id)
             if token is None:
                 continue

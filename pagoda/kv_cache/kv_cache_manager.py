@@ -59,13 +59,16 @@ class KVCacheManager:
     - ``fork(parent_id, child_id)``: the child shares all of the parent's blocks.
     - ``truncate(request_id, num_tokens)``: gives back the blocks past the first ``num_tokens``
       tokens (rejected speculative tokens' slots).
-    - ``cache_blocks(request_id, token_ids, num_computed)``: insert the request's full computed
-      blocks into the prefix tree (as it goes, so chunked prefills are shared early).
+    - ``cache_blocks(request_id, token_ids, num_computed, num_prompt)``: insert the request's full
+      computed blocks into the prefix tree (as it goes, so chunked prefills are shared early); only
+      those of its prompt unless ``cache_generated_tokens``.
     Block tables returned are live lists: valid until the next call that changes that request.
     """
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False,
+                 cache_generated_tokens: bool = True) -> None:
         self.block_size = block_size
+        self.cache_generated_tokens = cache_generated_tokens
         self.pool = BlockPool(num_blocks)
         # a block id past the pool, never handed out: the runner allocates it too, for dummy rows
         # whose K/V nobody reads (static batching's padding)
@@ -89,9 +92,12 @@ class KVCacheManager:
             self.counters.queried_tokens += num_tokens
             self.counters.hit_tokens += len(prefix) * self.block_size
 
-    def cache_blocks(self, request_id: str, token_ids: Sequence[int], num_computed: int) -> None:
+    def cache_blocks(self, request_id: str, token_ids: Sequence[int], num_computed: int,
+                     num_prompt: int | None = None) -> None:
         if self.cache is None or request_id not in self.block_tables:
             return
+        if not self.cache_generated_tokens and num_prompt is not None:
+            num_computed = min(num_computed, num_prompt)
         cursor = self._cursors.setdefault(request_id, _CacheCursor())
         full = min(num_computed // self.block_size, len(self.block_tables[request_id]))
         if full > cursor.num_blocks:

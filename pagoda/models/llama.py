@@ -15,6 +15,7 @@ from torch import nn
 from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import ModelConfig
+from pagoda.layers import row_roles
 from pagoda.layers.activation import SiluAndMul
 from pagoda.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagoda.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -93,12 +94,13 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 metadata: AttentionMetadata) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
-        rope = self.rotary.step(positions, x.dtype)
-        residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            x, residual = layer(rope, x, residual, kv_cache, metadata)
-        x, _ = self.norm(x, residual)
+        with row_roles.active(metadata.row_roles):
+            x = self.embed_tokens(input_ids)
+            rope = self.rotary.step(positions, x.dtype)
+            residual = None
+            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+                x, residual = layer(rope, x, residual, kv_cache, metadata)
+            x, _ = self.norm(x, residual)
         return x
 
 

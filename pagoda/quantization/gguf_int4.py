@@ -1,12 +1,19 @@
-"""GGUF Q4_0 / Q4_1 weights kept packed, multiplied by Pagoda's batch-invariant linear kernel.
+"""GGUF Q4_0 / Q4_1 weights kept packed for CPU matmuls.
 
 Each group of 32 input weights is w = q * scale + offset (q in 0..15): Q4_0 (w = d (q - 8)) has
-scale d and offset -8 d, Q4_1 (w = d q + m) scale d and offset m. The kernel
-(``torch.ops.pagoda.invariant_linear``) rounds each dequantized weight to the activation dtype
-and takes every output as a dot product in one fixed order at every row count, so a row's result
-does not depend on the other rows of its step (one numerics path per weight: no switch to a
-dequantized copy for large batches). torch's ``_weight_int4pack_mm_for_cpu`` convention, w =
-(q - 8) * scale + zero, is what ``unpack_q4`` returns (zero = offset + 8 scale).
+scale d and offset -8 d, Q4_1 (w = d q + m) scale d and offset m. torch's
+``_weight_int4pack_mm_for_cpu`` convention, w = (q - 8) * scale + zero, is what ``unpack_q4``
+returns (zero = offset + 8 scale).
+
+Two numerics, chosen at load (``ModelConfig.deterministic``):
+
+- deterministic: Pagoda's fixed-order kernel (``torch.ops.pagoda.invariant_linear``) at every row
+  count, the weights packed in tiles; a row's result never depends on the other rows of its step.
+- default (bfloat16): a kernel per row by the row's role (``pagoda.layers.row_roles``): prompt rows
+  through oneDNN's bfloat16 GEMM on a dequantized copy (the same bits at every row count, so a
+  prompt's KV does not depend on chunking or prefix hits), generated rows through torch's int4
+  kernel while a step has at most 16 of them (faster for decode) and oneDNN above. Both copies are
+  held (about 4.5 bits + 16 bits per weight).
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ from gguf import GGMLQuantizationType
 from torch import nn
 
 from pagoda.kernels import cpu_kernels
+from pagoda.layers import row_roles
 from pagoda.layers.linear import LinearBase
 from pagoda.layers.prepacked import linear, prepack_weight
 
 GROUP = 32
+# generated rows of a step up to which torch's int4 kernel beats oneDNN on a dequantized copy (measured)
+MAX_INT4_ROWS = 16
 PACKABLE = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1}
 
 
@@ -60,6 +70,24 @@ def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     return (groups[:, :, 0] | (groups[:, :, 1] << 4)).reshape(q.shape[0], -1).contiguous()
 
 
+TILE = 16  # outputs per tile of the kernel's Q4 layout
+
+
+def tile_q4(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed codes [N, K / 2] and scale / offset [N, K / 32] -> the kernel's layout, tiles of 16
+    outputs with each group's codes and parameters side by side: codes [ceil(N / 16), K / 32, 16,
+    16], scale and offset [ceil(N / 16), K / 32, 16] (outputs past N padded with zeros)."""
+    rows, groups = scale.shape
+    pad = -rows % TILE
+
+    def tiles(t: torch.Tensor, width: int) -> torch.Tensor:
+        t = torch.cat([t, t.new_zeros(pad, t.shape[1])]) if pad else t
+        return t.view(-1, TILE, groups, width).transpose(1, 2).contiguous()
+
+    return tiles(codes, GROUP // 2), tiles(scale, 1).squeeze(-1), tiles(offset, 1).squeeze(-1)
+
+
 class Int4Linear(nn.Module):
     """Replaces a (possibly fused, possibly TP-sharded) linear layer by its packed 4-bit form.
 
@@ -67,15 +95,16 @@ class Int4Linear(nn.Module):
     offsets), so fused shards and tensor-parallel slices land in the same rows as they would
     densely; ``finalize`` then packs them for the kernel.
 
-    One kernel at every row count: the packed weights stream at memory speed for a few rows
-    (decode of small batches) and are dequantized a block of outputs at a time into a small
-    buffer for many rows (prefill, large batches); both give the same bits for a row. Where the
-    C++ kernels are unavailable, a dequantized copy goes through oneDNN's bfloat16 GEMM (measured
-    batch-invariant on this CPU) or, in float32, ``F.linear`` (not batch-invariant).
+    Deterministic: the packed weights stream at memory speed for a few rows (decode of small
+    batches) and are dequantized a block of outputs at a time into a small buffer for many rows
+    (prefill, large batches); both give the same bits for a row. Where the C++ kernels are
+    unavailable, a dequantized copy goes through oneDNN's bfloat16 GEMM (measured batch-invariant
+    on this CPU) or, in float32, ``F.linear`` (not batch-invariant).
     """
 
-    def __init__(self, base: LinearBase, dtype: torch.dtype) -> None:
+    def __init__(self, base: LinearBase, dtype: torch.dtype, deterministic: bool = True) -> None:
         super().__init__()
+        self.deterministic = deterministic
         if base.in_features % GROUP:
             raise ValueError(f"in_features {base.in_features} is not a multiple of {GROUP}")
         self.base_loader = base.weight_loader
@@ -93,6 +122,8 @@ class Int4Linear(nn.Module):
         self.register_buffer("codes", torch.empty(0, dtype=torch.uint8), persistent=False)
         self.register_buffer("scale", torch.empty(0), persistent=False)
         self.register_buffer("offset", torch.empty(0), persistent=False)
+        self.register_buffer("int4pack", torch.empty(0, dtype=torch.uint8), persistent=False)
+        self.register_buffer("scales_and_zeros", torch.empty(0, dtype=dtype), persistent=False)
         self.register_buffer("dense", torch.empty(0, dtype=dtype), persistent=False)
         self.dense_packed: torch.Tensor | None = None
         self.reduce = type(base).__name__ == "RowParallelLinear"
@@ -108,10 +139,16 @@ class Int4Linear(nn.Module):
     def finalize(self) -> None:
         if len(self._shards) < self._num_shards:
             raise ValueError(f"packed linear got {len(self._shards)} of its {self._num_shards} parts from the checkpoint")
-        if cpu_kernels.invariant_linear_available():
-            self.codes = pack_nibbles(self._codes)
-            self.scale, self.offset = self._scale.contiguous(), self._offset.contiguous()
+        by_role = (not self.deterministic and self.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+                   and self.out_features % 16 == 0)  # torch's int4 packing takes whole tiles of 16 outputs
+        if cpu_kernels.invariant_linear_available() and not by_role:
+            self.codes, self.scale, self.offset = tile_q4(pack_nibbles(self._codes), self._scale, self._offset)
         else:
+            if by_role:
+                self.int4pack = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self._codes.to(torch.int32), 1)
+                zero = self._offset + 8 * self._scale
+                # [groups, out, 2] as the kernel wants, in the activation dtype
+                self.scales_and_zeros = torch.stack([self._scale.t(), zero.t()], dim=-1).contiguous().to(self.dtype)
             groups = self._scale.shape[1]
             codes = self._codes.view(self.out_features, groups, GROUP).float()
             dense = codes * self._scale.unsqueeze(-1) + self._offset.unsqueeze(-1)
@@ -127,6 +164,8 @@ class Int4Linear(nn.Module):
         if self.codes.numel():
             y = torch.ops.pagoda.invariant_linear(x.contiguous(), self.codes, self.scale, self.offset,
                                                   self.out_features, x.dtype)
+        elif self.int4pack.numel():
+            y = self._by_role(x)
         else:
             y = linear(x, self.dense, None, self.dense_packed)
         y = y.reshape(*shape[:-1], self.out_features)
@@ -134,3 +173,20 @@ class Int4Linear(nn.Module):
             y = self.tp.all_reduce(y)
         return y if self.bias is None else y + self.bias
 
+    def _by_role(self, x: torch.Tensor) -> torch.Tensor:
+        roles = row_roles.current()
+        rows = x.shape[0]
+        if roles is None or roles.num_rows != rows or roles.num_prompt == rows:
+            return linear(x, self.dense, None, self.dense_packed)
+        if roles.num_prompt == 0:
+            return self._generated(x)
+        prompt, generated = roles.split
+        y = x.new_empty(rows, self.out_features)
+        y.index_copy_(0, prompt, linear(x.index_select(0, prompt), self.dense, None, self.dense_packed))
+        y.index_copy_(0, generated, self._generated(x.index_select(0, generated)))
+        return y
+
+    def _generated(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > MAX_INT4_ROWS:
+            return linear(x, self.dense, None, self.dense_packed)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.int4pack, GROUP, self.scales_and_zeros)

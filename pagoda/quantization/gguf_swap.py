@@ -19,7 +19,8 @@ def checkpoint_names(model: nn.Module, module_name: str) -> list[str]:
     return [f"{module_name[: -len(leaf)]}{part}.weight" for part in parts]
 
 
-def swap_int4_linears(model: nn.Module, tensor_types: dict[str, GGMLQuantizationType], dtype) -> int:
+def swap_int4_linears(model: nn.Module, tensor_types: dict[str, GGMLQuantizationType], dtype,
+                      deterministic: bool) -> int:
     """Replaces packable linear layers in place; returns how many were swapped."""
     swapped = 0
     for name, module in list(model.named_modules()):
@@ -27,7 +28,7 @@ def swap_int4_linears(model: nn.Module, tensor_types: dict[str, GGMLQuantization
             continue
         if all(tensor_types.get(n) in PACKABLE for n in checkpoint_names(model, name)):
             parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, Int4Linear(module, dtype))
+            setattr(model.get_submodule(parent_name), attr, Int4Linear(module, dtype, deterministic))
             swapped += 1
     return swapped
 

@@ -21,13 +21,24 @@ class Speculator:
     """Owned by one scheduler. ``propose`` is asked once per decode step of a running request (the
     scheduler has capped ``max_tokens`` by the step's budget, the request's max_tokens and the
     context length); ``record`` hears how many of the proposed tokens the target model kept;
-    ``forget`` drops a finished request's state."""
+    ``forget`` drops a finished request's state.
 
-    def __init__(self, config: SpeculativeConfig) -> None:
+    ``max_generated_rows``: where the model's kernel for generated rows changes with their number
+    in a step (GGUF int4 under the default numerics), the most such rows a step may have for its
+    proposals, so a step plain decoding keeps under it stays under it (None: no limit)."""
+
+    def __init__(self, config: SpeculativeConfig, max_generated_rows: int | None = None) -> None:
         self.config = config
+        self.max_generated_rows = max_generated_rows
         self.proposer = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
         self.counters = SpecCounters()
         self._acceptance: dict[str, Acceptance] = {}
+
+    def room(self, batch_size: int, proposed_this_step: int) -> int | None:
+        """How many more tokens this step's proposals may add (None: no limit)."""
+        if self.max_generated_rows is None or batch_size > self.max_generated_rows:
+            return None  # plain decoding is past the limit already: its kernel is the one above it
+        return self.max_generated_rows - batch_size - proposed_this_step
 
     def propose(self, request: Request, max_tokens: int, batch_size: int) -> list[int]:
         if not can_speculate(request):

@@ -141,7 +141,7 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
     if keep:
         from pagoda.quantization.gguf_swap import swap_int4_linears
 
-        swap_int4_linears(model, files.tensor_types(), config.dtype)
+        swap_int4_linears(model, files.tensor_types(), config.dtype, config.deterministic)
     weights = tqdm(files.iter_weights(keep_quantized=keep), desc=f"Loading {files.name}", unit=" tensors",
                    total=files.num_tensors(), disable=not show_progress, leave=False)
     loaded = model.load_weights(weights)

@@ -539,11 +539,22 @@ constexpr int64_t LIN_OUTS = 32;  // outputs per task (and per weight buffer)
 constexpr int64_t LIN_ROWS = 4;   // rows per register tile
 constexpr int64_t LIN_COLS = 4;   // outputs per register tile
 
+// Q4 weights come in tiles of 16 outputs, so that a tile's codes and parameters for one group
+// are contiguous (one stream per tensor for the prefetcher, not one per output row): codes uint8
+// [ceil(N / 16), K / 32, 16, 16] (16 bytes per output and group), scale and offset float32
+// [ceil(N / 16), K / 32, 16].
+constexpr int64_t Q4_TILE = 16;
+
 struct LinearWeight {
-  int kind;  // 0: float32 [N, K], 1: bfloat16 [N, K], 2: Q4 codes uint8 [N, K / 2] + scale/offset float32 [N, K / 32]
+  int kind;  // 0: float32 [N, K], 1: bfloat16 [N, K], 2: Q4 tiles (above)
   const void* data;
   const float* scale;
   const float* offset;
+  int64_t groups;  // K / 32
+
+  // Q4: where output o's group g starts; its successors follow every Q4_TILE entries
+  int64_t q4_index(int64_t o, int64_t g) const { return ((o / Q4_TILE) * groups + g) * Q4_TILE + o % Q4_TILE; }
+  const uint8_t* q4_codes(int64_t o, int64_t g) const { return static_cast<const uint8_t*>(data) + q4_index(o, g) * 16; }
 };
 
 #ifdef __AVX512BF16__
@@ -622,13 +633,11 @@ const uint16_t* lin_weight_rows<uint16_t>(const LinearWeight& w, int64_t o0, int
     std::memcpy(buffer, static_cast<const uint16_t*>(w.data) + o0 * k, n * k * sizeof(uint16_t));
   } else {
     TORCH_CHECK(w.kind == 2, "bfloat16 activations take bfloat16 or Q4 weights");
-    const int64_t groups = k / 32;
-    for (int64_t r = 0; r < n; ++r) {
-      const uint8_t* codes = static_cast<const uint8_t*>(w.data) + (o0 + r) * (k / 2);
-      const float* sc = w.scale + (o0 + r) * groups;
-      const float* of = w.offset + (o0 + r) * groups;
-      for (int64_t g = 0; g < groups; ++g) _mm512_storeu_si512(buffer + r * k + g * 32, q4_group_bf16(codes + g * 16, sc[g], of[g]));
-    }
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t g = 0; g < w.groups; ++g) {
+        const int64_t at = w.q4_index(o0 + r, g);
+        _mm512_storeu_si512(buffer + r * k + g * 32, q4_group_bf16(w.q4_codes(o0 + r, g), w.scale[at], w.offset[at]));
+      }
   }
   std::fill(buffer + n * k, buffer + LIN_OUTS * k, 0);
   return buffer;
@@ -646,18 +655,14 @@ const float* lin_weight_rows<float>(const LinearWeight& w, int64_t o0, int64_t n
       _mm512_storeu_ps(buffer + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
     }
   } else {
-    const int64_t groups = k / 32;
-    for (int64_t r = 0; r < n; ++r) {
-      const uint8_t* codes = static_cast<const uint8_t*>(w.data) + (o0 + r) * (k / 2);
-      const float* sc = w.scale + (o0 + r) * groups;
-      const float* of = w.offset + (o0 + r) * groups;
-      for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t g = 0; g < w.groups; ++g) {
+        const int64_t at = w.q4_index(o0 + r, g);
         __m512 lo, hi;
-        q4_group(codes + g * 16, sc[g], of[g], lo, hi);
+        q4_group(w.q4_codes(o0 + r, g), w.scale[at], w.offset[at], lo, hi);
         _mm512_storeu_ps(buffer + r * k + g * 32, lo);
         _mm512_storeu_ps(buffer + r * k + g * 32 + 16, hi);
       }
-    }
   }
   std::fill(buffer + n * k, buffer + LIN_OUTS * k, 0.f);
   return buffer;
@@ -693,20 +698,21 @@ void lin_q4_fused_tile(const uint16_t* x, int64_t ldx, const LinearWeight& w, in
                        int64_t ldy, int64_t cols) {
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  const int64_t groups = k / 32;
+  // the tile's outputs lie in one Q4 tile (COLS divides Q4_TILE and o0 is a multiple of COLS)
   const uint8_t* codes[COLS];
   const float *sc[COLS], *of[COLS];
   for (int c = 0; c < COLS; ++c) {
     const int64_t o = o0 + std::min<int64_t>(c, cols - 1);  // past `cols`: a repeat, never stored
-    codes[c] = static_cast<const uint8_t*>(w.data) + o * (k / 2);
-    sc[c] = w.scale + o * groups;
-    of[c] = w.offset + o * groups;
+    codes[c] = w.q4_codes(o, 0);
+    sc[c] = w.scale + w.q4_index(o, 0);
+    of[c] = w.offset + w.q4_index(o, 0);
   }
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < w.groups; ++g) {
     __m512bh xv[R];
     for (int r = 0; r < R; ++r) xv[r] = (__m512bh)_mm512_loadu_si512(x + r * ldx + g * 32);
     for (int c = 0; c < COLS; ++c) {
-      const __m512bh wv = (__m512bh)q4_group_bf16(codes[c] + g * 16, sc[c][g], of[c][g]);
+      const int64_t at = g * Q4_TILE;
+      const __m512bh wv = (__m512bh)q4_group_bf16(codes[c] + at * 16, sc[c][at], of[c][at]);
       for (int r = 0; r < R; ++r) acc[r * COLS + c] = _mm512_dpbf16_ps(acc[r * COLS + c], xv[r], wv);
     }
   }
@@ -729,6 +735,73 @@ void lin_q4_fused(const uint16_t* x, int64_t m, int64_t ldx, const LinearWeight&
           case 3: lin_q4_fused_tile<Y, 3, 4>(x, ldx, w, o0 + c0, k, y + o0 + c0, n, cols); break;
           case 2: lin_q4_fused_tile<Y, 2, 8>(x, ldx, w, o0 + c0, k, y + o0 + c0, n, cols); break;
           default: lin_q4_fused_tile<Y, 1, 16>(x, ldx, w, o0 + c0, k, y + o0 + c0, n, cols); break;
+        }
+      }
+    }
+  });
+}
+
+// float32 rows times a bfloat16 weight (the LM head): each row is split once into two bfloat16
+// parts, x = hi + lo + e with hi its first 8 significant bits, lo the rest rounded to 8 more, so
+// |e| <= 2^-16 |x| (2^7 below the rounding of the bfloat16 weights themselves); each product of a
+// part and a weight is exact in float32, and vdpbf16ps accumulates them in float32 at twice the
+// bfloat16 cost rather than the four times of float32 FMAs. Stored [hi | lo] per chunk of 32.
+// The weight is read in place.
+constexpr int64_t SPLIT_PARTS = 2, SPLIT_ROWS = 2, SPLIT_COLS = 4;
+
+void lin_split_rows(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* parts) {
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t i = 0; i < k; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + r * ldx + i);
+        const __m512i hi = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0xFFFF0000));
+        const __m512 rest = _mm512_sub_ps(v, _mm512_castsi512_ps(hi));  // exact
+        uint16_t* out = parts + r * SPLIT_PARTS * k + (i / 32) * 32 * SPLIT_PARTS + i % 32;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(_mm512_srli_epi32(hi, 16)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32), (__m256i)_mm512_cvtneps_pbh(rest));
+      }
+  });
+}
+
+template <int R, int C>
+void lin_split_tile(const uint16_t* parts, int64_t ldp, const uint16_t* w, int64_t k, float* y, int64_t ldy,
+                    int64_t cols) {
+  __m512 acc[R][C][SPLIT_PARTS];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c)
+      for (int p = 0; p < SPLIT_PARTS; ++p) acc[r][c][p] = _mm512_setzero_ps();
+  const uint16_t* rows[C];
+  for (int c = 0; c < C; ++c) rows[c] = w + std::min<int64_t>(c, cols - 1) * k;  // past `cols`: never stored
+  for (int64_t i = 0; i < k; i += 32) {
+    __m512bh xv[R][SPLIT_PARTS];
+    for (int r = 0; r < R; ++r)
+      for (int p = 0; p < SPLIT_PARTS; ++p) xv[r][p] = (__m512bh)_mm512_loadu_si512(parts + r * ldp + (i / 32) * 32 * SPLIT_PARTS + p * 32);
+    for (int c = 0; c < C; ++c) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(rows[c] + i);
+      for (int r = 0; r < R; ++r)
+        for (int p = 0; p < SPLIT_PARTS; ++p) acc[r][c][p] = _mm512_dpbf16_ps(acc[r][c][p], xv[r][p], wv);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < cols; ++c)
+      y[r * ldy + c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][c][0], acc[r][c][1]));
+}
+
+void lin_split(const float* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n, int64_t k, float* y) {
+  std::vector<uint16_t> parts(m * SPLIT_PARTS * k);
+  lin_split_rows(x, m, ldx, k, parts.data());
+  const int64_t ldp = SPLIT_PARTS * k;
+  at::parallel_for(0, (n + LIN_OUTS - 1) / LIN_OUTS, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t o0 = task * LIN_OUTS, outs = std::min(LIN_OUTS, n - o0);
+      for (int64_t r0 = 0; r0 < m; r0 += SPLIT_ROWS) {
+        const uint16_t* pr = parts.data() + r0 * ldp;
+        float* yr = y + r0 * n + o0;
+        for (int64_t c0 = 0; c0 < outs; c0 += SPLIT_COLS) {
+          const int64_t cols = std::min(SPLIT_COLS, outs - c0);
+          const uint16_t* wt = w + (o0 + c0) * k;
+          if (m - r0 >= SPLIT_ROWS) lin_split_tile<SPLIT_ROWS, SPLIT_COLS>(pr, ldp, wt, k, yr + c0, n, cols);
+          else lin_split_tile<1, SPLIT_COLS>(pr, ldp, wt, k, yr + c0, n, cols);
         }
       }
     }
@@ -782,13 +855,15 @@ at::Tensor invariant_linear(const at::Tensor& x, const at::Tensor& weight, const
   const int64_t m = x.size(0), k = x.size(1), n = out_features;
   TORCH_CHECK(k % 32 == 0, "invariant_linear: K must be a multiple of 32, got ", k);
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
-  LinearWeight w{0, weight.data_ptr(), nullptr, nullptr};
+  LinearWeight w{0, weight.data_ptr(), nullptr, nullptr, k / 32};
   if (weight.scalar_type() == at::kByte) {
-    TORCH_CHECK(weight.dim() == 2 && weight.size(0) == n && weight.size(1) == k / 2, "Q4 codes must be [N, K / 2]");
+    const int64_t tiles = (n + Q4_TILE - 1) / Q4_TILE;
+    TORCH_CHECK(weight.dim() == 4 && weight.size(0) == tiles && weight.size(1) == k / 32 && weight.size(2) == Q4_TILE &&
+                weight.size(3) == 16, "Q4 codes must be [ceil(N / 16), K / 32, 16, 16]");
     TORCH_CHECK(scale.scalar_type() == at::kFloat && offset.scalar_type() == at::kFloat && scale.is_contiguous() &&
-                offset.is_contiguous() && scale.numel() == n * (k / 32) && offset.numel() == n * (k / 32),
-                "Q4 scale and offset must be contiguous float32 [N, K / 32]");
-    w = LinearWeight{2, weight.data_ptr(), scale.data_ptr<float>(), offset.data_ptr<float>()};
+                offset.is_contiguous() && scale.numel() == tiles * Q4_TILE * (k / 32) && offset.numel() == scale.numel(),
+                "Q4 scale and offset must be contiguous float32 [ceil(N / 16), K / 32, 16]");
+    w = LinearWeight{2, weight.data_ptr(), scale.data_ptr<float>(), offset.data_ptr<float>(), k / 32};
   } else {
     TORCH_CHECK(weight.dim() == 2 && weight.size(0) >= n && weight.size(1) == k, "weight must be [N, K]");
     TORCH_CHECK(weight.scalar_type() == at::kBFloat16 || weight.scalar_type() == at::kFloat,
@@ -810,6 +885,10 @@ at::Tensor invariant_linear(const at::Tensor& x, const at::Tensor& weight, const
     else lin_impl<uint16_t, uint16_t>(xp, m, x.stride(0), w, n, k, raw<at::BFloat16>(y));
   } else {
     TORCH_CHECK(x.scalar_type() == at::kFloat, "x must be float32 or bfloat16");
+    if (w.kind == 1) {
+      lin_split(x.data_ptr<float>(), m, x.stride(0), static_cast<const uint16_t*>(w.data), n, k, y.data_ptr<float>());
+      return y;
+    }
     lin_impl<float, float>(x.data_ptr<float>(), m, x.stride(0), w, n, k, y.data_ptr<float>());
   }
   return y;
