@@ -205,8 +205,8 @@ class LLMEngine:
             parallel=self._parallel_stats())
 
     def _spec_counters(self) -> SpecCounters | None:
-        speculators = [s.speculator for s in self.schedulers if getattr(s, "speculator", None) is not None]
-        return reduce(SpecCounters.add, (s.counters for s in speculators), SpecCounters()) if speculators else None
+        counters = [c for s in self.schedulers if (c := getattr(s, "speculator", None)) is not None]
+        return reduce(SpecCounters.add, (c.counters for c in counters), SpecCounters()) if counters else None
 
     def _parallel_stats(self) -> ParallelStats | None:
         """A multi-process runner's per-rank seconds, at most ``PARALLEL_STATS_INTERVAL_S`` old: taking them

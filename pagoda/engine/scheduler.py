@@ -156,7 +156,7 @@ class Scheduler(SchedulerInterface):
             return []
         cap = min(budget - 1, request.max_tokens - request.num_output_tokens - 1,
                   self.config.max_model_len - request.num_tokens - 1)
-        room = self.speculator.room(len(self.running), sum(len(s.spec_token_ids) for s in out.scheduled))
+        room = self.speculator.room(len(self.running), out.scheduled)
         if room is not None:
             cap = min(cap, room)
         return self.speculator.propose(request, cap, len(self.running)) if cap > 0 else []

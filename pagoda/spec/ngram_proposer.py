@@ -40,9 +40,9 @@ class NgramProposer:
                 index.ends[tuple(token_ids[end - n:end])] = end
         index.size = max(index.size, n_tokens)
         for n in range(min(self.lookup_max, n_tokens - 1), self.lookup_min - 1, -1):
-            end = index.ends.get(tuple(token_ids[n_tokens - n:]))
-            if end is not None and end < n_tokens:
-                return _copy_from(token_ids, end, k)
+            found = index.ends.get(tuple(token_ids[n_tokens - n:]))
+            if found is not None and found < n_tokens:
+                return _copy_from(token_ids, found, k)
         return []
 
     def forget(self, key: str) -> None:

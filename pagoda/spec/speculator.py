@@ -3,7 +3,10 @@ from its verification."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pagoda.engine.request import Request
+from pagoda.engine.scheduler_output import ScheduledRequest
 from pagoda.spec.adaptive import Acceptance, num_tokens_to_propose
 from pagoda.spec.config import SpeculativeConfig
 from pagoda.spec.ngram_proposer import NgramProposer
@@ -34,11 +37,12 @@ class Speculator:
         self.counters = SpecCounters()
         self._acceptance: dict[str, Acceptance] = {}
 
-    def room(self, batch_size: int, proposed_this_step: int) -> int | None:
-        """How many more tokens this step's proposals may add (None: no limit)."""
+    def room(self, batch_size: int, scheduled: Sequence[ScheduledRequest]) -> int | None:
+        """How many more tokens this step's proposals may add, with ``scheduled`` its rows so far
+        (None: no limit)."""
         if self.max_generated_rows is None or batch_size > self.max_generated_rows:
             return None  # plain decoding is past the limit already: its kernel is the one above it
-        return self.max_generated_rows - batch_size - proposed_this_step
+        return self.max_generated_rows - batch_size - sum(len(s.spec_token_ids) for s in scheduled)
 
     def propose(self, request: Request, max_tokens: int, batch_size: int) -> list[int]:
         if not can_speculate(request):
