@@ -102,9 +102,9 @@ class CacheConfig:
     block_size: int
     num_blocks: int
     enable_prefix_caching: bool = EngineArgs.enable_prefix_caching
-    # off under the default numerics: a generated token's KV comes from another kernel than a prompt
-    # token's (pagoda.layers.row_roles), so it must not serve as another request's prompt
-    cache_generated_tokens: bool = True
+    # under the default numerics a generated token's KV comes from another kernel than a prompt
+    # token's (pagoda.layers.row_roles): only prompt tokens enter the prefix cache unless deterministic
+    deterministic: bool = EngineArgs.deterministic
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,6 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = EngineArgs.enable_chunked_prefill
     scheduling_policy: str = EngineArgs.scheduling_policy
     max_wait_s: float = EngineArgs.max_wait_s  # past this wait a request is admitted first, whatever the policy
+    # a request preempted more often than this is resumed only once blocks for its whole remaining run are
+    # free (no thrash: it would otherwise be preempted again as soon as the others grow)
+    max_preemptions: int = EngineArgs.max_preemptions

@@ -1,5 +1,5 @@
-"""Teacher-forced top-1 agreement with the float32 model: Pagoda's default engine and transformers'
-own bfloat16, both against transformers in float32 on the same weights (the bundled Q4_1 GGUF
+"""Teacher-forced top-1 agreement with the float32 model: Pagoda's engine (default and
+``deterministic=True`` numerics) and transformers' own bfloat16, both against transformers in float32 on the same weights (the bundled Q4_1 GGUF
 dequantized), over a held set of chats.
 
 Each chat is a user message in the chat template followed by float32 transformers' greedy answer;
@@ -48,7 +48,9 @@ def main() -> None:
     from pagoda.weights.default_model import default_model_path
 
     path = default_model_path()
-    llm = LLM(show_progress=False)
+    engines = {"pagoda (default)": LLM(show_progress=False),
+               "pagoda (deterministic=True)": LLM(show_progress=False, deterministic=True)}
+    llm = engines["pagoda (default)"]
     tokenizer = llm.get_tokenizer()
     ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                dtype=torch.float32).eval()
@@ -62,20 +64,20 @@ def main() -> None:
             out = ref.generate(torch.tensor([ids]), max_new_tokens=args.answer_len, do_sample=False)
             sequences.append(out[0].tolist())
 
-    counts = {"pagoda (default engine)": 0, "transformers bf16": 0}
+    counts = dict.fromkeys([*engines, "transformers bf16"], 0)
     total = 0
-    results = llm.generate(sequences, SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0), use_tqdm=False)
+    forced = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0)
+    results = {name: engine.generate(sequences, forced, use_tqdm=False) for name, engine in engines.items()}
     with torch.inference_mode():
-        for seq, result in zip(sequences, results, strict=True):
+        for i, seq in enumerate(sequences):
             x = torch.tensor([seq])
             want = ref(x).logits[0, :-1].argmax(-1).tolist()  # the prediction at each position for the next one
-            got_bf16 = bf16(x).logits[0, :-1].float().argmax(-1).tolist()
-            got_pagoda = [next(t for t, lp in entry.items() if lp.rank == 1)
-                          for entry in result.prompt_logprobs[1:]]
-            assert len(got_pagoda) == len(want)
             total += len(want)
-            counts["pagoda (default engine)"] += sum(a == b for a, b in zip(got_pagoda, want, strict=True))
+            got_bf16 = bf16(x).logits[0, :-1].float().argmax(-1).tolist()
             counts["transformers bf16"] += sum(a == b for a, b in zip(got_bf16, want, strict=True))
+            for name in engines:
+                got = [next(t for t, lp in entry.items() if lp.rank == 1) for entry in results[name][i].prompt_logprobs[1:]]
+                counts[name] += sum(a == b for a, b in zip(got, want, strict=True))
     print(f"{len(sequences)} chats, {total} teacher-forced positions, top-1 agreement with float32 transformers:")
     for name, n in counts.items():
         print(f"  {name}: {n}/{total} = {100 * n / total:.2f}%")

@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 HELP = ("benchmarks: serve (load-test any OpenAI server), throughput, prefix, parallel, profile, structured, "
-        "sampler, diffusion-accuracy, digits-accuracy, spec")
+        "sampler, diffusion-accuracy, digits-accuracy, storm, spec")
 
 BENCH_COMMANDS: dict[str, str] = {
     "serve": "pagoda.bench.serve",
@@ -22,6 +22,7 @@ BENCH_COMMANDS: dict[str, str] = {
     "sampler": "pagoda.bench.sampler",
     "diffusion-accuracy": "pagoda.bench.diffusion_accuracy",
     "digits-accuracy": "pagoda.bench.digits_accuracy",
+    "storm": "pagoda.bench.storm",
     "spec": "pagoda.bench.spec_bench",
 }
 

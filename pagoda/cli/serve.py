@@ -31,6 +31,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="/v1/embeddings: the last prompt token's final hidden state, or the mean over the prompt")
     g.add_argument("--web-ui", action=argparse.BooleanOptionalAction, default=ServerConfig.web_ui,
                    help="the chat page at / and the live dashboard at /dashboard (--no-web-ui: neither)")
+    b = parser.add_argument_group("bounds (each violation is an OpenAI-style JSON error; see README)")
+    b.add_argument("--max-request-bytes", type=int, default=ServerConfig.max_request_bytes,
+                   help="largest request body; past it 413 (checked while reading, before parsing)")
+    b.add_argument("--body-read-timeout", type=float, default=ServerConfig.body_read_timeout_s,
+                   help="seconds to receive a whole request body; past it 408")
+    b.add_argument("--header-read-timeout", type=float, default=ServerConfig.header_read_timeout_s,
+                   help="seconds for a connection to send its request headers; past it the connection closes")
+    b.add_argument("--keep-alive-timeout", type=int, default=ServerConfig.keep_alive_timeout_s,
+                   help="seconds an idle kept-alive connection stays open")
+    b.add_argument("--max-connections", type=int, default=ServerConfig.max_connections,
+                   help="open connections; past it uvicorn answers a plain 503")
+    b.add_argument("--max-concurrent-requests", type=int, default=ServerConfig.max_concurrent_requests,
+                   help="API requests (streams included) served at once; past it 503 + Retry-After")
+    b.add_argument("--max-n", type=int, default=ServerConfig.max_n, help="largest n (samples per request)")
+    b.add_argument("--max-logprobs", type=int, default=ServerConfig.max_logprobs,
+                   help="largest logprobs / top_logprobs")
+    b.add_argument("--max-stop-strings", type=int, default=ServerConfig.max_stop_strings,
+                   help="most entries in stop")
+    b.add_argument("--max-spec-chars", type=int, default=ServerConfig.max_spec_chars,
+                   help="largest structured-output spec (schema, regex, grammar, choices), serialized")
+    b.add_argument("--max-schema-depth", type=int, default=ServerConfig.max_schema_depth,
+                   help="deepest nesting of a JSON schema")
+    b.add_argument("--grammar-compile-timeout", type=float, default=ServerConfig.grammar_compile_timeout_s,
+                   help="seconds a structured-output spec may take to compile (off the event loop); past it 400")
     g.add_argument("--log-level", default=ServerConfig.log_level, choices=["debug", "info", "warning", "error"])
     g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                    help="log every HTTP request")
@@ -46,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, served_model_name=args.served_model_name,
                           api_key=args.api_key, max_waiting=args.max_waiting, image_model=args.image_model,
                           log_level=args.log_level, web_ui=args.web_ui, tool_call_parser=args.tool_call_parser,
-                          reasoning_parser=args.reasoning_parser, pooling=args.pooling)
+                          reasoning_parser=args.reasoning_parser, pooling=args.pooling,
+                          max_request_bytes=args.max_request_bytes, body_read_timeout_s=args.body_read_timeout,
+                          header_read_timeout_s=args.header_read_timeout, keep_alive_timeout_s=args.keep_alive_timeout,
+                          max_connections=args.max_connections, max_concurrent_requests=args.max_concurrent_requests,
+                          max_n=args.max_n, max_logprobs=args.max_logprobs, max_stop_strings=args.max_stop_strings,
+                          max_spec_chars=args.max_spec_chars, max_schema_depth=args.max_schema_depth,
+                          grammar_compile_timeout_s=args.grammar_compile_timeout)
     run_server(EngineArgs.from_cli_args(args), config, access_log=args.access_log)
     return 0

@@ -58,6 +58,7 @@ class EngineArgs:
     enable_chunked_prefill: bool = True  # off: a prompt that exceeds the step's token budget waits for room
     scheduling_policy: str = "fcfs"  # "fcfs" | "priority" | "lpm"
     max_wait_s: float = 60.0  # starvation guard: older waiting requests go first, whatever the policy
+    max_preemptions: int = 2  # preempted more often: resumed only when blocks for its whole run are free
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when torch sees a GPU) | "cpu" | "cuda" | "cuda:N"
     enforce_eager: bool = False  # CUDA: no CUDA graphs for decode steps
@@ -105,6 +106,7 @@ class EngineArgs:
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
         _at_least("max_wait_s", self.max_wait_s, 0)
+        _at_least("max_preemptions", self.max_preemptions, 0)
         _at_least("node_rank", self.node_rank, 0)
         if self.kv_cache_memory_gb <= 0:
             raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb!r}")
@@ -161,6 +163,8 @@ class EngineArgs:
         g.add_argument("--scheduling-policy", default=d.scheduling_policy, choices=SCHEDULING_POLICIES)
         g.add_argument("--max-wait-s", type=float, default=d.max_wait_s,
                        help="a request waiting longer is admitted before newer ones, whatever the policy")
+        g.add_argument("--max-preemptions", type=int, default=d.max_preemptions,
+                       help="a request preempted more often waits until blocks for its whole run are free (no thrash)")
         g.add_argument("--seed", type=int, default=d.seed)
         g.add_argument("--device", default=d.device,
                        help="'auto' (CUDA when a GPU is visible), 'cpu', 'cuda' or 'cuda:N'")

@@ -52,7 +52,8 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     scheduler_config = SchedulerConfig(
         max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
         max_model_len=model_config.max_model_len, batching=args.batching, scheduling_policy=args.scheduling_policy,
-        max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill)
+        max_wait_s=args.max_wait_s, enable_chunked_prefill=args.enable_chunked_prefill,
+        max_preemptions=args.max_preemptions)
     sampler = Sampler(tokenizer.eos_token_ids, torch.Generator().manual_seed(args.seed))
     runner = _runner(args, files, model_config, cache_config, sampler, device)
     if isinstance(runner, ModelRunner) and device.type == "cuda" and not args.enforce_eager:
@@ -87,8 +88,7 @@ def _model_path(args: EngineArgs) -> str:
 def _cache_config(args: EngineArgs, model_config: ModelConfig) -> CacheConfig:
     per_block = kv_cache_bytes_per_block(model_config, args.block_size)
     num_blocks = args.num_kv_blocks or max(1, int(args.kv_cache_memory_gb * 2**30 // per_block))
-    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching,
-                       cache_generated_tokens=args.deterministic)
+    return CacheConfig(args.block_size, num_blocks, args.enable_prefix_caching, args.deterministic)
 
 
 def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cache_config: CacheConfig,

@@ -66,7 +66,8 @@ class LLMEngine:
         self.model_name = model_name
         self.runner = runner
         self.kv_cache = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
-                                       cache_config.enable_prefix_caching, cache_config.cache_generated_tokens)
+                                       cache_config.enable_prefix_caching,
+                                       cache_generated_tokens=cache_config.deterministic)
         # a pipeline keeps several steps in flight, each from its own scheduler over the shared KV
         # cache (vLLM's virtual engines); they share out max_num_seqs
         v = runner.num_virtual_engines

@@ -7,6 +7,7 @@ token budget.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 
@@ -18,6 +19,8 @@ from pagoda.engine.scheduler_interface import SchedulerInterface
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagoda.kv_cache.kv_cache_manager import KVCacheManager
 from pagoda.spec.speculator import Speculator
+
+logger = logging.getLogger(__name__)
 
 
 def make_policy(config: SchedulerConfig, kv_cache: KVCacheManager) -> SchedulingPolicy:
@@ -165,6 +168,8 @@ class Scheduler(SchedulerInterface):
         """Admits a waiting request, reusing its longest cached prefix. Returns None (deferred)
         when a running request is still prefilling the very blocks this one would compute next."""
         rid = request.request_id
+        if self._held_back(request):
+            return False
         # prompt logprobs need every prompt position computed: such requests don't reuse the cache
         reuse = rid not in self.kv_cache.block_tables and request.params.prompt_logprobs is None
         prefix = self.kv_cache.match_prefix(request.all_token_ids, request.cache_salt) if reuse else []
@@ -186,6 +191,15 @@ class Scheduler(SchedulerInterface):
         self._admit(request)
         out.scheduled.append(ScheduledRequest(request, start, num_new, table))
         return True
+
+    def _held_back(self, request: Request) -> bool:
+        """A request preempted more than ``max_preemptions`` times waits, at the head of the queue, until
+        blocks for its whole remaining run are free (or nothing else runs): resuming it sooner would only
+        get it preempted again."""
+        if request.metrics.num_preemptions <= self.config.max_preemptions or not self.running:
+            return False
+        whole = self.kv_cache.blocks_needed(request.request_id, request.num_prompt_tokens + request.max_tokens)
+        return whole > self.kv_cache.num_free_blocks + self.kv_cache.pool.num_evictable
 
     def _prefix_in_flight(self, request: Request, num_cached_blocks: int) -> bool:
         """Whether a running request shares this one's next uncached block and has not computed it
@@ -209,6 +223,8 @@ class Scheduler(SchedulerInterface):
         request.status = RequestStatus.PREEMPTED
         request.metrics.num_preemptions += 1
         self.counters.num_preemptions += 1
+        logger.info("preempted %s (%d tokens; preemption %d of this request, %d in all)", request.request_id,
+                    request.num_tokens, request.metrics.num_preemptions, self.counters.num_preemptions)
         self.waiting.appendleft(request)
         out.preempted_request_ids.append(request.request_id)
 

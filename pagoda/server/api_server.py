@@ -13,6 +13,7 @@ from pagoda.server.app import build_app
 from pagoda.server.config import ServerConfig
 from pagoda.server.engine_client import EngineClient
 from pagoda.server.engine_process_client import EngineProcessClient
+from pagoda.server.slow_client_guard import header_timeout_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,10 @@ def run_server(engine_args: EngineArgs, config: ServerConfig, *, access_log: boo
         app = build_app(client, config)
         server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
                                                log_level=config.log_level, access_log=access_log,
-                                               timeout_graceful_shutdown=5))
+                                               timeout_graceful_shutdown=5,
+                                               http=header_timeout_protocol(config.header_read_timeout_s),
+                                               timeout_keep_alive=config.keep_alive_timeout_s,
+                                               limit_concurrency=config.max_connections))
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled after a graceful shutdown
         pass

@@ -21,6 +21,7 @@ from pagoda.server.serving_completion import CompletionServing
 from pagoda.server.serving_embedding import EmbeddingServing
 from pagoda.server.serving_responses import ResponsesServing
 from pagoda.server.serving_tokenization import TokenizationServing
+from pagoda.server.slow_client_guard import SlowClientGuard
 from pagoda.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer |
 
     app = FastAPI(title="Pagoda", description="OpenAI-compatible LLM server")
     install_error_handlers(app)
+    # body size and read time, requests at once, and a full queue answered before the body is read
+    app.add_middleware(SlowClientGuard, config=config,
+                       queue_full=lambda: client.num_waiting >= config.max_waiting)
     bearer = HTTPBearer(auto_error=False)
 
     async def check_api_key(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:

@@ -19,3 +19,17 @@ class ServerConfig:
     tool_call_parser: str | None = None  # the format of tool calls; default: from the chat template, else hermes
     pooling: str = "last"  # /v1/embeddings: the last prompt token's final hidden state, or "mean"
     reasoning_parser: str | None = None  # e.g. "think": <think>...</think> becomes message.reasoning_content
+    # --- bounds on what one client may ask (each violation: an OpenAI-style JSON error; see README) ---
+    max_request_bytes: int = 4 * 1024 * 1024  # a body past it: 413, checked while it is read, before parsing
+    body_read_timeout_s: float = 30.0  # a body not fully received by then (slowloris): 408
+    header_read_timeout_s: float = 10.0  # a connection that has not sent complete headers by then is closed
+    keep_alive_timeout_s: int = 5  # uvicorn's timeout_keep_alive: an idle kept-alive connection closes
+    max_connections: int = 4096  # uvicorn's limit_concurrency: past it new connections get a plain 503
+    max_concurrent_requests: int = 2048  # /v1 requests (streams included) being served at once; past it 503
+    max_n: int = 128  # samples per request (OpenAI's limit)
+    max_logprobs: int = 20  # logprobs / top_logprobs alternatives per token (OpenAI's limit)
+    max_stop_strings: int = 16  # entries of `stop` (OpenAI allows 4; we allow more, boundedly)
+    max_stop_chars: int = 1024  # characters of one stop string
+    max_spec_chars: int = 256 * 1024  # a JSON schema / regex / grammar / choice list, serialized
+    max_schema_depth: int = 64  # nesting of a JSON schema (objects and arrays)
+    grammar_compile_timeout_s: float = 10.0  # structured-output compile (off the event loop); past it 400

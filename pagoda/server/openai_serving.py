@@ -29,6 +29,7 @@ from pagoda.server.errors import APIError
 from pagoda.server.messages import RequestDelta
 from pagoda.server.metrics import ServerMetrics
 from pagoda.server.protocol import ErrorInfo, ErrorResponse, UsageInfo
+from pagoda.server.request_limits import check_guided_spec, check_request_bounds
 from pagoda.server.sse_response import SSEResponse
 from pagoda.structured.openai_fields import guided_processors_for_request
 from pagoda.tokenizer import Tokenizer
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
 
-_MAX_N = 128  # OpenAI's limit on samples per request
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # torch generators take 64-bit seeds
 
 
@@ -147,6 +147,12 @@ class OpenAIServing:
                                 f"(limit {self.config.max_waiting}); retry later", code="server_overloaded",
                            headers={"Retry-After": str(self.config.retry_after_s)})
 
+    async def check_bounds(self, req: Any) -> None:
+        """The request's size limits, and its structured-output spec compiled off the event loop
+        within the compile timeout (400s naming the field); before any synchronous work."""
+        check_request_bounds(req, self.config)
+        await check_guided_spec(req, self.tokenizer, self.config)
+
     # --- prompts ---
 
     def check_prompt_ids(self, ids: list[int], max_tokens: int | None, param: str) -> None:
@@ -178,8 +184,7 @@ class OpenAIServing:
                         prompt_logprobs: int | None = None) -> SamplingParams:
         """SamplingParams from the fields both endpoints share; raises InvalidRequestError (400).
         Structured-output fields are compiled here (cached), so a bad spec never reaches the engine."""
-        if not 1 <= req.n <= _MAX_N:
-            raise InvalidRequestError(f"n must be in [1, {_MAX_N}], got {req.n}", "n")
+        check_request_bounds(req, self.config)
         if req.seed is not None and not _INT64_MIN <= req.seed <= _INT64_MAX - req.n:
             raise InvalidRequestError("seed must be a 64-bit signed integer", "seed")
         bias: dict[int, float] | None = None

@@ -72,6 +72,7 @@ class ChatServing(OpenAIServing):
 
     async def create(self, raw: Request) -> Response:
         req = await parse_body(raw, ChatCompletionRequest)
+        await self.check_bounds(req)
         ids, params, plan = self.prepare(req)
         rid = random_id("chatcmpl")
         return await respond(raw, req.stream, lambda: self._stream(rid, req, ids, params, plan),

@@ -50,6 +50,7 @@ class _Choice:
 class CompletionServing(OpenAIServing):
     async def create(self, raw: Request) -> Response:
         req = await parse_body(raw, CompletionRequest)
+        await self.check_bounds(req)
         self.check_model(req.model)
         if req.suffix:
             raise APIError(400, "suffix is not supported", param="suffix")

@@ -70,6 +70,7 @@ class ResponsesServing(ChatServing):
     async def create_response(self, raw: Request) -> Response:
         req = await parse_body(raw, ResponsesRequest)
         chat = _chat_request(req)
+        await self.check_bounds(chat)
         ids, params, plan = self.prepare(chat)
         rid = _id("resp")
         return await respond(raw, req.stream, lambda: self._events(rid, req, ids, params, plan),

@@ -9,17 +9,18 @@ loop does not wait for it (and a spec compiled before is a cache hit).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pagoda.sampling_params import SamplingParams
+from pagoda.structured.compile_executor import CompileExecutor
 from pagoda.structured.grammar_compiler import compiler_for
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 from pagoda.structured.guided_logits_processor import GuidedLogitsProcessor
 from pagoda.tokenizer import Tokenizer
 
-_compile_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagoda-grammar-compile")
+_compile_pool = CompileExecutor(1, "pagoda-grammar-compile")  # deep stacks: see compile_executor
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,11 @@ class GuidedDecodingParams:
         return None if self.json is None else json.loads(self.json)
 
     @property
+    def num_chars(self) -> int:
+        """The size of the spec's text (schema, regex, grammar, choices): what the limits measure."""
+        return sum(len(x) for x in (self.json or "", self.regex or "", self.grammar or "", *(self.choice or ())))
+
+    @property
     def param(self) -> str:
         """The request field this spec came from, for error messages (the server's extension names)."""
         return {"json": "guided_json", "json_object": "response_format", "regex": "guided_regex",

@@ -15,6 +15,7 @@ import numpy as np
 
 from pagoda.errors import InvalidRequestError
 from pagoda.structured.grammar_backend import CompiledGrammar, GrammarBackend, GrammarMatcher
+from pagoda.structured.grammar_limits import GrammarLimits
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 from pagoda.tokenizer import Tokenizer
 
@@ -74,7 +75,8 @@ class LLGuidanceGrammar(CompiledGrammar):
 class LLGuidanceBackend(GrammarBackend):
     name = "llguidance"
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, limits: GrammarLimits = GrammarLimits()) -> None:
+        self.limits = limits.to_llguidance()
         # ~0.5 s for a 49k vocabulary (token trie); built once per tokenizer by the caller's cache
         self.lltokenizer = llguidance.LLTokenizer(
             tokenizer.backend.to_str(), n_vocab=tokenizer.vocab_size,
@@ -83,12 +85,13 @@ class LLGuidanceBackend(GrammarBackend):
 
     def compile(self, spec: GuidedDecodingParams) -> CompiledGrammar:
         grammar = self._grammar(spec)
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.lltokenizer)
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.lltokenizer,
+                                                                                  limits=self.limits)
         if is_error:
             raise InvalidRequestError(_message(spec, messages[0] if messages else "rejected"), spec.param)
         for warning in messages:
             logger.info("grammar warning (%s): %s", spec.kind, warning)
-        matcher = llguidance.LLMatcher(self.lltokenizer, grammar, log_level=0)
+        matcher = llguidance.LLMatcher(self.lltokenizer, grammar, log_level=0, limits=self.limits)
         if matcher.is_error():
             raise InvalidRequestError(_message(spec, matcher.get_error()), spec.param)
         return LLGuidanceGrammar(spec, matcher, self.vocab_size)

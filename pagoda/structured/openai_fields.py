@@ -22,7 +22,7 @@ from pagoda.tokenizer import Tokenizer
 _EXTENSIONS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
 
-def _field(req: Any, name: str) -> Any:
+def request_field(req: Any, name: str) -> Any:
     value = req.get(name) if isinstance(req, dict) else getattr(req, name, None)
     if value is None and not isinstance(req, dict):
         value = (getattr(req, "model_extra", None) or {}).get(name)  # pydantic extra="allow" fields
@@ -35,12 +35,12 @@ def guided_spec_from_request(req: Any) -> GuidedDecodingParams | None:
     """The spec a request (pydantic model or dict) asks for, or None; InvalidRequestError naming the
     field for a malformed or conflicting one."""
     given: list[tuple[str, dict[str, Any]]] = []
-    fmt = _field(req, "response_format")
+    fmt = request_field(req, "response_format")
     if fmt is not None:
         kwargs = _response_format(fmt)
         if kwargs is not None:
             given.append(("response_format", kwargs))
-    values = {name: _field(req, name) for name in _EXTENSIONS}
+    values = {name: request_field(req, name) for name in _EXTENSIONS}
     if values["guided_json"] is not None:
         given.append(("guided_json", {"json": values["guided_json"]}))
     if values["guided_regex"] is not None:
@@ -59,7 +59,7 @@ def guided_spec_from_request(req: Any) -> GuidedDecodingParams | None:
         raise InvalidRequestError(f"give at most one structured-output constraint, got {names}", given[1][0])
     param, kwargs = given[0]
     # any string here: GuidedDecodingParams refuses what is not a Whitespace
-    whitespace = cast(Whitespace, _field(req, "guided_whitespace") or "compact")
+    whitespace = cast(Whitespace, request_field(req, "guided_whitespace") or "compact")
     try:
         return GuidedDecodingParams(**kwargs, whitespace=whitespace)
     except InvalidRequestError as exc:
@@ -94,7 +94,7 @@ def guided_processors_for_request(req: Any, tokenizer: Tokenizer) -> list[Logits
     spec = guided_spec_from_request(req)
     if spec is None:
         return []
-    param = "response_format" if _field(req, "response_format") not in (None, {"type": "text"}) else spec.param
+    param = "response_format" if request_field(req, "response_format") not in (None, {"type": "text"}) else spec.param
     try:
         compiler_for(tokenizer).compile(spec)
     except InvalidRequestError as exc:

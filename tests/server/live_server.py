@@ -29,7 +29,7 @@ class LiveServer:
     """Several apps over one EngineClient, served by uvicorn on one event loop in a thread."""
 
     def __init__(self, client: EngineClient, configs: dict[str, ServerConfig],
-                 tokenizers: dict[str, Any] | None = None) -> None:
+                 tokenizers: dict[str, Any] | None = None, uvicorn_options: dict[str, Any] | None = None) -> None:
         self.client = client
         self.configs = configs
         self.urls: dict[str, str] = {}
@@ -41,7 +41,8 @@ class LiveServer:
             sockets[name] = sock
             self.urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
             app = build_app(client, config, (tokenizers or {}).get(name))
-            self._servers.append(uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off")))
+            self._servers.append(uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                                            **(uvicorn_options or {}))))
         self.loop = asyncio.new_event_loop()
 
         async def serve_all() -> None:

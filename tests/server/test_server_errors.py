@@ -103,7 +103,7 @@ def test_chat_out_of_range_and_top_logprobs(server):
     assert_error(server.post("/v1/chat/completions", json={"messages": messages, "top_logprobs": 3}), 400,
                  param="top_logprobs")
     assert_error(server.post("/v1/chat/completions", json={"messages": messages, "logprobs": True,
-                                                           "top_logprobs": 21}), 400, param="logprobs")
+                                                           "top_logprobs": 21}), 400, param="top_logprobs")
     assert_still_serves(server)
 
 
