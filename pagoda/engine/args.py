@@ -118,9 +118,7 @@ class EngineArgs:
         if self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank must be below nnodes ({self.nnodes}), got {self.node_rank}")
         if self.speculative_config is not None:
-            self.resolved_speculative_config()
-            if self.batching != "continuous":
-                raise ValueError(f"speculative_config works with continuous batching, not batching={self.batching!r}")
+            self.resolved_speculative_config()  # with static batching: refused when the engine starts
         if self.pipeline_stage_layers is not None:
             if len(self.pipeline_stage_layers) != self.pipeline_parallel_size:
                 raise ValueError(f"pipeline_stage_layers gives {len(self.pipeline_stage_layers)} stage sizes "

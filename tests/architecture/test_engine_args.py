@@ -58,6 +58,7 @@ NON_DEFAULT = {
     "distributed_backend": "gloo", "router_policy": "round_robin", "pipeline_micro_batches": 2,
     "pipeline_virtual_engines": 1, "pipeline_stage_layers": (3, 4), "nnodes": 2, "node_rank": 1,
     "master_addr": "10.0.0.1", "master_port": 29500, "startup_timeout_s": 30.0,
+    "speculative_config": '{"method": "ngram", "num_speculative_tokens": 2}',
 }
 
 

@@ -43,9 +43,15 @@ def test_bad_config_names_the_field(options, field):
         EngineArgs(speculative_config=options)
 
 
-def test_static_batching_refused():
+def test_static_batching_refused_at_start():
+    from pagoda.config import SchedulerConfig
+    from pagoda.engine.schedulers import make_scheduler
+    from pagoda.kv_cache.kv_cache_manager import KVCacheManager
+    from pagoda.spec.speculator import Speculator
+
+    config = SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=4, max_model_len=64, batching="static")
     with pytest.raises(ValueError, match="speculative_config.*continuous"):
-        EngineArgs(speculative_config={"method": "ngram"}, batching="static")
+        make_scheduler(config, KVCacheManager(8, 4), Speculator(SpeculativeConfig()))
 
 
 def test_cli_flag():
