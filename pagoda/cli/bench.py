@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 HELP = ("benchmarks: serve (load-test any OpenAI server), throughput, prefix, parallel, profile, structured, "
-        "sampler, diffusion-accuracy, digits-accuracy, quality, storm, lora")
+        "sampler, diffusion-accuracy, digits-accuracy, quality, storm, lora, spec")
 
 BENCH_COMMANDS: dict[str, str] = {
     "serve": "pagoda.bench.serve",
@@ -25,6 +25,7 @@ BENCH_COMMANDS: dict[str, str] = {
     "quality": "pagoda.bench.quality",
     "storm": "pagoda.bench.storm",
     "lora": "pagoda.bench.lora_bench",
+    "spec": "pagoda.bench.spec_bench",
 }
 
 

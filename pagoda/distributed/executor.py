@@ -266,6 +266,8 @@ def _merge(into: ModelRunnerOutput, part: ModelRunnerOutput) -> None:
     into.logprobs.update(part.logprobs)
     into.prompt_logprobs.update(part.prompt_logprobs)
     into.failed.update(part.failed)
+    into.spec_accepted.update(part.spec_accepted)
+    into.spec_logprobs.update(part.spec_logprobs)
 
 
 def _free_port() -> int:

@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pagoda.spec.config import SpeculativeConfig
 
 # option -> the values it takes (None as a choice is spelt "none" on the command line)
 DTYPES = ("auto", "float32", "bfloat16")
@@ -83,6 +86,8 @@ class EngineArgs:
     max_loras: int = 4  # adapters resident at once (slots): the most distinct adapters in one step
     max_lora_rank: int = 64  # adapters of a higher rank are refused at load
     max_cpu_loras: int | None = None  # adapters kept in host memory for swapping in (None: all used so far)
+    # speculative decoding, vLLM-shaped: {"method": "ngram", "num_speculative_tokens": 4, ...} (or its JSON)
+    speculative_config: dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:
         if self.pipeline_stage_layers is not None:
@@ -121,10 +126,18 @@ class EngineArgs:
             raise ValueError(f"nnodes: {ranks} ranks cannot be spread evenly over {self.nnodes} hosts")
         if self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank must be below nnodes ({self.nnodes}), got {self.node_rank}")
+        if self.speculative_config is not None:
+            self.resolved_speculative_config()  # with static batching: refused when the engine starts
         if self.pipeline_stage_layers is not None:
             if len(self.pipeline_stage_layers) != self.pipeline_parallel_size:
                 raise ValueError(f"pipeline_stage_layers gives {len(self.pipeline_stage_layers)} stage sizes "
                                  f"for pipeline_parallel_size {self.pipeline_parallel_size}")
+
+    def resolved_speculative_config(self) -> SpeculativeConfig | None:
+        """The frozen ``SpeculativeConfig`` (ValueError naming the bad field), None when off."""
+        from pagoda.spec.config import SpeculativeConfig
+
+        return None if self.speculative_config is None else SpeculativeConfig.from_dict(self.speculative_config)
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +184,9 @@ class EngineArgs:
         g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=d.enforce_eager,
                        help="CUDA: run decode steps without CUDA graphs")
         g.add_argument("--num-threads", type=int, default=d.num_threads)
+        g.add_argument("--speculative-config", default=d.speculative_config, metavar="JSON",
+                       help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
+                            '"prompt_lookup_min": 2, "prompt_lookup_max": 4}\'')
         g.add_argument("--show-progress", action=argparse.BooleanOptionalAction, default=d.show_progress,
                        help="progress bars while loading and generating")
         p = parser.add_argument_group("distributed")

@@ -66,7 +66,21 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         runner.enable_decode_graphs(scheduler_config.max_num_seqs, model_config.max_model_len)
     logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                 time.perf_counter() - start, cache_config.num_blocks, args.block_size)
-    return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name)
+    return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name,
+                     args.resolved_speculative_config(), _spec_row_limit(args, files, device))
+
+
+def _spec_row_limit(args: EngineArgs, files: ModelFiles, device: torch.device) -> int | None:
+    """Under the default numerics a GGUF model's generated rows run torch's int4 kernel while a step
+    has at most MAX_INT4_ROWS of them, oneDNN above: proposals must not push a step that plain
+    decoding keeps on the int4 kernel past that, or verification would run other numerics."""
+    if args.speculative_config is None or args.deterministic:
+        return None
+    if resolve_quantization(args.quantization, files, device) != "gguf":
+        return None
+    from pagoda.quantization.gguf_int4 import MAX_INT4_ROWS
+
+    return MAX_INT4_ROWS
 
 
 def _lora_config(args: EngineArgs) -> LoRAConfig | None:

@@ -7,6 +7,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import replace
+from functools import reduce
 from typing import Any, NamedTuple
 
 from pagoda.config import CacheConfig, ModelConfig, SchedulerConfig
@@ -27,6 +28,9 @@ from pagoda.kv_cache.kv_cache_manager import BlockMapSnapshot, KVCacheManager
 from pagoda.lora.request import LoRARequest
 from pagoda.outputs import RequestOutput
 from pagoda.sampling_params import SamplingParams
+from pagoda.spec.config import SpeculativeConfig
+from pagoda.spec.spec_counters import SpecCounters
+from pagoda.spec.speculator import Speculator
 from pagoda.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -53,7 +57,9 @@ class LLMEngine:
     """
 
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, scheduler_config: SchedulerConfig,
-                 runner: Runner, tokenizer: Tokenizer, model_name: str) -> None:
+                 runner: Runner, tokenizer: Tokenizer, model_name: str,
+                 speculative_config: SpeculativeConfig | None = None,
+                 spec_max_generated_rows: int | None = None) -> None:
         self.model_config = model_config
         self.cache_config = cache_config
         self.scheduler_config = scheduler_config
@@ -67,7 +73,10 @@ class LLMEngine:
         # cache (vLLM's virtual engines); they share out max_num_seqs
         v = runner.num_virtual_engines
         per_engine = replace(scheduler_config, max_num_seqs=max(1, -(-scheduler_config.max_num_seqs // v)))
-        self.schedulers = [make_scheduler(per_engine, self.kv_cache) for _ in range(v)]
+        self.schedulers = [make_scheduler(per_engine, self.kv_cache,
+                                          Speculator(speculative_config, spec_max_generated_rows)
+                                          if speculative_config else None)
+                           for _ in range(v)]
         self.requests = RequestRegistry()
         self.input_processor = InputProcessor(tokenizer, model_config)
         self.output_processor = OutputProcessor(tokenizer, self.requests)
@@ -164,7 +173,7 @@ class LLMEngine:
         self.output_processor.record_logprobs(result)
         failed = self._fail({s.request: result.failed[s.request.request_id] for s in scheduled.scheduled
                              if s.request.request_id in result.failed})
-        progressed = scheduler.update(scheduled, result.sampled)
+        progressed = scheduler.update(scheduled, result.sampled, result.spec_accepted)
         touched = failed | self.output_processor.process(scheduler, progressed, result)
         touched |= self.output_processor.finish_pooling(scheduler, scheduled, result)
         return scheduler.release(self.output_processor.outputs(touched))
@@ -215,7 +224,12 @@ class LLMEngine:
             prefix_cache_queries_total=self.kv_cache.counters.queried_tokens,
             prefix_cache_hits_total=self.kv_cache.counters.hit_tokens,
             prefix_cache_evictions_total=self.kv_cache.cache.num_evictions if self.kv_cache.cache else 0,
+            spec=self._spec_counters(),
             parallel=self._parallel_stats())
+
+    def _spec_counters(self) -> SpecCounters | None:
+        counters = [c for s in self.schedulers if (c := getattr(s, "speculator", None)) is not None]
+        return reduce(SpecCounters.add, (c.counters for c in counters), SpecCounters()) if counters else None
 
     def _parallel_stats(self) -> ParallelStats | None:
         """A multi-process runner's per-rank seconds, at most ``PARALLEL_STATS_INTERVAL_S`` old: taking them

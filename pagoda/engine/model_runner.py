@@ -23,6 +23,7 @@ from pagoda.outputs import PositionLogprobs
 from pagoda.sample.prompt_logprobs import position_logprobs
 from pagoda.sample.sampler import RowLogprobs, Sampler, SamplingBatch
 from pagoda.sampling_params import SamplingParams
+from pagoda.spec.verification import num_accepted
 
 
 @dataclass
@@ -36,6 +37,10 @@ class ModelRunnerOutput:
     # pooling requests: (sum of this step's prompt rows' final hidden states, number of rows); for
     # "last" pooling only the last prompt row, once it is computed
     pooled: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
+    # speculated requests: the proposed tokens the model kept (they come before ``sampled``), and
+    # their logprobs when asked for
+    spec_accepted: dict[str, list[int]] = field(default_factory=dict)
+    spec_logprobs: dict[str, list[RowLogprobs]] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,23 +190,38 @@ class ModelRunner:
             self._prompt_logprobs(scheduled, prompt_rows, hidden, starts, result)
         if not sample_rows:
             return result
-        last = to_device([starts[i + 1] - 1 for i in sample_rows], torch.int64, self.device)
-        logits = self.model.compute_logits(hidden[last])
-        requests = [scheduled[i].request for i in sample_rows]
-        batch = SamplingBatch(
-            params=[self._guarded(r, result.failed) if r.params.logits_processors else r.params
-                    for r in requests],
-            prompt_token_ids=[r.prompt_token_ids for r in requests],
-            output_token_ids=[r.output_token_ids for r in requests],
-            generators=[_positioned_generator(r) for r in requests],
-        )
+        # one row per position to sample: a speculated request's last known token and its proposal
+        rows = [p for i in sample_rows for p in range(starts[i + 1] - 1 - len(scheduled[i].spec_token_ids),
+                                                        starts[i + 1])]
+        logits = self.model.compute_logits(hidden[to_device(rows, torch.int64, self.device)])
+        batch = SamplingBatch([], [], [], [])
+        for i in sample_rows:
+            s = scheduled[i]
+            r = s.request
+            params = self._guarded(r, result.failed) if r.params.logits_processors else r.params
+            for j in range(len(s.spec_token_ids) + 1):  # row j: as if the first j proposals were kept
+                batch.params.append(params)
+                batch.prompt_token_ids.append(r.prompt_token_ids)
+                batch.output_token_ids.append(r.output_token_ids + s.spec_token_ids[:j] if j else r.output_token_ids)
+                batch.generators.append(_positioned_generator(r, j))
         sampled = self.sampler(logits, batch)
-        for r, token, lp in zip(requests, sampled.token_ids, sampled.logprobs, strict=True):
+        row = 0
+        for i in sample_rows:
+            s = scheduled[i]
+            r, k = s.request, len(s.spec_token_ids)
+            tokens, lps = sampled.token_ids[row:row + k + 1], sampled.logprobs[row:row + k + 1]
+            row += k + 1
             if r.request_id in result.failed:
                 continue
-            result.sampled[r.request_id] = token
+            m = num_accepted(s.spec_token_ids, tokens, r.stop_token_ids) if k else 0
+            result.sampled[r.request_id] = tokens[m]
+            if k:
+                result.spec_accepted[r.request_id] = tokens[:m]
+            lp = lps[m]
             if lp is not None:
                 result.logprobs[r.request_id] = lp
+                if k:
+                    result.spec_logprobs[r.request_id] = [x for x in lps[:m] if x is not None]
         return result
 
     def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
@@ -231,7 +251,7 @@ class ModelRunner:
         for s in scheduled:
             end = s.start + s.num_new_tokens
             num_prompt_rows.append(max(0, min(end, s.request.num_prompt_tokens) - s.start))
-            ids.extend(s.request.all_token_ids[s.start:end])
+            ids.extend(s.token_ids)
             table = s.block_table
             for p in range(s.start, end):
                 pos.append(p)
@@ -294,9 +314,12 @@ class ModelRunner:
             result.prompt_logprobs[r.request_id] = position_logprobs(logits, targets, top)
 
 
-def _positioned_generator(request: Request) -> torch.Generator | None:
+def _positioned_generator(request: Request, ahead: int = 0) -> torch.Generator | None:
     """A seeded request's draw for output position k depends only on (seed, k): the same whether it
-    runs alone or batched, after a preemption, or after grammar-forced tokens skipped draws."""
+    runs alone or batched, after a preemption, after grammar-forced tokens skipped draws, or in a
+    speculated step (``ahead``: the row for ``ahead`` positions past the next one, a generator of
+    its own)."""
     if request.generator is None or request.seed is None:
         return None
-    return request.generator.manual_seed((request.seed * 1_000_003 + request.num_output_tokens) % (1 << 63))
+    generator = request.generator if ahead == 0 else torch.Generator(device=request.generator.device)
+    return generator.manual_seed((request.seed * 1_000_003 + request.num_output_tokens + ahead) % (1 << 63))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from pagoda.detokenizer import IncrementalDetokenizer
 from pagoda.engine.model_runner import ModelRunnerOutput
 from pagoda.engine.request import Request, RequestStatus
 from pagoda.engine.request_group import RequestGroup
@@ -14,6 +15,7 @@ from pagoda.engine.scheduler_output import SchedulerOutput
 from pagoda.logits_processor import TokenForcer
 from pagoda.outputs import Logprob, PositionLogprobs, RequestOutput
 from pagoda.sample.sampler import RowLogprobs
+from pagoda.spec.tail import drop_last_tokens
 from pagoda.tokenizer import Tokenizer
 
 
@@ -26,9 +28,12 @@ class OutputProcessor:
         """Sample and prompt logprobs of the step, onto requests still running."""
         for rid, row in result.logprobs.items():
             request = self.requests.request(rid)
-            if request is not None:
-                request.logprobs.append(self._position_logprobs(row, result.sampled[rid]))
-                request.cumulative_logprob += row.token_logprob
+            if request is None:
+                continue
+            kept = zip(result.spec_accepted.get(rid, ()), result.spec_logprobs.get(rid, ()), strict=True)
+            for token, lp in [*kept, (result.sampled[rid], row)]:
+                request.logprobs.append(self._position_logprobs(lp, token))
+                request.cumulative_logprob += lp.token_logprob
         for rid, entries in result.prompt_logprobs.items():
             request = self.requests.request(rid)
             if request is not None:
@@ -44,8 +49,8 @@ class OutputProcessor:
             if group is None:
                 continue
             sample = group.sample_of(request)
-            num_new = 1 + self._jump_forward(scheduler, request)
-            stop = sample.detokenizer.update(request.output_token_ids[-num_new:])
+            self._jump_forward(scheduler, request)
+            stop = self._detokenize(sample.detokenizer, request)
             if stop is not None and not request.status.finished:
                 scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED, stop)
             elif stop is not None:  # the same token also hit eos/length: the stop string wins
@@ -88,6 +93,22 @@ class OutputProcessor:
                 self.requests.remove(group.request_id)
             outputs.append(output)
         return outputs
+
+    @staticmethod
+    def _detokenize(detokenizer: IncrementalDetokenizer, request: Request) -> str | None:
+        """Feeds the request's new tokens (several after a speculated step or jump-forward) to its
+        detokenizer; returns the stop string that matched. With stop strings, tokens go one at a
+        time and those after the one completing a match are dropped, as plain decoding never
+        produced them."""
+        new = request.output_token_ids[len(detokenizer.token_ids):]
+        if len(new) <= 1 or not detokenizer.stop:
+            return detokenizer.update(new)
+        for i, token in enumerate(new):
+            stop = detokenizer.update([token])
+            if stop is not None:
+                drop_last_tokens(request, len(new) - 1 - i)
+                return stop
+        return None
 
     @staticmethod
     def _jump_forward(scheduler: SchedulerInterface, request: Request) -> int:

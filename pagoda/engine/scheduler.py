@@ -18,6 +18,7 @@ from pagoda.engine.scheduler_counters import SchedulerCounters
 from pagoda.engine.scheduler_interface import SchedulerInterface
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagoda.kv_cache.kv_cache_manager import KVCacheManager
+from pagoda.spec.speculator import Speculator
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,16 @@ class Scheduler(SchedulerInterface):
     """Continuous batching. Running requests are served first, in the policy's order; when blocks
     run out the last of them is preempted (its blocks freed, recomputed later) until the earlier
     one fits. Waiting requests join, in the policy's order, while the token budget,
-    ``max_num_seqs`` and free blocks allow.
+    ``max_num_seqs`` and free blocks allow. With a ``speculator``, a decoding request's step also
+    runs the tokens it proposes (within the budget); the proposed tokens the model rejects give
+    their KV slots back.
     """
 
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager,
+                 speculator: Speculator | None = None) -> None:
         self.config = config
         self.kv_cache = kv_cache
+        self.speculator = speculator
         self.policy = make_policy(config, kv_cache)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -75,6 +80,8 @@ class Scheduler(SchedulerInterface):
         request.pending_forks = []
         self.kv_cache.free(request.request_id)
         self.requests.pop(request.request_id, None)
+        if self.speculator is not None:
+            self.speculator.forget(request.request_id)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
@@ -142,12 +149,29 @@ class Scheduler(SchedulerInterface):
 
     def _schedule_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool:
         num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-        table = self.kv_cache.allocate(request.request_id, request.num_computed_tokens + num_new,
-                                       request.num_computed_tokens)
+        proposed = self._propose(request, num_new, budget, out)
+        start = request.num_computed_tokens
+        table = self.kv_cache.allocate(request.request_id, start + num_new + len(proposed), start)
+        if table is None and proposed:  # no room for the proposal: decode plainly
+            proposed = []
+            table = self.kv_cache.allocate(request.request_id, start + num_new, start)
         if table is None:
             return False
-        out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new, table))
+        out.scheduled.append(ScheduledRequest(request, start, num_new + len(proposed), table, proposed))
         return True
+
+    def _propose(self, request: Request, num_new: int, budget: int, out: SchedulerOutput) -> list[int]:
+        """A decoding request's proposal, capped so that every token the step may yield fits the
+        budget, the request's max_tokens and the context length, and the step keeps to the
+        speculator's room for generated rows."""
+        if self.speculator is None or num_new != 1 or request.num_computed_tokens + 1 != request.num_tokens:
+            return []
+        cap = min(budget - 1, request.max_tokens - request.num_output_tokens - 1,
+                  self.config.max_model_len - request.num_tokens - 1)
+        room = self.speculator.room(len(self.running), out.scheduled)
+        if room is not None:
+            cap = min(cap, room)
+        return self.speculator.propose(request, cap, len(self.running)) if cap > 0 else []
 
     def _admit_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool | None:
         """Admits a waiting request, reusing its longest cached prefix. Returns None (deferred)
@@ -213,9 +237,11 @@ class Scheduler(SchedulerInterface):
         self.waiting.appendleft(request)
         out.preempted_request_ids.append(request.request_id)
 
-    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+    def update(self, out: SchedulerOutput, sampled: dict[str, int],
+               spec_accepted: dict[str, list[int]] | None = None) -> list[Request]:
         """Advances the scheduled requests by the step's result; returns those that progressed
-        (got a token or finished). Finished ones have already given their blocks back."""
+        (got a token or finished). Finished ones have already given their blocks back.
+        ``spec_accepted``: the proposed tokens the model kept, before each request's sampled token."""
         self.counters.num_steps += 1
         progressed: list[Request] = []
         now = time.monotonic()
@@ -223,7 +249,9 @@ class Scheduler(SchedulerInterface):
             request = s.request
             if request.status is not RequestStatus.RUNNING:
                 continue  # aborted while the step ran
-            request.num_computed_tokens += s.num_new_tokens
+            request.num_computed_tokens += s.num_new_tokens - len(s.spec_token_ids)
+            if s.spec_token_ids:
+                self._take_accepted(s, (spec_accepted or {}).get(request.request_id), sampled)
             self.counters.prompt_tokens_computed += max(
                 0, min(request.num_prompt_tokens, s.start + s.num_new_tokens) - s.start)
             self.kv_cache.cache_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens,
@@ -241,6 +269,21 @@ class Scheduler(SchedulerInterface):
             self._check_stop(request, token)
             progressed.append(request)
         return progressed
+
+    def _take_accepted(self, s: ScheduledRequest, accepted: list[int] | None, sampled: dict[str, int]) -> None:
+        """A speculated row: its kept proposal joins the output (its K/V was computed this step),
+        and the blocks past what the request now needs go back to the pool."""
+        request = s.request
+        assert self.speculator is not None
+        if request.request_id not in sampled:  # the row failed: nothing was verified
+            accepted = []
+        else:
+            self.speculator.record(request.request_id, len(s.spec_token_ids), len(accepted or ()))
+        for token in accepted or ():  # never a stop token, and within max_tokens (see _propose)
+            request.append_output_token(token)
+            self.counters.generation_tokens += 1
+        request.num_computed_tokens += len(accepted or ())
+        self.kv_cache.truncate(request.request_id, request.num_tokens + 1)
 
     def _fork(self, parent: Request) -> None:
         """The parent's prompt is computed: its other samples share the prompt's blocks and start

@@ -19,8 +19,10 @@ class SchedulerInterface(ABC):
     - ``schedule()`` decides the next step: every row it returns has its KV blocks allocated. A row
       may belong to a request the engine never added (a dummy row, e.g. static batching's padding);
       its sampled token is ignored and ``update`` skips it.
-    - ``update(out, sampled)`` applies a step's sampled tokens (``request_id -> token``) and returns
-      the requests that progressed; those that finished (eos, length) have given their blocks back.
+    - ``update(out, sampled, spec_accepted)`` applies a step's sampled tokens (``request_id -> token``),
+      each after its request's kept proposed tokens (``spec_accepted``, speculative decoding), and
+      returns the requests that progressed; those that finished (eos, length) have given their
+      blocks back.
     - ``finish_request`` ends one request (abort, stop string, error) and frees its blocks at once;
       unknown ids are ignored (the request may have finished while its step was in flight).
     - ``append_forced_tokens`` appends tokens decided without a model step (jump-forward).
@@ -41,7 +43,8 @@ class SchedulerInterface(ABC):
     def schedule(self) -> SchedulerOutput: ...
 
     @abstractmethod
-    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]: ...
+    def update(self, out: SchedulerOutput, sampled: dict[str, int],
+               spec_accepted: dict[str, list[int]] | None = None) -> list[Request]: ...
 
     @abstractmethod
     def finish_request(self, request_id: str, status: RequestStatus,

@@ -11,16 +11,24 @@ from pagoda.engine.request import Request
 class ScheduledRequest:
     """``request`` runs tokens ``start .. start + num_new_tokens`` of its ``all_token_ids`` this step,
     with K/V in ``block_table``. ``sample``: the step reaches its last known token, so a new token
-    is sampled from the final position."""
+    is sampled from the final position. ``spec_token_ids``: tokens proposed past the last known one
+    (speculative decoding), run after it and counted in ``num_new_tokens``."""
 
     request: Request
     start: int
     num_new_tokens: int
     block_table: list[int]
+    spec_token_ids: list[int] = field(default_factory=list)
 
     @property
     def sample(self) -> bool:
-        return self.start + self.num_new_tokens == self.request.num_tokens
+        return self.start + self.num_new_tokens - len(self.spec_token_ids) == self.request.num_tokens
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The step's input tokens: known ones, then the proposal."""
+        known = self.request.all_token_ids[self.start:self.start + self.num_new_tokens - len(self.spec_token_ids)]
+        return known + self.spec_token_ids if self.spec_token_ids else known
 
 
 @dataclass

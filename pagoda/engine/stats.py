@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pagoda.distributed.parallel_stats import ParallelStats
+from pagoda.spec.spec_counters import SpecCounters
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class EngineStats:
     prefix_cache_queries_total: int = 0  # tokens looked up in the prefix cache
     prefix_cache_hits_total: int = 0  # tokens found there
     prefix_cache_evictions_total: int = 0  # blocks
+    spec: SpecCounters | None = None  # speculative decoding's counters (None: speculation off)
     # a tensor / pipeline parallel engine's per-rank seconds (None: one process); refreshed about once a
     # second, as taking them makes every rank meet in an all-gather
     parallel: ParallelStats | None = None

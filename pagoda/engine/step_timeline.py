@@ -3,8 +3,8 @@
 A ``StepRecord`` is read off the step's ``SchedulerOutput`` (which rows ran how many tokens) and the
 wall time the engine loop measured around ``step()``. Rows still inside their prompt count as
 prefill (recomputation after a preemption included); a row past its prompt runs one decode token,
-and any further tokens in its chunk were forced by its grammar (jump-forward). Speculative tokens
-stay 0 until the engine proposes any.
+and any further tokens in its chunk were forced by its grammar (jump-forward) or proposed by
+speculative decoding.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def count_step_tokens(scheduled: SchedulerOutput) -> tuple[int, int, int]:
             prefill += s.num_new_tokens
         elif s.num_new_tokens > 0:
             decode += 1
-            forced += s.num_new_tokens - 1
+            forced += s.num_new_tokens - 1 - len(s.spec_token_ids)
     return prefill, decode, forced
 
 
@@ -55,8 +55,9 @@ class StepTimeline:
 
     def record(self, scheduled: SchedulerOutput, end_time: float, duration_s: float) -> StepRecord:
         prefill, decode, forced = count_step_tokens(scheduled)
+        speculative = sum(len(s.spec_token_ids) for s in scheduled.scheduled)
         rec = StepRecord(self._next_index, end_time, duration_s, len(scheduled.scheduled), prefill, decode, forced,
-                         num_preempted=len(scheduled.preempted_request_ids))
+                         speculative, num_preempted=len(scheduled.preempted_request_ids))
         self._next_index += 1
         self._records.append(rec)
         return rec

@@ -57,6 +57,8 @@ class KVCacheManager:
     - ``free(request_id)``: drops the request's references at once (finish, abort, failure,
       preemption); cached blocks stay in the tree. Unknown requests are a no-op.
     - ``fork(parent_id, child_id)``: the child shares all of the parent's blocks.
+    - ``truncate(request_id, num_tokens)``: gives back the blocks past the first ``num_tokens``
+      tokens (rejected speculative tokens' slots).
     - ``cache_blocks(request_id, token_ids, num_computed, num_prompt)``: insert the request's full
       computed blocks into the prefix tree (as it goes, so chunked prefills are shared early); only
       those of its prompt unless ``cache_generated_tokens``.
@@ -160,6 +162,17 @@ class KVCacheManager:
         if table:
             # reversed: the tail blocks go back first, so a prefix is the last to be reused
             self.pool.free(reversed(table))
+
+    def truncate(self, request_id: str, num_tokens: int) -> None:
+        table = self.block_tables.get(request_id)
+        keep = -(-num_tokens // self.block_size)
+        if table is None or len(table) <= keep:
+            return
+        cursor = self._cursors.get(request_id)
+        assert cursor is None or cursor.num_blocks <= keep, "cached blocks are computed tokens: never truncated"
+        tail = table[keep:]
+        del table[keep:]
+        self.pool.free(reversed(tail))
 
     def fork(self, parent_id: str, child_id: str, num_tokens: int | None = None) -> list[int]:
         """The child shares the parent's blocks (those holding its first ``num_tokens`` tokens)."""

@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import fields, replace
+from functools import reduce
 from typing import Any
 
 from pagoda.distributed.router import make_router
@@ -22,8 +23,9 @@ from pagoda.server.engine_client import EngineDeadError
 from pagoda.server.engine_process import make_llm_engine
 from pagoda.server.engine_process_client import EngineProcessClient
 from pagoda.server.messages import EngineReady, RequestDelta
+from pagoda.spec.spec_counters import SpecCounters
 
-_UNSUMMED = ("parallel", "replicas")  # per-rank seconds of different replicas do not add up
+_UNSUMMED = ("parallel", "replicas", "spec")  # per-rank seconds of different replicas do not add up
 
 
 def merge_stats(parts: list[EngineStats]) -> EngineStats:
@@ -33,6 +35,8 @@ def merge_stats(parts: list[EngineStats]) -> EngineStats:
              for f in fields(EngineStats) if f.name not in _UNSUMMED}
     blocks = total["num_kv_blocks"]
     total["kv_cache_usage"] = (sum(p.kv_cache_usage * p.num_kv_blocks for p in parts) / blocks) if blocks else 0.0
+    specs = [p.spec for p in parts if p.spec is not None]
+    total["spec"] = reduce(SpecCounters.add, specs) if specs else None  # speculation's counters add up
     return EngineStats(**total, replicas=tuple(parts))
 
 

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from pagoda.distributed.parallel_metrics import parallel_metric_families, replica_parallel_metric_families
 from pagoda.engine.stats import EngineStats
 from pagoda.server.messages import RequestDelta
+from pagoda.spec.spec_counters import SpecCounters
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                     10.0, 20.0, 40.0, 80.0, 160.0)
@@ -68,11 +69,34 @@ class _EngineStatsCollector(Collector):
         yield counter("pagoda:num_preemptions", "Preemptions (recompute) of running requests.",
                       s.num_preemptions_total)
         yield counter("pagoda:engine_steps", "Engine iterations.", s.num_steps)
+        if s.spec is not None:
+            yield from spec_metric_families(s.spec, self._model)
         # tensor / pipeline parallelism: per-rank utilisation, balance, comm share, bubble rate
         if s.parallel is not None:
             yield from parallel_metric_families(s.parallel, self._model)
         elif any(r.parallel is not None for r in s.replicas):  # data-parallel replicas, each TP / PP
             yield from replica_parallel_metric_families([r.parallel for r in s.replicas], self._model)
+
+
+def spec_metric_families(spec: SpecCounters, model: str) -> Iterator[Metric]:
+    """Speculative decoding's counters, named as vLLM's ``vllm:spec_decode_*``."""
+    for name, doc, value in (
+            ("num_drafts", "Proposals verified (one per speculated request and step).", spec.num_drafts),
+            ("num_draft_tokens", "Proposed tokens.", spec.num_draft_tokens),
+            ("num_accepted_tokens", "Proposed tokens the target model kept.", spec.num_accepted_tokens)):
+        c = CounterMetricFamily(f"pagoda:spec_decode_{name}", doc, labels=["model_name"])
+        c.add_metric([model], value)
+        yield c
+    per = CounterMetricFamily("pagoda:spec_decode_num_accepted_tokens_per_pos",
+                              "Proposals whose token at this position (0-based) was kept.",
+                              labels=["model_name", "position"])
+    for j, n in enumerate(spec.accepted_per_position):
+        per.add_metric([model, str(j)], n)
+    yield per
+    rate = GaugeMetricFamily("pagoda:spec_decode_acceptance_rate", "Accepted / proposed tokens, since start.",
+                             labels=["model_name"])
+    rate.add_metric([model], spec.num_accepted_tokens / spec.num_draft_tokens if spec.num_draft_tokens else 0.0)
+    yield rate
 
 
 class ServerMetrics:

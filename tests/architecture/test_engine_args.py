@@ -59,6 +59,7 @@ NON_DEFAULT = {
     "pipeline_virtual_engines": 1, "pipeline_stage_layers": (3, 4), "nnodes": 2, "node_rank": 1,
     "master_addr": "10.0.0.1", "master_port": 29500, "startup_timeout_s": 30.0,
     "enable_lora": True, "max_loras": 2, "max_lora_rank": 8, "max_cpu_loras": 3,
+    "speculative_config": '{"method": "ngram", "num_speculative_tokens": 2}',
 }
 
 
