@@ -183,16 +183,19 @@ class Int4Linear(nn.Module):
         roles = row_roles.current()
         rows = x.shape[0]
         if roles is None or roles.num_rows != rows or roles.num_prompt == rows:
-            return linear(x, self.dense, None, self.dense_packed)
+            return self._dense(x)
         if roles.num_prompt == 0:
             return self._generated(x)
         prompt, generated = roles.split
         y = x.new_empty(rows, self.out_features)
-        y.index_copy_(0, prompt, linear(x.index_select(0, prompt), self.dense, None, self.dense_packed))
+        y.index_copy_(0, prompt, self._dense(x.index_select(0, prompt)))
         y.index_copy_(0, generated, self._generated(x.index_select(0, generated)))
         return y
 
     def _generated(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > MAX_INT4_ROWS:
-            return linear(x, self.dense, None, self.dense_packed)
+            return self._dense(x)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.int4pack, GROUP, self.scales_and_zeros)
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.dense, None, self.dense_packed)
