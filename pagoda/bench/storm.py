@@ -229,8 +229,9 @@ class _Storm:
             sent = time.monotonic()
             try:
                 r = await client.post("/v1/completions", json=body)
-            except (httpx.RemoteProtocolError, httpx.ConnectError) as e:
-                # a kept-alive connection the server closed as we reused it: good clients send again
+            except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError, httpx.WriteError) as e:
+                # a kept-alive connection the server closed as we reused it (its keep-alive or header
+                # timeout ran out): good clients send again
                 self.count("well_formed", type(e).__name__)
                 continue
             self.count("well_formed", r.status_code, time.monotonic() - sent)
