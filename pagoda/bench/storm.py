@@ -81,6 +81,8 @@ class StormReport:
     probe_503_s: dict[str, float] = field(default_factory=dict)  # whole answer
     probe_503_first_byte_s: dict[str, float] = field(default_factory=dict)
     probe_503_connect_s: dict[str, float] = field(default_factory=dict)
+    probe_samples: list[tuple[int | str, float, float, float]] = field(default_factory=list)  # status, connect,
+    # first byte, whole answer (s): for pooling runs
     well_formed_total: int = 0
     well_formed_mismatched: int = 0
     well_formed_failed: int = 0
@@ -198,6 +200,7 @@ class _Storm:
 
     def record_probe(self, result: ProbeResult) -> None:
         self.report.probe_statuses = dict(sorted(Counter(str(x.status) for x in result.samples).items()))
+        self.report.probe_samples = [(x.status, x.connect_s, x.first_byte_s, x.total_s) for x in result.samples]
         self.report.probe_503_s = _percentiles(result.times(503))
         self.report.probe_503_first_byte_s = _percentiles(result.times(503, "first_byte_s"))
         self.report.probe_503_connect_s = _percentiles(result.times(503, "connect_s"))
