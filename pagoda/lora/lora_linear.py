@@ -7,7 +7,8 @@ is split like the weight's columns and B is whole (its partial delta is summed b
 all-reduce with the base product). The sub-modules of a fused layer (q, k, v) stack along the
 rank: A is [parts * r_pad, in] and B [out, parts * r_pad] is zero outside each part's block, so
 one shrink and one expand cover the fused output. r_pad rounds ``max_lora_rank`` up to 16, so every
-adapter fits the same slot; a smaller rank's padding adds exact zeros.
+adapter fits the same slot; the kernel reads only an adapter's own rank (rounded up to 16) of each
+block, and the zero padding it skips would have added exact zeros.
 
 Slots are stacked: A [slots, width, in] and B transposed [slots, width, out]. A step's rows name
 their slot (``LoRABatch``); one call per layer (``pagoda::lora_add_``, Punica's grouped shrink and
@@ -47,6 +48,7 @@ class LoRAWeights:
 
     a: torch.Tensor
     bt: torch.Tensor
+    rank: int  # the adapter's rank here, rounded up to RANK_BLOCK: A and B are zero past it in each part's block
 
 
 @dataclass
@@ -104,6 +106,7 @@ class LoRALinear:
         device = next(iter(layer.buffers()), next(iter(layer.parameters()), torch.empty(0))).device
         self.a = torch.zeros(num_slots, width, base.in_features, dtype=dtype, device=device)
         self.bt = torch.zeros(num_slots, width, base.out_features, dtype=dtype, device=device)
+        self.ranks = torch.zeros(num_slots, dtype=torch.int64)  # per slot: the kernel skips the zero ranks
 
     def shard(self, name: str, parts: dict[object, tuple[torch.Tensor, torch.Tensor]]) -> LoRAWeights:
         """This rank's stacked A and B from the adapter's full float32 (A, scaled B) per part."""
@@ -135,16 +138,19 @@ class LoRALinear:
                 b_full = torch.zeros(b.shape[0], width)
                 b_full[:, i * r_pad: i * r_pad + b.shape[1]] = b
                 self.loader(nn.Parameter(b_rank, requires_grad=False), b_full, shard_id)
-        return LoRAWeights(a_rank.to(self.dtype).contiguous(), b_rank.t().to(self.dtype).contiguous())
+        rank = -(-max(a.shape[0] for a, _ in parts.values()) // RANK_BLOCK) * RANK_BLOCK
+        return LoRAWeights(a_rank.to(self.dtype).contiguous(), b_rank.t().to(self.dtype).contiguous(), rank)
 
     def set_slot(self, slot: int, weights: LoRAWeights | None) -> None:
         """Copies an adapter's weights (host memory) into a slot; None empties it."""
         if weights is None:
             self.a[slot].zero_()
             self.bt[slot].zero_()
+            self.ranks[slot] = 0
         else:
             self.a[slot].copy_(weights.a)
             self.bt[slot].copy_(weights.bt)
+            self.ranks[slot] = weights.rank
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         row_slots = self.batch.row_slots
@@ -154,7 +160,7 @@ class LoRALinear:
         x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, shape[-1])
         if _kernel_runs(x, y):
             torch.ops.pagoda.lora_add_(y, x if x.stride(-1) == 1 else x.contiguous(), self.a, self.bt, row_slots,
-                                       self.part_outs)
+                                       self.part_outs, self.ranks)
         else:  # one shrink and one expand per slot of the step
             for slot in row_slots[row_slots >= 0].unique().tolist():
                 rows = (row_slots == slot).nonzero().squeeze(1)

@@ -133,24 +133,27 @@ def test_every_weight_format_adds_the_delta(fmt):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m", [1, 7, 65])
 def test_grouped_kernel_matches_float64(dtype, m):
-    """``pagoda::lora_add_`` against x A_s^T B_s^T in float64 per row: rows of the base model left
-    alone, and each part reading only its block of the rank gives the same bits as the whole rank."""
+    """``pagoda::lora_add_`` against x A_s^T B_s^T in float64 per row; rows of the base model left
+    alone. Reading only each part's block of the rank, and only a slot's own rank of it, gives the
+    same bits as reading the whole (zero-padded) rank."""
     from pagoda.kernels import cpu_kernels
 
     assert cpu_kernels.invariant_linear_available(), "this CPU has AVX-512 BF16: the LoRA kernel must run"
-    k, n, slots, width, part_outs = 96, 200, 3, 48, [0, 120, 168, 200]  # q / k / v blocks of 16
+    k, n, block, part_outs = 96, 200, 32, [0, 120, 168, 200]  # q / k / v outputs, a block of 32 ranks each
+    ranks = [32, 16, 0]  # per slot (the last is empty)
     g = torch.Generator().manual_seed(m)
     x, y = torch.randn(m, k, generator=g).to(dtype), torch.randn(m, n, generator=g).to(dtype)
-    a = torch.randn(slots, width, k, generator=g).to(dtype)
-    bt = torch.zeros(slots, width, n)
-    for p in range(3):  # B is zero outside each part's block (as a fused layer's is)
-        bt[:, p * 16:(p + 1) * 16, part_outs[p]:part_outs[p + 1]] = torch.randn(slots, 16, part_outs[p + 1] - part_outs[p],
-                                                                             generator=g) * 0.1
-    bt = bt.to(dtype)
-    row_slots = torch.randint(-1, slots, (m,), generator=g)
+    a, bt = torch.zeros(3, 3 * block, k), torch.zeros(3, 3 * block, n)
+    for s, r in enumerate(ranks):
+        for p in range(3):  # B is zero outside each part's block (as a fused layer's is)
+            a[s, p * block:p * block + r] = torch.randn(r, k, generator=g)
+            bt[s, p * block:p * block + r, part_outs[p]:part_outs[p + 1]] = torch.randn(
+                r, part_outs[p + 1] - part_outs[p], generator=g) * 0.1
+    a, bt = a.to(dtype), bt.to(dtype)
+    row_slots = torch.randint(-1, 3, (m,), generator=g)
     out, whole = y.clone(), y.clone()
-    torch.ops.pagoda.lora_add_(out, x, a, bt, row_slots, part_outs)
-    torch.ops.pagoda.lora_add_(whole, x, a, bt, row_slots, [0, n])
+    torch.ops.pagoda.lora_add_(out, x, a, bt, row_slots, part_outs, torch.tensor(ranks))
+    torch.ops.pagoda.lora_add_(whole, x, a, bt, row_slots, [0, n], torch.tensor([3 * block] * 3))
     assert torch.equal(out, whole)
     expected = y.double()
     for i, s in enumerate(row_slots.tolist()):

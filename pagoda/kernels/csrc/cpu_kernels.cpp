@@ -949,7 +949,7 @@ void lora_expand_tile(const float* t, int64_t ldt, int64_t k0, int64_t k1, const
 template <typename C>
 void lora_add_impl(C* y, int64_t ldy, const C* x, int64_t ldx, const C* a, const C* bt, int64_t k, int64_t n,
                    int64_t w, const std::vector<int64_t>& order, const std::vector<int64_t>& starts,
-                   at::IntArrayRef part_outs) {
+                   at::IntArrayRef part_outs, const int64_t* slot_widths) {
   const int64_t rows = static_cast<int64_t>(order.size()), slots = static_cast<int64_t>(starts.size()) - 1;
   const int64_t parts = static_cast<int64_t>(part_outs.size()) - 1, part_width = w / parts;
   std::vector<C> xs(rows * k);  // the rows grouped by slot
@@ -969,13 +969,14 @@ void lora_add_impl(C* y, int64_t ldy, const C* x, int64_t ldx, const C* a, const
       const C* as = a + s * w * k;
       const C* xr = xs.data() + r0 * k;
       float* tr = t.data() + r0 * w;
-      const int64_t step = m == 1 ? 16 : m == 2 ? 8 : 4;  // w is a multiple of 16
-      for (int64_t c0 = 0; c0 < w; c0 += step) switch (m) {
-        case 4: lin_tile<C, float, 4, 4>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
-        case 3: lin_tile<C, float, 3, 4>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
-        case 2: lin_tile<C, float, 2, 8>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
-        default: lin_tile<C, float, 1, 16>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
-      }
+      const int64_t step = m == 1 ? 16 : m == 2 ? 8 : 4;  // widths are multiples of 16
+      for (int64_t p = 0; p < parts; ++p)
+        for (int64_t c0 = p * part_width; c0 < p * part_width + slot_widths[s]; c0 += step) switch (m) {
+          case 4: lin_tile<C, float, 4, 4>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
+          case 3: lin_tile<C, float, 3, 4>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
+          case 2: lin_tile<C, float, 2, 8>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
+          default: lin_tile<C, float, 1, 16>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
+        }
     }
   });
   at::parallel_for(0, nb * nc, 1, [&](int64_t begin, int64_t end) {  // expand, added to y
@@ -986,7 +987,7 @@ void lora_add_impl(C* y, int64_t ldy, const C* x, int64_t ldx, const C* a, const
       for (int64_t r = 0; r < m; ++r) yr[r] = y + order[r0 + r] * ldy;
       const float* tr = t.data() + r0 * w;
       const C* bs = bt + s * w * n;
-      const int64_t k0 = p * part_width, k1 = k0 + part_width;
+      const int64_t k0 = p * part_width, k1 = k0 + slot_widths[s];
       switch (m) {
         case 4: lora_expand_tile<C, 4>(tr, w, k0, k1, bs, n, o0, on, yr); break;
         case 3: lora_expand_tile<C, 3>(tr, w, k0, k1, bs, n, o0, on, yr); break;
@@ -999,10 +1000,11 @@ void lora_add_impl(C* y, int64_t ldy, const C* x, int64_t ldx, const C* a, const
 #endif
 
 // y [M, N] += per row i with row_slots[i] >= 0: (x_i A_s^T) B_s^T, a [S, W, K], bt [S, W, N] (B
-// transposed), all of y's dtype; part_outs [0, .., N] splits the outputs into W / width-of-a-part
-// blocks of the rank (one part: the whole rank for every output).
+// transposed), all of y's dtype. part_outs [0, .., N] splits the outputs into parts, each with its
+// block of W / parts ranks (one part: the whole rank for every output); slot s uses the first
+// slot_widths[s] ranks of each block (the rest of its A and B is zero).
 void lora_add_(at::Tensor y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& bt,
-               const at::Tensor& row_slots, at::IntArrayRef part_outs) {
+               const at::Tensor& row_slots, at::IntArrayRef part_outs, const at::Tensor& slot_widths) {
   check_cpu(y, "y");
   TORCH_CHECK(invariant_linear_available(), "lora_add_ needs AVX-512 BF16 (built without it)");
 #ifdef __AVX512BF16__
@@ -1023,6 +1025,12 @@ void lora_add_(at::Tensor y, const at::Tensor& x, const at::Tensor& a, const at:
   TORCH_CHECK(parts >= 1 && w % parts == 0 && part_outs.front() == 0 && part_outs.back() == n,
               "part_outs must run from 0 to N in parts that split the rank width evenly");
   for (int64_t p = 0; p < parts; ++p) TORCH_CHECK(part_outs[p] <= part_outs[p + 1], "part_outs must not decrease");
+  TORCH_CHECK(slot_widths.scalar_type() == at::kLong && slot_widths.is_contiguous() && slot_widths.numel() == slots,
+              "slot_widths: int64 [S]");
+  const int64_t* widths = slot_widths.data_ptr<int64_t>();
+  for (int64_t s = 0; s < slots; ++s)
+    TORCH_CHECK(widths[s] >= 0 && widths[s] <= w / parts && widths[s] % 16 == 0,
+                "slot widths must be multiples of 16 within a part's block");
   const int64_t* rs = row_slots.data_ptr<int64_t>();
   std::vector<int64_t> starts(slots + 1, 0);  // counting sort of the rows by slot (stable)
   for (int64_t i = 0; i < m; ++i) {
@@ -1036,11 +1044,11 @@ void lora_add_(at::Tensor y, const at::Tensor& x, const at::Tensor& a, const at:
   if (order.empty()) return;
   if (y.scalar_type() == at::kBFloat16)
     lora_add_impl<uint16_t>(raw<at::BFloat16>(y), y.stride(0), raw<at::BFloat16>(x), x.stride(0),
-                            raw<at::BFloat16>(a), raw<at::BFloat16>(bt), k, n, w, order, starts, part_outs);
+                            raw<at::BFloat16>(a), raw<at::BFloat16>(bt), k, n, w, order, starts, part_outs, widths);
   else {
     TORCH_CHECK(y.scalar_type() == at::kFloat, "lora_add_: float32 or bfloat16");
     lora_add_impl<float>(y.data_ptr<float>(), y.stride(0), x.data_ptr<float>(), x.stride(0), a.data_ptr<float>(),
-                         bt.data_ptr<float>(), k, n, w, order, starts, part_outs);
+                         bt.data_ptr<float>(), k, n, w, order, starts, part_outs, widths);
   }
 #endif
 }
@@ -1577,7 +1585,8 @@ TORCH_LIBRARY(pagoda, m) {
   m.def("invariant_linear_available() -> bool", &invariant_linear_available);
   m.def("invariant_linear(Tensor x, Tensor weight, Tensor scale, Tensor offset, int out_features, "
         "ScalarType out_dtype) -> Tensor");
-  m.def("lora_add_(Tensor(a!) y, Tensor x, Tensor a, Tensor bt, Tensor row_slots, int[] part_outs) -> ()");
+  m.def("lora_add_(Tensor(a!) y, Tensor x, Tensor a, Tensor bt, Tensor row_slots, int[] part_outs, "
+        "Tensor slot_widths) -> ()");
   m.def("quantize_rows_int8(Tensor x) -> (Tensor, Tensor)");
   m.def("int8_scaled_epilogue(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor? bias, ScalarType out_dtype) "
         "-> Tensor");
