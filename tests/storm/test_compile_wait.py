@@ -36,11 +36,14 @@ class HeldBackend(GrammarBackend):
         return self.inner.compile(spec)
 
 
-if HELD not in GRAMMAR_BACKENDS:
-    GRAMMAR_BACKENDS.register(HELD)(HeldBackend)
-
 PROMPT_GUIDED, PROMPT_PLAIN = "The answer is", "Once upon a time"
 REGEX = "[a-z]{3,10}"
+
+
+@pytest.fixture
+def held_backend(monkeypatch):
+    """The held backend registered for this test only (the registry lists the real ones elsewhere)."""
+    monkeypatch.setitem(GRAMMAR_BACKENDS._creators, HELD, HeldBackend)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def run_until_done(engine, timeout_s: float = 60.0) -> dict[str, list[int]]:
     return tokens
 
 
-def test_a_slow_compile_holds_its_own_request_only(llm):
+def test_a_slow_compile_holds_its_own_request_only(llm, held_backend):
     engine, tokenizer = llm.engine, llm.get_tokenizer()
     reference = SamplingParams(max_tokens=8, temperature=0,
                                logits_processors=[guided_logits_processor(GuidedDecodingParams(regex=REGEX), tokenizer,
