@@ -56,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--grammar-compile-timeout", type=float, default=ServerConfig.grammar_compile_timeout_s,
                    help="seconds a structured-output spec may take to compile (off the event loop); past it 400")
     b.add_argument("--engine-nice", type=int, default=ServerConfig.engine_nice,
-                   help="added to the engine process's niceness, so that on shared cores the HTTP process "
-                        "(overload 503s, streaming) runs first; 0 to leave it")
+                   help="added to the engine process's niceness (e.g. 10), so that the HTTP process (overload "
+                        "503s, streaming) runs first when both want a core; the engine then also yields to every "
+                        "other process on the machine")
     g.add_argument("--lora-modules", nargs="+", type=_lora_module, default=ServerConfig.lora_modules,
                    metavar="NAME=PATH", help="LoRA adapters (PEFT directories) served as models (needs --enable-lora)")
     g.add_argument("--allow-runtime-lora", action=argparse.BooleanOptionalAction,
