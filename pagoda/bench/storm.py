@@ -237,6 +237,9 @@ class _Storm:
                 # timeout ran out): good clients send again
                 self.count("well_formed", type(e).__name__)
                 continue
+            except httpx.TimeoutException as e:  # no answer within the client's timeout: a failure, reported
+                self.count("well_formed", type(e).__name__)
+                return None, time.monotonic() - start, retry
             self.count("well_formed", r.status_code, time.monotonic() - sent)
             if r.status_code == 503:
                 await asyncio.sleep(float(r.headers.get("retry-after", "1")))
