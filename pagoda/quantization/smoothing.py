@@ -19,6 +19,7 @@ scores; see the README's W8A8 section for that figure.
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ from torch import nn
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.layers.linear import LinearBase
 from pagoda.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from pagoda.models.llama import KVCache, LlamaDecoderLayer, LlamaForCausalLM
 
 ALPHA = 0.4
 CALIBRATION_TOKENS = 1024
@@ -39,7 +43,7 @@ def calibration_token_ids(tokenizer: Tokenizer, max_tokens: int = CALIBRATION_TO
 
 
 @torch.inference_mode()
-def input_amax(model: nn.Module, token_ids: list[int]) -> dict[str, torch.Tensor]:
+def input_amax(model: LlamaForCausalLM, token_ids: list[int]) -> dict[str, torch.Tensor]:
     """Each linear layer's largest |input| per input channel (float32 [in_features]) over one prefill of
     ``token_ids`` (as many as the model's context holds) through ``model`` (a ``LlamaForCausalLM``), keyed by
     the layer's module name."""
@@ -65,11 +69,12 @@ def input_amax(model: nn.Module, token_ids: list[int]) -> dict[str, torch.Tensor
     return amax
 
 
-def _prefill_inputs(model: nn.Module, token_ids: list[int]) -> tuple:
+def _prefill_inputs(model: LlamaForCausalLM, token_ids: list[int]
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[KVCache], AttentionMetadata]:
     """(input_ids, positions, kv_caches, metadata) of one sequence's whole prompt, in a KV cache of its own."""
     config = model.config
     device = next(model.parameters()).device
-    attn = model.model.layers[0].self_attn
+    attn = cast("LlamaDecoderLayer", model.model.layers[0]).self_attn
     n = len(token_ids)
     blocks = -(-n // BLOCK_SIZE)
     shape = model.attention_backend.kv_cache_shape(blocks, BLOCK_SIZE, attn.num_kv_heads, attn.head_dim)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from pagoda.kernels import cpu_kernels
 from pagoda.layers.linear import LinearBase, RowParallelLinear, set_weight_loader
 from pagoda.parallel import TensorParallel
 from pagoda.quantization.smoothing import input_amax, smoothing_scales
+
+if TYPE_CHECKING:
+    from pagoda.models.llama import LlamaForCausalLM
 
 INT8_MAX = 127
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -164,7 +168,7 @@ def quantize_w8a8_(model: nn.Module, calibration_ids: list[int] | None = None) -
     if not cpu_has_vnni():
         warn_no_vnni("keeping the dense weights")
         return 0
-    amax = input_amax(model, calibration_ids) if calibration_ids else {}
+    amax = input_amax(cast("LlamaForCausalLM", model), calibration_ids) if calibration_ids else {}
     swapped = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, LinearBase):
