@@ -119,6 +119,11 @@ def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cach
         from pagoda.distributed.executor import MultiprocExecutor
         from pagoda.distributed.parallel_config import ParallelConfig
 
+        if args.distributed_executor_backend == "ray":  # Ray places the ranks (issue 21)
+            from pagoda.distributed.ray_executor import RayExecutor
+
+            return RayExecutor(ParallelConfig.from_engine_args(args), files.path, model_config, cache_config,
+                               sampler, quantization, _lora_config(args), ray_address=args.ray_address)
         return MultiprocExecutor(ParallelConfig.from_engine_args(args), files.path, model_config, cache_config, sampler,
                                  quantization, _lora_config(args))
     model = load_model(files, model_config, device, quantization=quantization, show_progress=args.show_progress)
