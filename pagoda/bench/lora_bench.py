@@ -98,9 +98,13 @@ def run(args: argparse.Namespace) -> int:
 
     rng = random.Random(0)
     params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
+    from pagoda.engine.args import EngineArgs
+
+    # the engine's default max_lora_rank (what users get), raised only for a larger --rank
+    max_rank = max(args.rank, EngineArgs.__dataclass_fields__["max_lora_rank"].default)
     common: dict[str, Any] = dict(num_threads=args.num_threads, max_num_seqs=args.num_requests,
                                   enable_prefix_caching=False, show_progress=False, enable_lora=True,
-                                  max_lora_rank=max(args.rank, 16))
+                                  max_lora_rank=max_rank)
     with tempfile.TemporaryDirectory(prefix="pagoda-lora-bench-") as tmp:
         llm = LLM(args.model, max_loras=args.num_adapters, **common)
         config = llm.engine.model_config

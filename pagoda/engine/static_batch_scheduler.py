@@ -32,9 +32,12 @@ class StaticBatchScheduler(Scheduler):
 
     def schedule(self) -> SchedulerOutput:
         if not self.running:
-            for request in self._waiting_in_order()[: self.config.max_num_seqs]:
-                self.waiting.remove(request)
-                self._admit(request)
+            for request in self._waiting_in_order():
+                if len(self.running) >= self.config.max_num_seqs:
+                    break
+                if self._lora_slot_free(request):  # else it waits for a batch its adapter fits in
+                    self.waiting.remove(request)
+                    self._admit(request)
             self._batch_size = 0
         self._batch_size = max(self._batch_size, len(self.running))
         budget = self.config.max_num_batched_tokens

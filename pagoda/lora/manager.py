@@ -45,7 +45,7 @@ class LoRAManager:
         targets = {param for param, _ in self.fused.values()} | {"o_proj", "down_proj"}
         for name, module in model.named_modules():
             if name.rpartition(".")[2] in targets:
-                lora = LoRALinear(module, self.batch, config.max_loras, dtype)
+                lora = LoRALinear(module, self.batch, config.max_loras, config.max_lora_rank, dtype)
                 module.lora = lora
                 self.layers[name] = lora
         self.requests: dict[int, LoRARequest] = {}
@@ -76,7 +76,7 @@ class LoRAManager:
                 self.slot_ids[slot] = None
         for slot, lora in enumerate(self.resident):
             if lora is not None and lora.lora_int_id == lora_id:
-                self._place(slot, None, {}, None)
+                self._place(slot, None, {})
 
     def _host_weights(self, request: LoRARequest) -> dict[str, LoRAWeights]:
         weights = self.host.get(request)
@@ -124,17 +124,16 @@ class LoRAManager:
     def activate(self, step: LoRAStep | None, device: torch.device) -> None:
         """Places the step's new adapters into their slots and sets each slot's rows."""
         if step is None:
-            self.batch.segments = []
+            self.batch.clear()
             return
         for slot, request in step.loads:
             if self.resident[slot] != request:
-                self._place(slot, request, self._host_weights(request), device)
+                self._place(slot, request, self._host_weights(request))
                 self.num_swaps += 1
         row_slots = [slot for slot, n in zip(step.slots, step.num_rows, strict=True) for _ in range(n)]
         self.batch.set_rows(row_slots, device)
 
-    def _place(self, slot: int, lora: LoRARequest | None, weights: dict[str, LoRAWeights],
-               device: torch.device | None) -> None:
+    def _place(self, slot: int, lora: LoRARequest | None, weights: dict[str, LoRAWeights]) -> None:
         for name, layer in self.layers.items():
-            layer.set_slot(slot, weights.get(name), device)
+            layer.set_slot(slot, weights.get(name))
         self.resident[slot] = lora

@@ -76,9 +76,9 @@ class ResponsesServing(ChatServing):
         return await respond(raw, req.stream, lambda: self._events(rid, req, ids, params, plan),
                              lambda: self._whole(rid, req, ids, params, plan))
 
-    async def _run(self, rid: str, ids: list[int], params: SamplingParams, plan: OutputPlan,
+    async def _run(self, rid: str, req: ResponsesRequest, ids: list[int], params: SamplingParams,
                    out: ChatOutput) -> AsyncIterator[tuple[Any, Any]]:
-        async with aclosing(self.run(rid, [ids], params)) as deltas:
+        async with aclosing(self.run(rid, [ids], params, lora_request=self.check_model(req.model))) as deltas:
             async for _, delta in deltas:
                 for s in delta.samples:
                     yield s, out.feed(s.text, final=s.finish_reason is not None)
@@ -87,7 +87,7 @@ class ResponsesServing(ChatServing):
                      plan: OutputPlan) -> _Json:
         out = self.output_parser(plan)
         num_generated, finish = 0, None
-        async for s, _ in self._run(rid, ids, params, plan, out):
+        async for s, _ in self._run(rid, req, ids, params, out):
             num_generated += len(s.token_ids)
             finish = s.finish_reason or finish
         if finish is None:
@@ -171,7 +171,7 @@ class ResponsesServing(ChatServing):
             yield event("response.created", response=self._response(rid, req, [], None, len(ids), None))
             yield event("response.in_progress", response=self._response(rid, req, [], None, len(ids), None))
             num_generated, finish = 0, None
-            async for s, d in self._run(rid, ids, params, plan, out):
+            async for s, d in self._run(rid, req, ids, params, out):
                 num_generated += len(s.token_ids)
                 finish = s.finish_reason or finish
                 frames: list[str] = []

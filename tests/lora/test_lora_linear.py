@@ -21,7 +21,7 @@ def _ab(r: int, in_features: int, out_features: int, seed: int) -> tuple[torch.T
 def _delta(layer, parts, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     rows = LoRABatch()
     rows.set_rows([0] * x.shape[0])
-    lora = LoRALinear(layer, rows, 1, dtype)
+    lora = LoRALinear(layer, rows, 1, 16, dtype)
     lora.set_slot(0, lora.shard("layer", parts))
     out = layer.out_features
     return lora(x.to(dtype), torch.zeros(x.shape[0], out, dtype=dtype))
@@ -70,8 +70,8 @@ def test_row_delta_is_batch_invariant(dtype, batch, seed):
     are spread over three adapters and the base."""
     hidden, d, heads, kv_heads = 96, 32, 3, 1
     layer = QKVParallelLinear(hidden, d, heads, kv_heads)
-    group = LoRABatch([])
-    lora = LoRALinear(layer, group, 3, dtype)
+    group = LoRABatch()
+    lora = LoRALinear(layer, group, 3, 64, dtype)
     for slot, r in enumerate((8, 16, 64)):
         parts = {"q": _ab(r, hidden, heads * d, seed + slot), "k": _ab(r, hidden, kv_heads * d, seed + 7),
                  "v": _ab(r, hidden, kv_heads * d, seed + 9)}
@@ -120,7 +120,7 @@ def test_every_weight_format_adds_the_delta(fmt):
     parts = {0: _ab(8, hidden, inter, 1), 1: _ab(4, hidden, inter, 2)}
     rows = LoRABatch()
     rows.set_rows([0, -1, 0, -1, -1, 0, -1])
-    lora = LoRALinear(layer, rows, 1, torch.float32)
+    lora = LoRALinear(layer, rows, 1, 16, torch.float32)
     lora.set_slot(0, lora.shard("gate_up", parts))
     layer.lora = lora
     with_lora = layer(x)
@@ -128,3 +128,37 @@ def test_every_weight_format_adds_the_delta(fmt):
     rows = [0, 2, 5]
     torch.testing.assert_close(with_lora[rows] - without[rows], expected[rows], atol=1e-5, rtol=1e-4)
     assert torch.equal(with_lora[[1, 3, 4, 6]], without[[1, 3, 4, 6]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 7, 65])
+def test_grouped_kernel_matches_float64(dtype, m):
+    """``pagoda::lora_add_`` against x A_s^T B_s^T in float64 per row; rows of the base model left
+    alone. Reading only each part's block of the rank, and only a slot's own rank of it, gives the
+    same bits as reading the whole (zero-padded) rank."""
+    from pagoda.kernels import cpu_kernels
+
+    assert cpu_kernels.invariant_linear_available(), "this CPU has AVX-512 BF16: the LoRA kernel must run"
+    k, n, block, part_outs = 96, 200, 32, [0, 120, 168, 200]  # q / k / v outputs, a block of 32 ranks each
+    ranks = [32, 16, 0]  # per slot (the last is empty)
+    g = torch.Generator().manual_seed(m)
+    x, y = torch.randn(m, k, generator=g).to(dtype), torch.randn(m, n, generator=g).to(dtype)
+    a, bt = torch.zeros(3, 3 * block, k), torch.zeros(3, 3 * block, n)
+    for s, r in enumerate(ranks):
+        for p in range(3):  # B is zero outside each part's block (as a fused layer's is)
+            a[s, p * block:p * block + r] = torch.randn(r, k, generator=g)
+            bt[s, p * block:p * block + r, part_outs[p]:part_outs[p + 1]] = torch.randn(
+                r, part_outs[p + 1] - part_outs[p], generator=g) * 0.1
+    a, bt = a.to(dtype), bt.to(dtype)
+    row_slots = torch.randint(-1, 3, (m,), generator=g)
+    out, whole = y.clone(), y.clone()
+    torch.ops.pagoda.lora_add_(out, x, a, bt, row_slots, part_outs, torch.tensor(ranks))
+    torch.ops.pagoda.lora_add_(whole, x, a, bt, row_slots, [0, n], torch.tensor([3 * block] * 3))
+    assert torch.equal(out, whole)
+    expected = y.double()
+    for i, s in enumerate(row_slots.tolist()):
+        if s >= 0:
+            expected[i] += x[i].double() @ a[s].double().T @ bt[s].double()
+    tol = dict(atol=1e-4, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.13, rtol=8e-3)  # one bf16 rounding
+    torch.testing.assert_close(out.double(), expected, **tol)
+    assert torch.equal(out[row_slots < 0], y[row_slots < 0])

@@ -107,3 +107,21 @@ def test_runtime_loading_needs_the_flag_and_the_key(lora_server, lora_adapters):
     r = httpx.post(lora_server.url + "/v1/load_lora_adapter", json=body, timeout=30)
     assert r.status_code == 401
     assert "delta" not in {m.id for m in lora_server.openai().models.list().data}
+
+
+def test_every_generating_endpoint_honours_the_adapter(lora_server):
+    """Chat completions and the Responses API run the adapter that `model` names (greedy: the same
+    reply from both), not the base model."""
+    client = lora_server.openai()
+    messages = [{"role": "user", "content": "Hello there"}]
+
+    def chat(model: str) -> str | None:
+        out = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+        return out.choices[0].message.content
+
+    def responses(model: str) -> str:
+        return client.responses.create(model=model, input="Hello there", max_output_tokens=8, temperature=0).output_text
+
+    assert chat("alpha") != chat(MODEL)
+    assert responses("alpha") == chat("alpha")
+    assert responses(MODEL) == chat(MODEL)

@@ -45,12 +45,14 @@ def test_each_adapter_changes_the_model(references):
             assert diff > 0.05, f"adapter {name} barely changes the logits ({diff})"
 
 
-@pytest.mark.parametrize("max_loras", [4, 1], ids=["all-resident", "slot-swapping"])
-def test_mixed_batch_matches_peft_per_adapter(tiny_llama_dir, lora_adapters, references, max_loras):
+@pytest.mark.parametrize("max_loras,batching", [(4, "continuous"), (1, "continuous"), (1, "static")],
+                         ids=["all-resident", "slot-swapping", "static-batches"])
+def test_mixed_batch_matches_peft_per_adapter(tiny_llama_dir, lora_adapters, references, max_loras, batching):
     """Requests for three adapters and the base in one generate call: one step holds them all with
-    four slots; with one slot the scheduler runs one adapter at a time and swaps the others in."""
+    four slots; with one slot the scheduler runs one adapter at a time and swaps the others in (a
+    static batch admits only requests whose adapter fits the slots)."""
     llm = LLM(tiny_llama_dir, dtype="float32", enable_lora=True, max_loras=max_loras, max_lora_rank=16,
-              num_kv_blocks=256, max_num_batched_tokens=256, show_progress=False)
+              num_kv_blocks=256, max_num_batched_tokens=256, show_progress=False, batching=batching)
     reqs = requests(lora_adapters)
     names = [None, *reqs] * 3
     ps = prompts(len(names), 1)

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -898,6 +899,160 @@ at::Tensor invariant_linear(const at::Tensor& x, const at::Tensor& weight, const
 #endif
 }
 
+// ---- LoRA: y += (x A_s^T) B_s^T for each row's adapter slot s, in place ----
+//
+// Rows are grouped by slot. A group's shrink t = x A_s^T (float32) runs through lin_tile, the
+// fixed-order dot products above. Its expand sums t[j] * B^T[j, o] over j = 0, 1, ... in one float32
+// FMA chain per output (a rank of 16-64 is too short for a dot product's lane tree to pay: the
+// tree cost more than the products), and the sum is added to y once. A row's delta therefore takes
+// the same operations whatever the batch. Each part of a fused layer (q, k, v; gate, up) reads
+// only its own block of the rank: the other blocks of B are zero and would add exact zeros.
+
+#ifdef __AVX512BF16__
+constexpr int64_t LORA_OUTS = 64;  // outputs per expand task: 4 registers
+
+inline __m512 lora_load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 lora_load(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+inline void lora_add_store(float* p, __m512 d, __mmask16 m) {
+  _mm512_mask_storeu_ps(p, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), d));
+}
+inline void lora_add_store(uint16_t* p, __m512 d, __mmask16 m) {
+  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(lora_load(p, m), d)));
+}
+
+// R rows' outputs [o0, o0 + n) (n <= LORA_OUTS) of one part, over the part's rank block [k0, k1).
+template <typename C, int R>
+void lora_expand_tile(const float* t, int64_t ldt, int64_t k0, int64_t k1, const C* bt, int64_t ldb, int64_t o0,
+                      int64_t n, C* const* y) {
+  __mmask16 mask[4];
+  for (int v = 0; v < 4; ++v) {
+    const int64_t left = n - 16 * v;
+    mask[v] = left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+  }
+  __m512 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t j = k0; j < k1; ++j) {
+    __m512 b[4];
+    for (int v = 0; v < 4; ++v) b[v] = lora_load(bt + j * ldb + o0 + 16 * v, mask[v]);
+    for (int r = 0; r < R; ++r) {
+      const __m512 tj = _mm512_set1_ps(t[r * ldt + j]);
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(tj, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < 4; ++v) lora_add_store(y[r] + o0 + 16 * v, acc[r][v], mask[v]);
+}
+
+template <typename C>
+void lora_add_impl(C* y, int64_t ldy, const C* x, int64_t ldx, const C* a, const C* bt, int64_t k, int64_t n,
+                   int64_t w, const std::vector<int64_t>& order, const std::vector<int64_t>& starts,
+                   at::IntArrayRef part_outs, const int64_t* slot_widths) {
+  const int64_t rows = static_cast<int64_t>(order.size()), slots = static_cast<int64_t>(starts.size()) - 1;
+  const int64_t parts = static_cast<int64_t>(part_outs.size()) - 1, part_width = w / parts;
+  std::vector<C> xs(rows * k);  // the rows grouped by slot
+  for (int64_t i = 0; i < rows; ++i) std::memcpy(xs.data() + i * k, x + order[i] * ldx, k * sizeof(C));
+  std::vector<float> t(rows * w);
+  std::vector<std::array<int64_t, 3>> blocks;  // (slot, first grouped row, rows <= 4)
+  for (int64_t s = 0; s < slots; ++s)
+    for (int64_t r0 = starts[s]; r0 < starts[s + 1]; r0 += 4) blocks.push_back({s, r0, std::min<int64_t>(4, starts[s + 1] - r0)});
+  std::vector<std::array<int64_t, 3>> chunks;  // (part, first output, outputs <= LORA_OUTS)
+  for (int64_t p = 0; p < parts; ++p)
+    for (int64_t o0 = part_outs[p]; o0 < part_outs[p + 1]; o0 += LORA_OUTS)
+      chunks.push_back({p, o0, std::min<int64_t>(LORA_OUTS, part_outs[p + 1] - o0)});
+  const int64_t nb = static_cast<int64_t>(blocks.size()), nc = static_cast<int64_t>(chunks.size());
+  at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {  // shrink
+    for (int64_t i = begin; i < end; ++i) {
+      const auto [s, r0, m] = blocks[i];
+      const C* as = a + s * w * k;
+      const C* xr = xs.data() + r0 * k;
+      float* tr = t.data() + r0 * w;
+      const int64_t step = m == 1 ? 16 : m == 2 ? 8 : 4;  // widths are multiples of 16
+      for (int64_t p = 0; p < parts; ++p)
+        for (int64_t c0 = p * part_width; c0 < p * part_width + slot_widths[s]; c0 += step) switch (m) {
+          case 4: lin_tile<C, float, 4, 4>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
+          case 3: lin_tile<C, float, 3, 4>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
+          case 2: lin_tile<C, float, 2, 8>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
+          default: lin_tile<C, float, 1, 16>(xr, k, as + c0 * k, k, tr + c0, w, step); break;
+        }
+    }
+  });
+  at::parallel_for(0, nb * nc, 1, [&](int64_t begin, int64_t end) {  // expand, added to y
+    for (int64_t i = begin; i < end; ++i) {
+      const auto [s, r0, m] = blocks[i / nc];
+      const auto [p, o0, on] = chunks[i % nc];
+      C* yr[4];
+      for (int64_t r = 0; r < m; ++r) yr[r] = y + order[r0 + r] * ldy;
+      const float* tr = t.data() + r0 * w;
+      const C* bs = bt + s * w * n;
+      const int64_t k0 = p * part_width, k1 = k0 + slot_widths[s];
+      switch (m) {
+        case 4: lora_expand_tile<C, 4>(tr, w, k0, k1, bs, n, o0, on, yr); break;
+        case 3: lora_expand_tile<C, 3>(tr, w, k0, k1, bs, n, o0, on, yr); break;
+        case 2: lora_expand_tile<C, 2>(tr, w, k0, k1, bs, n, o0, on, yr); break;
+        default: lora_expand_tile<C, 1>(tr, w, k0, k1, bs, n, o0, on, yr); break;
+      }
+    }
+  });
+}
+#endif
+
+// y [M, N] += per row i with row_slots[i] >= 0: (x_i A_s^T) B_s^T, a [S, W, K], bt [S, W, N] (B
+// transposed), all of y's dtype. part_outs [0, .., N] splits the outputs into parts, each with its
+// block of W / parts ranks (one part: the whole rank for every output); slot s uses the first
+// slot_widths[s] ranks of each block (the rest of its A and B is zero).
+void lora_add_(at::Tensor y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& bt,
+               const at::Tensor& row_slots, at::IntArrayRef part_outs, const at::Tensor& slot_widths) {
+  check_cpu(y, "y");
+  TORCH_CHECK(invariant_linear_available(), "lora_add_ needs AVX-512 BF16 (built without it)");
+#ifdef __AVX512BF16__
+  TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.stride(1) == 1 && y.stride(1) == 1 && x.size(0) == y.size(0),
+              "x [M, K] and y [M, N] with contiguous rows");
+  TORCH_CHECK(a.dim() == 3 && bt.dim() == 3 && a.is_contiguous() && bt.is_contiguous() && a.size(0) == bt.size(0) &&
+              a.size(1) == bt.size(1) && a.size(2) == x.size(1) && bt.size(2) == y.size(1),
+              "a [S, W, K] and bt [S, W, N], contiguous");
+  TORCH_CHECK(x.scalar_type() == y.scalar_type() && a.scalar_type() == y.scalar_type() &&
+              bt.scalar_type() == y.scalar_type(), "x, y, a and bt share one dtype");
+  TORCH_CHECK(row_slots.scalar_type() == at::kLong && row_slots.dim() == 1 && row_slots.size(0) == y.size(0) &&
+              row_slots.is_contiguous(), "row_slots: int64 [M]");
+  const int64_t m = x.size(0), k = x.size(1), n = y.size(1), slots = a.size(0), w = a.size(1);
+  const int64_t parts = static_cast<int64_t>(part_outs.size()) - 1;
+  TORCH_CHECK(w % 16 == 0, "lora_add_: the rank width must be a multiple of 16, got ", w);
+  TORCH_CHECK(k % (y.scalar_type() == at::kBFloat16 ? 32 : 16) == 0, "lora_add_: K must be a multiple of 32 "
+              "(bfloat16) or 16 (float32), got ", k);
+  TORCH_CHECK(parts >= 1 && w % parts == 0 && part_outs.front() == 0 && part_outs.back() == n,
+              "part_outs must run from 0 to N in parts that split the rank width evenly");
+  for (int64_t p = 0; p < parts; ++p) TORCH_CHECK(part_outs[p] <= part_outs[p + 1], "part_outs must not decrease");
+  TORCH_CHECK(slot_widths.scalar_type() == at::kLong && slot_widths.is_contiguous() && slot_widths.numel() == slots,
+              "slot_widths: int64 [S]");
+  const int64_t* widths = slot_widths.data_ptr<int64_t>();
+  for (int64_t s = 0; s < slots; ++s)
+    TORCH_CHECK(widths[s] >= 0 && widths[s] <= w / parts && widths[s] % 16 == 0,
+                "slot widths must be multiples of 16 within a part's block");
+  const int64_t* rs = row_slots.data_ptr<int64_t>();
+  std::vector<int64_t> starts(slots + 1, 0);  // counting sort of the rows by slot (stable)
+  for (int64_t i = 0; i < m; ++i) {
+    TORCH_CHECK(rs[i] < slots, "row slot ", rs[i], " out of ", slots, " slots");
+    if (rs[i] >= 0) ++starts[rs[i] + 1];
+  }
+  for (int64_t s = 0; s < slots; ++s) starts[s + 1] += starts[s];
+  std::vector<int64_t> order(starts[slots]), next(starts.begin(), starts.end() - 1);
+  for (int64_t i = 0; i < m; ++i)
+    if (rs[i] >= 0) order[next[rs[i]]++] = i;
+  if (order.empty()) return;
+  if (y.scalar_type() == at::kBFloat16)
+    lora_add_impl<uint16_t>(raw<at::BFloat16>(y), y.stride(0), raw<at::BFloat16>(x), x.stride(0),
+                            raw<at::BFloat16>(a), raw<at::BFloat16>(bt), k, n, w, order, starts, part_outs, widths);
+  else {
+    TORCH_CHECK(y.scalar_type() == at::kFloat, "lora_add_: float32 or bfloat16");
+    lora_add_impl<float>(y.data_ptr<float>(), y.stride(0), x.data_ptr<float>(), x.stride(0), a.data_ptr<float>(),
+                         bt.data_ptr<float>(), k, n, w, order, starts, part_outs, widths);
+  }
+#endif
+}
+
 // ---- Int8 linear helpers (W8A8 and GGUF Q8_0): per-row activation quantization, int32 epilogue ----
 //
 // Integer dot products are exact, so their order never matters; what a row's result could depend
@@ -1430,6 +1585,8 @@ TORCH_LIBRARY(pagoda, m) {
   m.def("invariant_linear_available() -> bool", &invariant_linear_available);
   m.def("invariant_linear(Tensor x, Tensor weight, Tensor scale, Tensor offset, int out_features, "
         "ScalarType out_dtype) -> Tensor");
+  m.def("lora_add_(Tensor(a!) y, Tensor x, Tensor a, Tensor bt, Tensor row_slots, int[] part_outs, "
+        "Tensor slot_widths) -> ()");
   m.def("quantize_rows_int8(Tensor x) -> (Tensor, Tensor)");
   m.def("int8_scaled_epilogue(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor? bias, ScalarType out_dtype) "
         "-> Tensor");
@@ -1452,6 +1609,7 @@ TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
   m.impl("gemv_bf16", &gemv_bf16);
   m.impl("apply_token_bitmask_", &apply_token_bitmask_);
   m.impl("invariant_linear", &invariant_linear);
+  m.impl("lora_add_", &lora_add_);
   m.impl("quantize_rows_int8", &quantize_rows_int8);
   m.impl("int8_scaled_epilogue", &int8_scaled_epilogue);
   m.impl("int8_block_linear", &int8_block_linear);
