@@ -191,7 +191,9 @@ class EngineArgs:
         g.add_argument("--num-threads", type=int, default=d.num_threads)
         g.add_argument("--speculative-config", default=d.speculative_config, metavar="JSON",
                        help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
-                            '"prompt_lookup_min": 2, "prompt_lookup_max": 4}\'')
+                            '"prompt_lookup_min": 2, "prompt_lookup_max": 4}\' or \'{"method": "draft_model", '
+                            '"model": PATH, "num_speculative_tokens": 3}\' (a self-draft: "draft_num_layers": N '
+                            'instead of "model")')
         g.add_argument("--show-progress", action=argparse.BooleanOptionalAction, default=d.show_progress,
                        help="progress bars while loading and generating")
         p = parser.add_argument_group("distributed")
