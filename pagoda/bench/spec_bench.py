@@ -8,6 +8,12 @@ random token ids, as `pagoda bench throughput`, at each batch size). Greedy; pre
 the prefix cache is off so that rounds do not turn into cache hits.
 
     flock /tmp/pagoda-bench.lock pagoda bench spec --rounds 3 --plot spec.png
+
+Any ``--speculative-config`` is measured the same way, e.g. a self-draft of the default model's first
+8 layers (of 30):
+
+    pagoda bench spec --speculative-config '{"method": "draft_model", "draft_num_layers": 8,
+        "num_speculative_tokens": 3}'
 """
 
 from __future__ import annotations
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump([c.__dict__ for c, *_ in cases], f, indent=1)
     if args.plot:
-        _plot([c for c, *_ in cases], args.plot)
+        _plot([c for c, *_ in cases], args.plot, _label(spec_config))
         print(f"plot: {args.plot}")
     return 0
 
@@ -142,7 +148,14 @@ def _print_table(cases: list[Case]) -> None:
               f"median per prompt {statistics.median(c.speedup for c in grounded):.2f}x")
 
 
-def _plot(cases: list[Case], path: str) -> None:
+def _label(config: Any) -> str:
+    if config.method == "ngram":
+        return "n-gram"
+    layers = f", first {config.draft_num_layers} layers" if config.draft_num_layers else ""
+    return f"draft model{layers}, k={config.num_speculative_tokens}"
+
+
+def _plot(cases: list[Case], path: str, label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,7 +165,7 @@ def _plot(cases: list[Case], path: str) -> None:
     labels = [f"{c.name}" if c.workload == "grounded" else f"random {c.name}" for c in cases]
     x = range(len(cases))
     ax.bar([i - 0.2 for i in x], [c.tps(c.plain_s) for c in cases], 0.4, label="plain")
-    ax.bar([i + 0.2 for i in x], [c.tps(c.spec_s) for c in cases], 0.4, label="speculative (n-gram)")
+    ax.bar([i + 0.2 for i in x], [c.tps(c.spec_s) for c in cases], 0.4, label=f"speculative ({label})")
     for i, c in enumerate(cases):
         ax.annotate(f"{c.speedup:.2f}x", (i, max(c.tps(c.plain_s), c.tps(c.spec_s))), ha="center", va="bottom",
                     fontsize=7)

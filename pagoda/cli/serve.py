@@ -8,6 +8,7 @@ HELP = "serve an OpenAI-compatible API (completions, chat, /metrics) on a model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pagoda.distributed.ray_cluster import LOCAL_NODE_IP, RayConfig
     from pagoda.engine.args import EngineArgs
     from pagoda.server.config import ServerConfig
     from pagoda.server.reasoning_parser import REASONING_PARSERS
@@ -64,6 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-runtime-lora", action=argparse.BooleanOptionalAction,
                    default=ServerConfig.allow_runtime_lora,
                    help="allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
+    r = parser.add_argument_group("Ray (pip install 'pagoda[ray]')")
+    r.add_argument("--data-parallel-backend", default="mp", choices=["mp", "ray"],
+                   help="mp: replicas are processes of this host; ray: Ray actors on the nodes of a Ray cluster")
+    r.add_argument("--ray-node-ip", default=RayConfig.node_ip,
+                   help=f"the address this server announces to Ray (a local Ray: {LOCAL_NODE_IP}, loopback)")
+    r.add_argument("--max-replica-restarts", type=int, default=RayConfig.max_replica_restarts,
+                   help="times Ray restarts a replica actor that died (then it stays down)")
+    r.add_argument("--ray-placement-timeout", type=float, default=RayConfig.placement_timeout_s,
+                   help="seconds to wait for the cluster to have room for the replicas; then the server refuses "
+                        "to start, naming what is missing")
     g.add_argument("--log-level", default=ServerConfig.log_level, choices=["debug", "info", "warning", "error"])
     g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                    help="log every HTTP request")
@@ -77,6 +88,7 @@ def _lora_module(text: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pagoda.distributed.ray_cluster import RayUnavailableError
     from pagoda.engine.args import EngineArgs
     from pagoda.server.api_server import run_server
     from pagoda.server.config import ServerConfig
@@ -96,5 +108,21 @@ def run(args: argparse.Namespace) -> int:
                           lora_modules=tuple(args.lora_modules), allow_runtime_lora=args.allow_runtime_lora)
     if (config.lora_modules or config.allow_runtime_lora) and not args.enable_lora:
         raise SystemExit("--lora-modules and --allow-runtime-lora need --enable-lora")
-    run_server(EngineArgs.from_cli_args(args), config, access_log=args.access_log)
+    ray = None
+    if "ray" in (args.data_parallel_backend, args.distributed_executor_backend):
+        from pagoda.distributed.ray_cluster import RayConfig, import_ray
+
+        try:
+            import_ray()  # before anything loads: say at once what is missing
+            if args.data_parallel_backend == "ray":
+                ray = RayConfig(address=args.ray_address, node_ip=args.ray_node_ip,
+                                max_replica_restarts=args.max_replica_restarts,
+                                placement_timeout_s=args.ray_placement_timeout)
+        except (RayUnavailableError, ValueError) as e:
+            raise SystemExit(f"pagoda serve: {e}") from None
+    engine_args = EngineArgs.from_cli_args(args)
+    try:
+        run_server(engine_args, config, access_log=args.access_log, ray=ray)
+    except RayUnavailableError as e:  # the placement cannot be met
+        raise SystemExit(f"pagoda serve: {e}") from None
     return 0

@@ -27,6 +27,7 @@ KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 BATCHING = ("continuous", "static")
 SCHEDULING_POLICIES = ("fcfs", "priority", "lpm")
 DISTRIBUTED_BACKENDS = ("shm", "gloo")
+EXECUTOR_BACKENDS = ("mp", "ray")  # who starts the TP/PP ranks: this host's processes, or Ray actors
 
 
 def _router_policies() -> list[str]:
@@ -82,6 +83,9 @@ class EngineArgs:
     master_addr: str | None = None  # node 0's address (default: $MASTER_ADDR, else 127.0.0.1)
     master_port: int | None = None  # default: $MASTER_PORT, else a free port (one host only)
     startup_timeout_s: float = 300.0  # how long ranks wait for each other to start
+    # "ray": the TP/PP ranks are Ray actors (a placement group, one bundle per rank) on the nodes of a Ray cluster
+    distributed_executor_backend: str = "mp"
+    ray_address: str | None = None  # the Ray cluster to join (None: $RAY_ADDRESS, else a local Ray)
     enable_lora: bool = False  # serve PEFT LoRA adapters (LoRARequest per request)
     max_loras: int = 4  # adapters resident at once (slots): the most distinct adapters in one step
     max_lora_rank: int = 64  # adapters of a higher rank are refused at load
@@ -105,6 +109,7 @@ class EngineArgs:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         _choice("scheduling_policy", self.scheduling_policy, SCHEDULING_POLICIES)
         _choice("distributed_backend", self.distributed_backend, DISTRIBUTED_BACKENDS)
+        _choice("distributed_executor_backend", self.distributed_executor_backend, EXECUTOR_BACKENDS)
         _choice("router_policy", self.router_policy, _router_policies())
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size",
                      "pipeline_parallel_size", "data_parallel_size", "pipeline_micro_batches", "nnodes"):
@@ -186,7 +191,9 @@ class EngineArgs:
         g.add_argument("--num-threads", type=int, default=d.num_threads)
         g.add_argument("--speculative-config", default=d.speculative_config, metavar="JSON",
                        help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
-                            '"prompt_lookup_min": 2, "prompt_lookup_max": 4}\'')
+                            '"prompt_lookup_min": 2, "prompt_lookup_max": 4}\' or \'{"method": "draft_model", '
+                            '"model": PATH, "num_speculative_tokens": 3}\' (a self-draft: "draft_num_layers": N '
+                            'instead of "model")')
         g.add_argument("--show-progress", action=argparse.BooleanOptionalAction, default=d.show_progress,
                        help="progress bars while loading and generating")
         p = parser.add_argument_group("distributed")
@@ -218,6 +225,13 @@ class EngineArgs:
                        help="node 0's rendezvous port ($MASTER_PORT)")
         p.add_argument("--startup-timeout-s", type=float, default=d.startup_timeout_s,
                        help="how long ranks wait for each other to start")
+        p.add_argument("--distributed-executor-backend", default=d.distributed_executor_backend,
+                       choices=EXECUTOR_BACKENDS,
+                       help="mp: the TP/PP ranks are processes of this host (or of hosts started by hand, "
+                            "--nnodes); ray: Ray actors placed on the nodes of a Ray cluster "
+                            "(pip install 'pagoda[ray]')")
+        p.add_argument("--ray-address", default=d.ray_address,
+                       help="the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started on loopback)")
 
         lo = parser.add_argument_group("LoRA")
         lo.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=d.enable_lora,

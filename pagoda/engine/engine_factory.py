@@ -21,6 +21,8 @@ from pagoda.weights.model_loader import ModelFiles, load_model, resolve_dtype, r
 if TYPE_CHECKING:
     from pagoda.engine.llm_engine import LLMEngine
     from pagoda.lora.config import LoRAConfig
+    from pagoda.spec.config import SpeculativeConfig
+    from pagoda.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     if args.enable_lora and args.pipeline_parallel_size > 1:
         # a stage holds some layers only; its adapter shards would have to be cut the same way
         raise ValueError("enable_lora with pipeline parallelism is not implemented (tensor parallelism is)")
+    speculative_config = args.resolved_speculative_config()
+    if speculative_config is not None and speculative_config.method == "draft_model":
+        _check_draft_layout(args)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     device = resolve_device(args.device)
@@ -62,12 +67,39 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     runner = _runner(args, files, model_config, cache_config, sampler, device)
     if args.enable_lora and isinstance(runner, ModelRunner):  # a parallel runner's ranks set up their own
         _enable_lora(args, runner, model_config)
+    if speculative_config is not None and speculative_config.method == "draft_model":
+        _enable_draft(args, speculative_config, runner, files, model_config, cache_config, tokenizer, device)
     if isinstance(runner, ModelRunner) and device.type == "cuda" and not args.enforce_eager and not args.enable_lora:
         runner.enable_decode_graphs(scheduler_config.max_num_seqs, model_config.max_model_len)
     logger.info("loaded %s (%s) in %.1f s; KV cache %d blocks x %d tokens", files.name, dtype,
                 time.perf_counter() - start, cache_config.num_blocks, args.block_size)
     return LLMEngine(model_config, cache_config, scheduler_config, runner, tokenizer, files.name,
-                     args.resolved_speculative_config(), _spec_row_limit(args, files, device))
+                     speculative_config, _spec_row_limit(args, files, device))
+
+
+def _check_draft_layout(args: EngineArgs) -> None:
+    """What a draft model does not run with, refused before anything loads."""
+    if args.tensor_parallel_size * args.pipeline_parallel_size > 1:
+        raise ValueError("speculative_config method 'draft_model' runs in one process: tensor / pipeline "
+                         "parallelism with a draft model is not implemented (use method 'ngram')")
+    if args.enable_lora:
+        raise ValueError("speculative_config method 'draft_model' with enable_lora is not implemented "
+                         "(the draft would propose without the request's adapter)")
+
+
+def _enable_draft(args: EngineArgs, config: SpeculativeConfig, runner: Runner, files: ModelFiles,
+                  model_config: ModelConfig, cache_config: CacheConfig, tokenizer: Tokenizer,
+                  device: torch.device) -> None:
+    from pagoda.spec.draft_model import load_draft
+    from pagoda.spec.draft_proposer import DraftProposer
+
+    assert isinstance(runner, ModelRunner)  # _check_draft_layout
+    draft, draft_config = load_draft(config, cast(torch.nn.Module, runner.model), model_config, files.path,
+                                     tokenizer, device, args.quantization)
+    assert runner.sampler is not None
+    runner.drafter = DraftProposer(draft, draft_config, cache_config, runner.sampler, device)
+    logger.info("draft model: %s, %d layers; %d tokens proposed per step", config.model or files.name,
+                draft_config.num_hidden_layers, config.num_speculative_tokens)
 
 
 def _spec_row_limit(args: EngineArgs, files: ModelFiles, device: torch.device) -> int | None:
@@ -119,6 +151,11 @@ def _runner(args: EngineArgs, files: ModelFiles, model_config: ModelConfig, cach
         from pagoda.distributed.executor import MultiprocExecutor
         from pagoda.distributed.parallel_config import ParallelConfig
 
+        if args.distributed_executor_backend == "ray":  # Ray places the ranks (issue 21)
+            from pagoda.distributed.ray_executor import RayExecutor
+
+            return RayExecutor(ParallelConfig.from_engine_args(args), files.path, model_config, cache_config,
+                               sampler, quantization, _lora_config(args), ray_address=args.ray_address)
         return MultiprocExecutor(ParallelConfig.from_engine_args(args), files.path, model_config, cache_config, sampler,
                                  quantization, _lora_config(args))
     model = load_model(files, model_config, device, quantization=quantization, show_progress=args.show_progress)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -24,6 +24,9 @@ from pagoda.sample.prompt_logprobs import position_logprobs
 from pagoda.sample.sampler import RowLogprobs, Sampler, SamplingBatch
 from pagoda.sampling_params import SamplingParams
 from pagoda.spec.verification import num_accepted
+
+if TYPE_CHECKING:
+    from pagoda.spec.draft_proposer import DraftProposer
 
 
 @dataclass
@@ -113,6 +116,7 @@ class ModelRunner:
 
     decode_graphs: DecodeGraphs | None = None
     lora: LoRAManager | None = None  # set by the engine factory when LoRA is enabled
+    drafter: DraftProposer | None = None  # set by the engine factory for draft-model speculation
 
     def add_lora(self, request: LoRARequest) -> None:
         """Reads and checks an adapter into host memory (``LoRALoadError`` when it cannot run)."""
@@ -142,6 +146,8 @@ class ModelRunner:
     def submit(self, out: SchedulerOutput) -> StepHandle:
         if not self.kv_caches:
             raise RuntimeError("the model runner has been shut down")
+        if self.drafter is not None:  # the proposals the scheduler asked the draft model for
+            self.drafter.propose(out)
         inputs = self.prepare(out)
         hidden = self.forward(inputs)
         assert hidden is not None, "one process runs every layer"
@@ -157,6 +163,8 @@ class ModelRunner:
     def shutdown(self) -> None:
         """Frees the KV cache (the model goes with the runner)."""
         self.kv_caches = []
+        if self.drafter is not None:
+            self.drafter.shutdown()
 
     def prepare(self, out: SchedulerOutput) -> StepInputs:
         # decodes (one new token) first: attention runs them together
@@ -240,41 +248,7 @@ class ModelRunner:
 
     def _prepare_inputs(self, scheduled: list[ScheduledRequest]
                         ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        bs = self.block_size
-        ids: list[int] = []
-        pos: list[int] = []
-        slots: list[int] = []
-        query_start = [0]
-        seq_lens: list[int] = []
-        num_decodes = 0
-        num_prompt_rows: list[int] = []
-        for s in scheduled:
-            end = s.start + s.num_new_tokens
-            num_prompt_rows.append(max(0, min(end, s.request.num_prompt_tokens) - s.start))
-            ids.extend(s.token_ids)
-            table = s.block_table
-            for p in range(s.start, end):
-                pos.append(p)
-                slots.append(table[p // bs] * bs + p % bs)
-            query_start.append(query_start[-1] + s.num_new_tokens)
-            seq_lens.append(end)
-            num_decodes += s.num_new_tokens == 1
-        max_blocks = max(len(s.block_table) for s in scheduled)
-        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled]
-        dev = self.device
-        # built on the host (pinned for a GPU) and copied without blocking: no sync while preparing
-        metadata = AttentionMetadata(
-            slot_mapping=to_device(slots, torch.int64, dev),
-            query_start_loc=to_device(query_start, torch.int64, dev),
-            seq_lens=to_device(seq_lens, torch.int64, dev),
-            block_tables=to_device(tables, torch.int64, dev),
-            num_decodes=num_decodes,
-            max_seq_len=max(seq_lens),
-            query_start_loc_list=query_start,
-            seq_lens_list=seq_lens,
-            num_prompt_rows_list=num_prompt_rows,
-        )
-        return to_device(ids, torch.int64, dev), to_device(pos, torch.int64, dev), metadata
+        return flat_inputs(scheduled, self.block_size, self.device)
 
     @staticmethod
     def _pool(scheduled: list[ScheduledRequest], rows: list[int], hidden: torch.Tensor, starts: list[int],
@@ -312,6 +286,46 @@ class ModelRunner:
             top = r.params.prompt_logprobs
             assert top is not None  # _wants_prompt_logprobs
             result.prompt_logprobs[r.request_id] = position_logprobs(logits, targets, top)
+
+
+def flat_inputs(scheduled: list[ScheduledRequest], block_size: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """The flat input ids, positions and attention metadata of ``scheduled`` (decodes first)."""
+    bs = block_size
+    ids: list[int] = []
+    pos: list[int] = []
+    slots: list[int] = []
+    query_start = [0]
+    seq_lens: list[int] = []
+    num_decodes = 0
+    num_prompt_rows: list[int] = []
+    for s in scheduled:
+        end = s.start + s.num_new_tokens
+        num_prompt_rows.append(max(0, min(end, s.request.num_prompt_tokens) - s.start))
+        ids.extend(s.token_ids)
+        table = s.block_table
+        for p in range(s.start, end):
+            pos.append(p)
+            slots.append(table[p // bs] * bs + p % bs)
+        query_start.append(query_start[-1] + s.num_new_tokens)
+        seq_lens.append(end)
+        num_decodes += s.num_new_tokens == 1
+    max_blocks = max(len(s.block_table) for s in scheduled)
+    tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in scheduled]
+    dev = device
+    # built on the host (pinned for a GPU) and copied without blocking: no sync while preparing
+    metadata = AttentionMetadata(
+        slot_mapping=to_device(slots, torch.int64, dev),
+        query_start_loc=to_device(query_start, torch.int64, dev),
+        seq_lens=to_device(seq_lens, torch.int64, dev),
+        block_tables=to_device(tables, torch.int64, dev),
+        num_decodes=num_decodes,
+        max_seq_len=max(seq_lens),
+        query_start_loc_list=query_start,
+        seq_lens_list=seq_lens,
+        num_prompt_rows_list=num_prompt_rows,
+    )
+    return to_device(ids, torch.int64, dev), to_device(pos, torch.int64, dev), metadata
 
 
 def _positioned_generator(request: Request, ahead: int = 0) -> torch.Generator | None:

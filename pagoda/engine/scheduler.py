@@ -19,7 +19,7 @@ from pagoda.engine.scheduler_interface import SchedulerInterface
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagoda.kv_cache.kv_cache_manager import KVCacheManager
 from pagoda.logits_processor import processors_ready
-from pagoda.spec.speculator import Speculator
+from pagoda.spec.speculator import Proposal, Speculator
 
 logger = logging.getLogger(__name__)
 
@@ -156,25 +156,26 @@ class Scheduler(SchedulerInterface):
         start = request.num_computed_tokens
         table = self.kv_cache.allocate(request.request_id, start + num_new + len(proposed), start)
         if table is None and proposed:  # no room for the proposal: decode plainly
-            proposed = []
+            proposed = Proposal()
             table = self.kv_cache.allocate(request.request_id, start + num_new, start)
         if table is None:
             return False
-        out.scheduled.append(ScheduledRequest(request, start, num_new + len(proposed), table, proposed))
+        out.scheduled.append(ScheduledRequest(request, start, num_new + len(proposed), table, proposed.token_ids,
+                                              proposed.num_draft_tokens))
         return True
 
-    def _propose(self, request: Request, num_new: int, budget: int, out: SchedulerOutput) -> list[int]:
+    def _propose(self, request: Request, num_new: int, budget: int, out: SchedulerOutput) -> Proposal:
         """A decoding request's proposal, capped so that every token the step may yield fits the
         budget, the request's max_tokens and the context length, and the step keeps to the
         speculator's room for generated rows."""
         if self.speculator is None or num_new != 1 or request.num_computed_tokens + 1 != request.num_tokens:
-            return []
+            return Proposal()
         cap = min(budget - 1, request.max_tokens - request.num_output_tokens - 1,
                   self.config.max_model_len - request.num_tokens - 1)
         room = self.speculator.room(len(self.running), out.scheduled)
         if room is not None:
             cap = min(cap, room)
-        return self.speculator.propose(request, cap, len(self.running)) if cap > 0 else []
+        return self.speculator.propose(request, cap, len(self.running)) if cap > 0 else Proposal()
 
     def _admit_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool | None:
         """Admits a waiting request, reusing its longest cached prefix. Returns None (deferred)
@@ -252,8 +253,8 @@ class Scheduler(SchedulerInterface):
             request = s.request
             if request.status is not RequestStatus.RUNNING:
                 continue  # aborted while the step ran
-            request.num_computed_tokens += s.num_new_tokens - len(s.spec_token_ids)
-            if s.spec_token_ids:
+            request.num_computed_tokens += s.num_known_tokens
+            if s.num_spec_tokens:
                 self._take_accepted(s, (spec_accepted or {}).get(request.request_id), sampled)
             self.counters.prompt_tokens_computed += max(
                 0, min(request.num_prompt_tokens, s.start + s.num_new_tokens) - s.start)
@@ -281,7 +282,7 @@ class Scheduler(SchedulerInterface):
         if request.request_id not in sampled:  # the row failed: nothing was verified
             accepted = []
         else:
-            self.speculator.record(request.request_id, len(s.spec_token_ids), len(accepted or ()))
+            self.speculator.record(request.request_id, s.num_spec_tokens, len(accepted or ()))
         for token in accepted or ():  # never a stop token, and within max_tokens (see _propose)
             request.append_output_token(token)
             self.counters.generation_tokens += 1

@@ -42,7 +42,7 @@ def count_step_tokens(scheduled: SchedulerOutput) -> tuple[int, int, int]:
             prefill += s.num_new_tokens
         elif s.num_new_tokens > 0:
             decode += 1
-            forced += s.num_new_tokens - 1 - len(s.spec_token_ids)
+            forced += s.num_new_tokens - 1 - s.num_spec_tokens
     return prefill, decode, forced
 
 
@@ -55,7 +55,7 @@ class StepTimeline:
 
     def record(self, scheduled: SchedulerOutput, end_time: float, duration_s: float) -> StepRecord:
         prefill, decode, forced = count_step_tokens(scheduled)
-        speculative = sum(len(s.spec_token_ids) for s in scheduled.scheduled)
+        speculative = sum(s.num_spec_tokens for s in scheduled.scheduled)
         rec = StepRecord(self._next_index, end_time, duration_s, len(scheduled.scheduled), prefill, decode, forced,
                          speculative, num_preempted=len(scheduled.preempted_request_ids))
         self._next_index += 1

@@ -1,5 +1,8 @@
 """W8A8 INT8: int8 weights per output channel, int8 activations per token, int32 accumulation.
 
+Dense checkpoints are smoothed before quantizing (SmoothQuant, ``pagoda.quantization.smoothing``): each layer's
+input channels are divided by s and its weight's columns multiplied by it, with s from one calibration forward.
+
 ``quantization="w8a8"``: after the dense checkpoint is loaded, every linear layer's weight is quantized
 symmetrically per output channel (scale = the row's max |w| / 127) and the layer swapped for ``Int8Linear``.
 Compressed-tensors INT8 checkpoints (``pagoda.quantization.compressed_tensors``) load their int8 weights and
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -26,6 +30,10 @@ from torch import nn
 from pagoda.kernels import cpu_kernels
 from pagoda.layers.linear import LinearBase, RowParallelLinear, set_weight_loader
 from pagoda.parallel import TensorParallel
+from pagoda.quantization.smoothing import input_amax, smoothing_scales
+
+if TYPE_CHECKING:
+    from pagoda.models.llama import LlamaForCausalLM
 
 INT8_MAX = 127
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -62,13 +70,15 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def int8_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] (float) times int8 weight [N, K] with per-channel scales [N] -> [M, N] in x's dtype."""
+                bias: torch.Tensor | None = None, inv_smooth: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] (float) times int8 weight [N, K] with per-channel scales [N] -> [M, N] in x's dtype; with
+    ``inv_smooth`` [K] (float32) the rows are quantized as x * inv_smooth (SmoothQuant, ``pagoda.quantization.
+    smoothing``)."""
     if cpu_kernels.use_for(x):
-        codes, scale = torch.ops.pagoda.quantize_rows_int8(x.contiguous())
+        codes, scale = torch.ops.pagoda.quantize_rows_int8(x.contiguous(), inv_smooth)
         acc = torch._int_mm(codes, weight.t())
         return torch.ops.pagoda.int8_scaled_epilogue(acc, scale, weight_scale, bias, x.dtype)
-    codes, scale = quantize_rows(x)
+    codes, scale = quantize_rows(x if inv_smooth is None else x.float() * inv_smooth)
     acc = torch._int_mm(codes, weight.t())
     y = acc.float() * (scale * weight_scale)
     return (y if bias is None else y + bias).to(x.dtype)
@@ -95,11 +105,19 @@ class Int8Linear(nn.Module):
         set_weight_loader(self.weight_scale, _copy_whole if self.reduce else base.weight_loader)
         self.bias = base.bias
         self._bias_f32: torch.Tensor | None = None
+        self.inv_smooth: torch.Tensor | None
+        self.register_buffer("inv_smooth", None)  # SmoothQuant's 1 / s per input channel (from_dense)
 
     @classmethod
-    def from_dense(cls, dense: LinearBase) -> Int8Linear:
+    def from_dense(cls, dense: LinearBase, input_amax: torch.Tensor | None = None) -> Int8Linear:
+        """Quantizes a loaded layer; with ``input_amax`` (its inputs' largest |x| per channel, from a
+        calibration forward) smoothed first."""
         layer = cls(dense)
         w = dense.weight.detach().float()
+        if input_amax is not None:
+            s = smoothing_scales(input_amax, w)
+            w = w * s
+            layer.inv_smooth = s.reciprocal()
         codes, scale = quantize_rows(w)
         layer.weight.data.copy_(codes)
         layer.weight_scale.data.copy_(scale)
@@ -116,7 +134,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = int8_matmul(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self._bias_f32)
+        y = int8_matmul(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self._bias_f32,
+                        self.inv_smooth)
         y = y.reshape(*shape[:-1], self.out_features)
         if self.reduce:
             y = self.tp.all_reduce(y)
@@ -124,8 +143,9 @@ class Int8Linear(nn.Module):
         return y
 
     def dequantized_weight(self) -> torch.Tensor:
-        """float32 [out, in]: what the matmul multiplies by (for tests)."""
-        return self.weight.float() * self.weight_scale.reshape(-1, 1)
+        """float32 [out, in]: what the matmul multiplies its (unsmoothed) input by (for tests)."""
+        w = self.weight.float() * self.weight_scale.reshape(-1, 1)
+        return w if self.inv_smooth is None else w * self.inv_smooth
 
 
 def _copy_whole(param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
@@ -137,18 +157,21 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), attr, module)
 
 
-def quantize_w8a8_(model: nn.Module) -> int:
+def quantize_w8a8_(model: nn.Module, calibration_ids: list[int] | None = None) -> int:
     """Swaps, in place, every loaded linear layer for an ``Int8Linear`` quantized from its weights; returns how
-    many. On a CPU without VNNI the model stays dense (with a warning) and 0 is returned."""
+    many. With ``calibration_ids`` (token ids) the whole model first runs them once and each layer is smoothed
+    by its inputs' channel maxima (SmoothQuant). On a CPU without VNNI the model stays dense (with a warning)
+    and 0 is returned."""
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise ValueError(f"quantization='w8a8' runs on the CPU (torch._int_mm with VNNI); the model is on {device}")
     if not cpu_has_vnni():
         warn_no_vnni("keeping the dense weights")
         return 0
+    amax = input_amax(cast("LlamaForCausalLM", model), calibration_ids) if calibration_ids else {}
     swapped = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, LinearBase):
-            _replace(model, name, Int8Linear.from_dense(module))
+            _replace(model, name, Int8Linear.from_dense(module, amax.get(name)))
             swapped += 1
     return swapped

@@ -8,6 +8,7 @@ import sys
 
 import uvicorn
 
+from pagoda.distributed.ray_cluster import RayConfig
 from pagoda.engine.args import EngineArgs
 from pagoda.server.app import build_app
 from pagoda.server.config import ServerConfig
@@ -18,16 +19,18 @@ from pagoda.server.slow_client_guard import header_timeout_protocol
 logger = logging.getLogger(__name__)
 
 
-def run_server(engine_args: EngineArgs, config: ServerConfig, *, access_log: bool = False) -> None:
-    """Blocks until uvicorn exits (Ctrl-C / SIGTERM), then stops the engine process."""
+def run_server(engine_args: EngineArgs, config: ServerConfig, *, access_log: bool = False,
+               ray: RayConfig | None = None) -> None:
+    """Blocks until uvicorn exits (Ctrl-C / SIGTERM), then stops the engine process. With ``ray``, the
+    data-parallel replicas are Ray actors (even a single one)."""
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it; exit through Python (so the
     # engine process is stopped below) instead of dying on the spot
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if engine_args.data_parallel_size > 1:  # replicas behind a router (issue 8)
+    if engine_args.data_parallel_size > 1 or ray is not None:  # replicas behind a router (issues 8, 21)
         from pagoda.server.data_parallel_client import DataParallelClient
 
-        client: EngineClient = DataParallelClient(engine_args)
+        client: EngineClient = DataParallelClient(engine_args, ray=ray)
     else:
         client = EngineProcessClient(engine_args, nice=config.engine_nice)
     info = client.start()

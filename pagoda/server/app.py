@@ -46,7 +46,8 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer |
     loras = _lora_models(client, config, name)
     model = ModelInfo(name=name, max_model_len=client.info.max_model_len, vocab_size=client.info.vocab_size,
                       loras=loras)
-    metrics = ServerMetrics(model.name, lambda: client.latest_stats)
+    # data parallelism on Ray: engine families labelled per replica and node
+    metrics = ServerMetrics(model.name, lambda: client.latest_stats, getattr(client, "labelled_stats", None))
     completions = CompletionServing(client, tokenizer, model, config, metrics)
     chat = ChatServing(client, tokenizer, model, config, metrics)
     tokenization = TokenizationServing(client, tokenizer, model, config, metrics)
@@ -130,6 +131,9 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer |
         if not client.alive:
             return APIError(503, f"engine is not running: {client.dead_reason or 'stopped'}",
                             code="engine_dead").response()
+        degraded = getattr(client, "degraded_reason", None)  # some data-parallel replicas down, others serving
+        if degraded:
+            return JSONResponse({"status": "degraded", "detail": degraded})
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")

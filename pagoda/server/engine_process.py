@@ -71,13 +71,18 @@ def run_engine_process(engine_args: EngineArgs, in_q: Any, out_q: Any,
     except BaseException:  # noqa: BLE001 - report any startup failure to the parent, then exit
         out_q.put(EngineFailed("engine failed to start:\n" + traceback.format_exc()))
         return
-    out_q.put(EngineReady(model_name=engine.model_name, max_model_len=engine.model_config.max_model_len,
-                          vocab_size=engine.model_config.vocab_size, pid=os.getpid(),
-                          tokenizer=engine.tokenizer, max_lora_rank=_max_lora_rank(engine)))
+    out_q.put(engine_ready(engine))
     try:
         EngineLoop(engine, in_q, out_q).run()
     finally:
         engine.shutdown()
+
+
+def engine_ready(engine: LLMEngine) -> EngineReady:
+    """What a started engine announces to the HTTP side."""
+    return EngineReady(model_name=engine.model_name, max_model_len=engine.model_config.max_model_len,
+                       vocab_size=engine.model_config.vocab_size, pid=os.getpid(),
+                       tokenizer=engine.tokenizer, max_lora_rank=_max_lora_rank(engine))
 
 
 def _max_lora_rank(engine: LLMEngine) -> int | None:

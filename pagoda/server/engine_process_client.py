@@ -49,6 +49,10 @@ _POLL_S = 0.1  # how often the reader checks that the engine process lives while
 _MAX_BATCH = 64  # step results handed to the event loop in one call
 
 
+class EngineLost(Exception):
+    """The transport found the engine gone (its message is the reason)."""
+
+
 @dataclass
 class _Stream:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -125,7 +129,26 @@ class EngineProcessClient:
     @property
     def alive(self) -> bool:
         return (self.info is not None and self.dead_reason is None and not self._closing
-                and self._proc.is_alive())
+                and self._engine_running())
+
+    # --- the transport (a subclass may carry the same messages another way: pagoda.distributed.ray_replica) ---
+
+    def _send(self, msg: Any) -> None:
+        self._in_q.put(msg)
+
+    def _receive(self, timeout_s: float) -> Any | None:
+        """The engine's next message, None if none came within ``timeout_s``; raises ``EngineLost``."""
+        try:
+            return self._out_q.get(timeout=timeout_s)
+        except queue.Empty:
+            if not self._proc.is_alive():
+                raise EngineLost(f"engine process died (exit code {self._proc.exitcode})") from None
+            return None
+        except (EOFError, OSError) as e:
+            raise EngineLost(f"engine connection lost: {e}") from None
+
+    def _engine_running(self) -> bool:
+        return self._proc.is_alive()
 
     @property
     def pid(self) -> int | None:
@@ -171,7 +194,7 @@ class EngineProcessClient:
         self._num_not_started += 1
         finished = False
         try:
-            self._in_q.put(AddRequest(request_id, list(prompt_token_ids), params,
+            self._send(AddRequest(request_id, list(prompt_token_ids), params,
                                       arrival_time if arrival_time is not None else time.monotonic(), priority,
                                       cache_salt, lora_request))
             pending: Any = None
@@ -205,15 +228,15 @@ class EngineProcessClient:
                 self._num_not_started -= 1
             self._streams.pop(request_id, None)
             if not finished and self.alive:
-                self._in_q.put(AbortRequest(request_id))
+                self._send(AbortRequest(request_id))
 
     def abort(self, request_id: str) -> None:
         if self.alive:
-            self._in_q.put(AbortRequest(request_id))
+            self._send(AbortRequest(request_id))
 
     def unload_lora(self, lora_int_id: int) -> None:
         if self.alive:
-            self._in_q.put(UnloadLoRA(lora_int_id))
+            self._send(UnloadLoRA(lora_int_id))
 
     async def get_stats(self, timeout_s: float = 30.0) -> EngineStats:
         """Fresh engine stats, taken after every message this process sent before the call."""
@@ -223,7 +246,7 @@ class EngineProcessClient:
         fut = asyncio.get_running_loop().create_future()
         self._stats_waiters[token] = fut
         try:
-            self._in_q.put(GetStats(token))
+            self._send(GetStats(token))
             return await asyncio.wait_for(fut, timeout_s)
         finally:
             self._stats_waiters.pop(token, None)
@@ -237,7 +260,7 @@ class EngineProcessClient:
         fut = asyncio.get_running_loop().create_future()
         self._stats_waiters[token] = fut
         try:
-            self._in_q.put(GetDashboard(token, since_step, since_time))
+            self._send(GetDashboard(token, since_step, since_time))
             return await asyncio.wait_for(fut, timeout_s)
         finally:
             self._stats_waiters.pop(token, None)
@@ -247,24 +270,25 @@ class EngineProcessClient:
     def _read_loop(self) -> None:
         while not self._closing:
             try:
-                msg = self._out_q.get(timeout=_POLL_S)
-            except queue.Empty:
-                if not self._proc.is_alive():
-                    self._on_dead(f"engine process died (exit code {self._proc.exitcode})")
-                    return
-                continue
-            except (EOFError, OSError) as e:
-                self._on_dead(f"engine connection lost: {e}")
+                msg = self._receive(_POLL_S)
+            except EngineLost as e:
+                self._on_dead(str(e))
                 return
+            if msg is None:
+                continue
             # the results that have arrived meanwhile go to the event loop in one call (one wake-up)
             batch: list[StepResult] = []
+            lost: EngineLost | None = None
             while isinstance(msg, StepResult) and len(batch) < _MAX_BATCH:
                 batch.append(msg)
                 try:
-                    msg = self._out_q.get_nowait()
-                except (queue.Empty, EOFError, OSError):
-                    msg = None
+                    msg = self._receive(0)
+                except EngineLost as e:
+                    msg, lost = None, e
             self._forward(batch)
+            if lost is not None:
+                self._on_dead(str(lost))
+                return
             if isinstance(msg, EngineFailed):
                 self._on_dead(msg.message)
                 return

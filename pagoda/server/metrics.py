@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,46 +30,83 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05
                 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
 
 
-class _EngineStatsCollector(Collector):
-    """Exposes the latest EngineStats; counters the engine keeps are reported as counters."""
+@dataclass(frozen=True)
+class ReplicaState:
+    """One data-parallel replica as ``/metrics`` labels it (Ray backend)."""
 
-    def __init__(self, stats: Callable[[], EngineStats | None], model_name: str) -> None:
+    replica: str  # its index
+    node: str  # the address of the node it runs on
+    up: bool
+    restarts: int  # times it came back after its actor died
+    stats: EngineStats | None  # its latest stats; None while it is down
+
+
+ReplicaStates = Callable[[], list[ReplicaState]]
+
+
+class _EngineStatsCollector(Collector):
+    """Exposes the latest EngineStats; counters the engine keeps are reported as counters. With
+    ``by_replica`` (data parallelism on Ray) every engine family has one sample per replica that is up,
+    labelled ``replica`` and ``node`` (the totals are a ``sum`` in PromQL), and ``pagoda:replica_up`` /
+    ``pagoda:replica_restarts`` say which replicas are up and how often each came back."""
+
+    def __init__(self, stats: Callable[[], EngineStats | None], model_name: str,
+                 by_replica: ReplicaStates | None = None) -> None:
         self._stats = stats
         self._model = model_name
+        self._by_replica = by_replica
 
     def collect(self) -> Iterator[Metric]:
+        labels = ["model_name"]
+        states = self._by_replica() if self._by_replica is not None else None
+        if states is not None:  # said even while every replica is down
+            labels = ["model_name", "replica", "node"]
+            up = GaugeMetricFamily("pagoda:replica_up", "1 while the data-parallel replica serves, 0 while it "
+                                   "is down (restarting, or dead for good).", labels=labels)
+            restarts = CounterMetricFamily("pagoda:replica_restarts", "Times the replica came back after its "
+                                           "actor died.", labels=labels)
+            for r in states:
+                up.add_metric([self._model, r.replica, r.node], 1.0 if r.up else 0.0)
+                restarts.add_metric([self._model, r.replica, r.node], r.restarts)
+            yield up
+            yield restarts
         s = self._stats()
         if s is None:
             return
-        labels = ["model_name"]
+        rows: list[tuple[list[str], EngineStats]] = [([self._model], s)]
+        if states is not None:
+            rows = [([self._model, r.replica, r.node], r.stats) for r in states if r.stats is not None]
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+        def gauge(name: str, doc: str, value: Callable[[EngineStats], float]) -> GaugeMetricFamily:
             g = GaugeMetricFamily(name, doc, labels=labels)
-            g.add_metric([self._model], value)
+            for values, r in rows:
+                g.add_metric(values, value(r))
             return g
 
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+        def counter(name: str, doc: str, value: Callable[[EngineStats], float]) -> CounterMetricFamily:
             c = CounterMetricFamily(name, doc, labels=labels)
-            c.add_metric([self._model], value)
+            for values, r in rows:
+                c.add_metric(values, value(r))
             return c
 
-        yield gauge("pagoda:num_requests_running", "Requests in the running batch.", s.num_running)
+        yield gauge("pagoda:num_requests_running", "Requests in the running batch.", lambda r: r.num_running)
         yield gauge("pagoda:num_requests_waiting", "Requests waiting to be scheduled (preempted included).",
-                    s.num_waiting)
+                    lambda r: r.num_waiting)
         yield gauge("pagoda:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0 to 1).",
-                    s.kv_cache_usage)
-        queries = s.prefix_cache_queries_total
+                    lambda r: r.kv_cache_usage)
         yield gauge("pagoda:prefix_cache_hit_rate", "Prefix cache hits / queries (tokens), since start.",
-                    s.prefix_cache_hits_total / queries if queries else 0.0)
-        yield counter("pagoda:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", queries)
+                    lambda r: r.prefix_cache_hits_total / r.prefix_cache_queries_total
+                    if r.prefix_cache_queries_total else 0.0)
+        yield counter("pagoda:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                      lambda r: r.prefix_cache_queries_total)
         yield counter("pagoda:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
-                      s.prefix_cache_hits_total)
+                      lambda r: r.prefix_cache_hits_total)
         yield counter("pagoda:prompt_tokens", "Prompt tokens computed (prefix-cache hits excluded, "
-                      "recomputation after preemption included).", s.prompt_tokens_total)
-        yield counter("pagoda:generation_tokens", "Generated tokens.", s.generation_tokens_total)
+                      "recomputation after preemption included).", lambda r: r.prompt_tokens_total)
+        yield counter("pagoda:generation_tokens", "Generated tokens.", lambda r: r.generation_tokens_total)
         yield counter("pagoda:num_preemptions", "Preemptions (recompute) of running requests.",
-                      s.num_preemptions_total)
-        yield counter("pagoda:engine_steps", "Engine iterations.", s.num_steps)
+                      lambda r: r.num_preemptions_total)
+        yield counter("pagoda:engine_steps", "Engine iterations.", lambda r: r.num_steps)
         if s.spec is not None:
             yield from spec_metric_families(s.spec, self._model)
         # tensor / pipeline parallelism: per-rank utilisation, balance, comm share, bubble rate
@@ -100,7 +138,8 @@ def spec_metric_families(spec: SpecCounters, model: str) -> Iterator[Metric]:
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None]) -> None:
+    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None],
+                 by_replica: ReplicaStates | None = None) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry()
         labels = ["model_name"]
@@ -119,7 +158,7 @@ class ServerMetrics:
                                labels + ["status"], registry=self.registry)
         for reason in ("stop", "length"):  # so dashboards see zeros before the first request
             self._success.labels(model_name, reason)
-        self.registry.register(_EngineStatsCollector(stats, model_name))
+        self.registry.register(_EngineStatsCollector(stats, model_name, by_replica))
 
     def track(self, arrival_time: float) -> RequestTimer:
         return RequestTimer(self, arrival_time)

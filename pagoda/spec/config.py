@@ -10,7 +10,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 METHODS = ("ngram", "draft_model")
-SUPPORTED_METHODS = ("ngram",)  # draft_model: accepted by the schema, refused at start (not built yet)
 
 
 @dataclass(frozen=True)
@@ -19,9 +18,15 @@ class SpeculativeConfig:
 
     - ``method``: "ngram" proposes the tokens that followed the latest earlier occurrence of the
       request's last n tokens (n from ``prompt_lookup_max`` down to ``prompt_lookup_min``) in its
-      own prompt and output: no extra weights.
+      own prompt and output: no extra weights. "draft_model" runs a smaller model with the same
+      vocabulary (``model``) greedily for k steps per engine step, on its own KV cache.
     - ``num_speculative_tokens``: the most tokens proposed per step (k); the adaptive policy may
       propose fewer, or none, per request.
+    - ``model``: the draft's Hugging Face directory or GGUF file (draft_model). Omitted, with
+      ``draft_num_layers``: the target model itself.
+    - ``draft_num_layers``: keep only the draft's first N decoder layers (then its final norm and
+      LM head). With ``model`` omitted or the target's own path, the draft shares the target's
+      weights: a "self-draft" that costs no weight memory, only its own KV cache (N layers' worth).
     - ``adaptive``: off, every request proposes k tokens whenever a match is found.
     - ``step_overhead_rows``: the cost model of the adaptive policy: a step costs about
       ``a + b * rows``, and this is ``a / b`` (how many rows' work the per-step overhead is worth).
@@ -33,7 +38,8 @@ class SpeculativeConfig:
     num_speculative_tokens: int = 4
     prompt_lookup_min: int = 2
     prompt_lookup_max: int = 4
-    model: str | None = None  # draft_model: the draft's HF directory or GGUF file
+    model: str | None = None
+    draft_num_layers: int | None = None
     adaptive: bool = True
     step_overhead_rows: float = 8.0
 
@@ -52,13 +58,17 @@ class SpeculativeConfig:
                 or self.step_overhead_rows < 0:
             raise ValueError(f"speculative_config.step_overhead_rows must be a number >= 0, "
                              f"got {self.step_overhead_rows!r}")
-        if self.method == "draft_model" and not self.model:
-            raise ValueError("speculative_config.model is required with method 'draft_model'")
-        if self.method != "draft_model" and self.model is not None:
-            raise ValueError(f"speculative_config.model only applies to method 'draft_model', not {self.method!r}")
-        if self.method not in SUPPORTED_METHODS:
-            raise ValueError(f"speculative_config.method {self.method!r} is not implemented yet; "
-                             f"supported: {list(SUPPORTED_METHODS)}")
+        if self.method == "draft_model" and not self.model and self.draft_num_layers is None:
+            raise ValueError("speculative_config.model (or draft_num_layers, for a draft cut from the target "
+                             "itself) is required with method 'draft_model'")
+        if self.draft_num_layers is not None:
+            _whole("draft_num_layers", self.draft_num_layers, 1)
+        for name in ("model", "draft_num_layers"):
+            if self.method != "draft_model" and getattr(self, name) is not None:
+                raise ValueError(f"speculative_config.{name} only applies to method 'draft_model', "
+                                 f"not {self.method!r}")
+        if self.model is not None and not isinstance(self.model, str):
+            raise ValueError(f"speculative_config.model must be a path, got {self.model!r}")
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | str) -> SpeculativeConfig:

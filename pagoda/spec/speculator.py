@@ -4,6 +4,7 @@ from its verification."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from pagoda.engine.request import Request
 from pagoda.engine.scheduler_output import ScheduledRequest
@@ -20,6 +21,18 @@ def can_speculate(request: Request) -> bool:
     return not request.params.logits_processors and request.params.pooling is None
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """What a decoding request proposes for one step: tokens known now (n-gram), or a number of
+    tokens for the runner's draft model to propose before the forward pass (draft_model)."""
+
+    token_ids: list[int] = field(default_factory=list)
+    num_draft_tokens: int = 0
+
+    def __len__(self) -> int:
+        return len(self.token_ids) or self.num_draft_tokens
+
+
 class Speculator:
     """Owned by one scheduler. ``propose`` is asked once per decode step of a running request (the
     scheduler has capped ``max_tokens`` by the step's budget, the request's max_tokens and the
@@ -33,7 +46,9 @@ class Speculator:
     def __init__(self, config: SpeculativeConfig, max_generated_rows: int | None = None) -> None:
         self.config = config
         self.max_generated_rows = max_generated_rows
-        self.proposer = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
+        # draft_model: the runner's draft proposes (it owns the weights); this decides only how many
+        self.proposer = (NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
+                         if config.method == "ngram" else None)
         self.counters = SpecCounters()
         self._acceptance: dict[str, Acceptance] = {}
 
@@ -42,18 +57,20 @@ class Speculator:
         (None: no limit)."""
         if self.max_generated_rows is None or batch_size > self.max_generated_rows:
             return None  # plain decoding is past the limit already: its kernel is the one above it
-        return self.max_generated_rows - batch_size - sum(len(s.spec_token_ids) for s in scheduled)
+        return self.max_generated_rows - batch_size - sum(s.num_spec_tokens for s in scheduled)
 
-    def propose(self, request: Request, max_tokens: int, batch_size: int) -> list[int]:
+    def propose(self, request: Request, max_tokens: int, batch_size: int) -> Proposal:
         if not can_speculate(request):
-            return []
+            return Proposal()
         k = min(max_tokens, self.config.num_speculative_tokens)
         if self.config.adaptive:
             acceptance = self._acceptance.setdefault(request.request_id, Acceptance())
             k = num_tokens_to_propose(acceptance, k, batch_size, self.config.step_overhead_rows)
         if k <= 0:
-            return []
-        return self.proposer.propose(request.request_id, request.all_token_ids, k)
+            return Proposal()
+        if self.proposer is None:
+            return Proposal(num_draft_tokens=k)
+        return Proposal(self.proposer.propose(request.request_id, request.all_token_ids, k))
 
     def record(self, request_id: str, num_proposed: int, num_accepted: int) -> None:
         self.counters.record(num_proposed, num_accepted)
@@ -63,4 +80,5 @@ class Speculator:
 
     def forget(self, request_id: str) -> None:
         self._acceptance.pop(request_id, None)
-        self.proposer.forget(request_id)
+        if self.proposer is not None:
+            self.proposer.forget(request_id)

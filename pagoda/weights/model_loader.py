@@ -186,9 +186,11 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
 
         quantize_fp8_(model)
     if quantization == "w8a8":
+        from pagoda.quantization.smoothing import calibration_token_ids
         from pagoda.quantization.w8a8 import quantize_w8a8_
 
-        quantize_w8a8_(model)
+        # a pipeline stage cannot run the whole model's calibration forward: it quantizes unsmoothed
+        quantize_w8a8_(model, calibration_token_ids(files.tokenizer()) if prune is None else None)
     if quantization == "compressed-tensors":
         from pagoda.quantization.compressed_tensors import finalize_int8_linears
 

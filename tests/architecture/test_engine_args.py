@@ -58,6 +58,7 @@ NON_DEFAULT = {
     "distributed_backend": "gloo", "router_policy": "round_robin", "pipeline_micro_batches": 2,
     "pipeline_virtual_engines": 1, "pipeline_stage_layers": (3, 4), "nnodes": 2, "node_rank": 1,
     "master_addr": "10.0.0.1", "master_port": 29500, "startup_timeout_s": 30.0,
+    "distributed_executor_backend": "ray", "ray_address": "10.0.0.1:6379",
     "enable_lora": True, "max_loras": 2, "max_lora_rank": 8, "max_cpu_loras": 3,
     "speculative_config": '{"method": "ngram", "num_speculative_tokens": 2}',
 }
@@ -99,6 +100,7 @@ def test_the_parallel_config_carries_the_options_under_their_names():
 @pytest.mark.parametrize("option, value", [
     ("batching", "dynamic"), ("scheduling_policy", "sjf"), ("dtype", "float16"), ("quantization", "awq"),
     ("attention_backend", "flash"), ("distributed_backend", "nccl"), ("router_policy", "random"),
+    ("distributed_executor_backend", "k8s"),
     ("block_size", 0), ("max_num_seqs", -1), ("tensor_parallel_size", 0), ("pipeline_micro_batches", 0),
     ("max_wait_s", -1.0), ("kv_cache_memory_gb", 0.0), ("num_kv_blocks", 0), ("node_rank", 3),
     ("pipeline_stage_layers", (1, 2, 3)), ("nnodes", 3), ("device", "tpu"), ("device", "cuda:x"),

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-EXTRAS_ONLY = ("diffusers", "PIL", "sklearn", "matplotlib", "jsonschema")  # [diffusion] and [bench]
+EXTRAS_ONLY = ("diffusers", "PIL", "sklearn", "matplotlib", "jsonschema", "ray")  # [diffusion], [bench], [ray]
 
 BLOCKER = textwrap.dedent(f"""
     import importlib.abc, sys

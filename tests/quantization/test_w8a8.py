@@ -44,6 +44,10 @@ def test_row_quantization_kernel_matches_torch_reference(dtype):
     assert torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale)
     assert codes.abs().amax(1)[torch.arange(37) != 5].eq(127).all()  # each row's max hits 127
     assert (codes.float() * scale - x.float()).abs().le(scale * 0.5001).all()  # half a step
+    col = torch.rand(96, generator=g) * 4 + 0.1  # SmoothQuant's per-channel 1 / s, applied before quantizing
+    codes, scale = torch.ops.pagoda.quantize_rows_int8(x, col)
+    ref_codes, ref_scale = quantize_rows(x.float() * col)
+    assert torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale)
 
 
 @pytest.mark.parametrize("cls", [ColumnParallelLinear, RowParallelLinear])
@@ -101,6 +105,7 @@ def test_tiny_model_w8a8_tracks_dense(tiny_model_factory, dtype):
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
     assert len(layers) == 2 * 4  # qkv, o, gate_up, down in each of 2 layers
     assert all(m.weight.dtype == torch.int8 for m in layers)
+    assert all(m.inv_smooth is not None for m in layers)  # smoothed by the calibration forward
     dense_lp = torch.tensor(_prompt_logprobs(runs[None], prompt, params))
     int8_lp = torch.tensor(_prompt_logprobs(runs["w8a8"], prompt, params))
     diff = (int8_lp - dense_lp).abs()
@@ -112,3 +117,21 @@ def _prompt_logprobs(llm, prompt, params) -> list[float]:
     out = llm.generate(prompt, params)[0]
     ids = out.prompt_token_ids
     return [entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], ids[1:])]
+
+
+def test_smoothing_moves_an_outlier_channel_into_the_weight():
+    """Inputs with one channel 50x the others: per-token int8 loses the small channels unless the layer is
+    smoothed (SmoothQuant); the smoothed layer's error against the dense product is several times smaller, and
+    its effective weight is still close to the dense one."""
+    dense = _dense(ColumnParallelLinear, 96, 64, torch.float32, bias=False)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(32, 96, generator=g)
+    x[:, 7] *= 50
+    plain = Int8Linear.from_dense(dense)
+    smooth = Int8Linear.from_dense(dense, x.abs().amax(0))
+    exact = dense(x)
+    err = {name: ((layer(x) - exact).norm() / exact.norm()).item() for name, layer in
+           (("plain", plain), ("smooth", smooth))}
+    assert err["smooth"] < err["plain"] / 3, err
+    w = dense.weight.detach()
+    assert (smooth.dequantized_weight() - w).norm() / w.norm() < 0.02

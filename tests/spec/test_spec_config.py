@@ -30,7 +30,10 @@ def test_vllm_shaped_dict_and_json():
     ({"method": "ngram", "num_spec_tokens": 2}, "num_spec_tokens"),
     ({"method": "ngram", "model": "x.gguf"}, "model"),
     ({"method": "draft_model"}, "model"),
-    ({"method": "draft_model", "model": "draft.gguf"}, "draft_model"),  # not implemented: refused at start
+    ({"method": "draft_model", "draft_num_layers": 0}, "draft_num_layers"),
+    ({"method": "draft_model", "draft_num_layers": 2.0}, "draft_num_layers"),
+    ({"method": "ngram", "draft_num_layers": 2}, "draft_num_layers"),
+    ({"method": "draft_model", "model": 3}, "model"),
     ({"method": "ngram", "adaptive": "yes"}, "adaptive"),
     ({"method": "ngram", "step_overhead_rows": -1}, "step_overhead_rows"),
     ("{not json", "JSON"),
@@ -41,6 +44,13 @@ def test_bad_config_names_the_field(options, field):
         SpeculativeConfig.from_dict(options)
     with pytest.raises(ValueError, match=field):
         EngineArgs(speculative_config=options)
+
+
+def test_draft_model_shapes():
+    c = SpeculativeConfig.from_dict({"method": "draft_model", "model": "draft.gguf", "num_speculative_tokens": 3})
+    assert (c.method, c.model, c.num_speculative_tokens, c.draft_num_layers) == ("draft_model", "draft.gguf", 3, None)
+    c = SpeculativeConfig.from_dict({"method": "draft_model", "draft_num_layers": 4})  # a self-draft
+    assert (c.model, c.draft_num_layers) == (None, 4)
 
 
 def test_static_batching_refused_at_start():

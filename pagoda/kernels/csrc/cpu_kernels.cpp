@@ -1062,11 +1062,17 @@ void lora_add_(at::Tensor y, const at::Tensor& x, const at::Tensor& a, const at:
 // x [M, K] -> codes int8 [M, K] = rne(x * 127 / amax_row) and scales float32 [M, 1] = amax_row / 127
 // (a zero row gets scale 1 and zero codes).
 template <typename T>
-void quantize_rows_int8_impl(const T* x, int64_t ldx, int8_t* q, float* s, int64_t m, int64_t k) {
+void quantize_rows_int8_impl(const T* x, int64_t ldx, const float* cs, int8_t* q, float* s, int64_t m, int64_t k) {
   at::parallel_for(0, m, grain_rows(k), [&](int64_t begin, int64_t end) {
+    std::vector<float> scaled(cs != nullptr ? k : 0);
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * ldx;
       float amax = 0.f;
+      if (cs != nullptr) {  // x * col_scale, one float32 product per element, then quantized as a float32 row
+        for (int64_t i = 0; i < k; ++i) scaled[i] = to_float(xr[i]) * cs[i];
+        quantize_rows_int8_impl<float>(scaled.data(), k, nullptr, q + r * k, s + r, 1, k);
+        continue;
+      }
 #pragma omp simd reduction(max : amax)
       for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(to_float(xr[i])));
       const float scale = amax > 0.f ? amax / 127.f : 1.f;
@@ -1099,14 +1105,20 @@ void quantize_rows_int8_impl(const T* x, int64_t ldx, int8_t* q, float* s, int64
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_rows_int8(const at::Tensor& x) {
+std::tuple<at::Tensor, at::Tensor> quantize_rows_int8(const at::Tensor& x, const std::optional<at::Tensor>& col_scale) {
   check_cpu(x, "x");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [M, K] with contiguous rows");
   const int64_t m = x.size(0), k = x.size(1);
+  const float* cs = nullptr;
+  if (col_scale.has_value()) {
+    TORCH_CHECK(col_scale->scalar_type() == at::kFloat && col_scale->is_contiguous() && col_scale->numel() == k,
+                "col_scale must be contiguous float32 [K]");
+    cs = col_scale->data_ptr<float>();
+  }
   at::Tensor q = at::empty({m, k}, x.options().dtype(at::kChar));
   at::Tensor s = at::empty({m, 1}, x.options().dtype(at::kFloat));
   PAGODA_DISPATCH(x.scalar_type(), "quantize_rows_int8", [&] {
-    quantize_rows_int8_impl<typename Raw<scalar_t>::type>(raw<scalar_t>(x), x.stride(0),
+    quantize_rows_int8_impl<typename Raw<scalar_t>::type>(raw<scalar_t>(x), x.stride(0), cs,
                                       q.data_ptr<int8_t>(), s.data_ptr<float>(), m, k);
   });
   return {q, s};
@@ -1587,7 +1599,7 @@ TORCH_LIBRARY(pagoda, m) {
         "ScalarType out_dtype) -> Tensor");
   m.def("lora_add_(Tensor(a!) y, Tensor x, Tensor a, Tensor bt, Tensor row_slots, int[] part_outs, "
         "Tensor slot_widths) -> ()");
-  m.def("quantize_rows_int8(Tensor x) -> (Tensor, Tensor)");
+  m.def("quantize_rows_int8(Tensor x, Tensor? col_scale=None) -> (Tensor, Tensor)");
   m.def("int8_scaled_epilogue(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor? bias, ScalarType out_dtype) "
         "-> Tensor");
   m.def("int8_block_linear_available() -> bool", &int8_block_linear_available);
