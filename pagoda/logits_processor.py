@@ -9,6 +9,9 @@ processors. Grammar masks implement all of them; a plain callable only the first
 - ``TokenForcer``: ``forced_tokens(output_token_ids) -> list[int]``, the tokens the constraint leaves
   no choice about; the engine appends them without a model step (jump-forward). Never raises.
 - ``CloneableProcessor``: a stateful processor gives each of a request's n > 1 samples a fresh copy.
+- ``PreparingProcessor``: a processor that is not usable yet (a grammar compiling in the background)
+  says so with ``ready()``; the scheduler leaves its request waiting until it is, and runs the others
+  meanwhile (the request waits, not the batch).
 """
 
 from __future__ import annotations
@@ -38,3 +41,17 @@ class TokenForcer(Protocol):
 @runtime_checkable
 class CloneableProcessor(Protocol):
     def clone(self) -> LogitsProcessor: ...
+
+
+@runtime_checkable
+class PreparingProcessor(Protocol):
+    def ready(self) -> bool: ...
+
+
+def processors_ready(processors: Sequence[object]) -> bool:
+    """Whether every processor that may still be preparing (``PreparingProcessor``) is ready."""
+    for p in processors:
+        ready = getattr(p, "ready", None)
+        if ready is not None and not ready():
+            return False
+    return True

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import httpx
 
 from pagoda.bench import process_probe
+from pagoda.bench.storm_probe import OverloadProbe, ProbeResult
 from pagoda.bench.storm_requests import SchemaRequestGenerator, adversarial_specs
 
 HELP = "storm: fuzzed, hostile and overloaded traffic against a local server; reports what was lost or leaked"
@@ -74,7 +75,14 @@ class StormReport:
     calm_latency_s: dict[str, float] = field(default_factory=dict)
     storm_latency_s: dict[str, float] = field(default_factory=dict)
     retries_after_503: int = 0
-    answer_503_s: dict[str, float] = field(default_factory=dict)
+    answer_503_s: dict[str, float] = field(default_factory=dict)  # as the storm's own clients timed them
+    # a separate probe process, one request at a time (see storm_probe): statuses, and its 503s' times
+    probe_statuses: dict[str, int] = field(default_factory=dict)
+    probe_503_s: dict[str, float] = field(default_factory=dict)  # whole answer
+    probe_503_first_byte_s: dict[str, float] = field(default_factory=dict)
+    probe_503_connect_s: dict[str, float] = field(default_factory=dict)
+    probe_samples: list[tuple[int | str, float, float, float]] = field(default_factory=list)  # status, connect,
+    # first byte, whole answer (s): for pooling runs
     well_formed_total: int = 0
     well_formed_mismatched: int = 0
     well_formed_failed: int = 0
@@ -82,6 +90,7 @@ class StormReport:
     drain_s: float = 0.0
     before: Snapshot | None = None
     after: Snapshot | None = None
+    after_rounds: list[Snapshot] = field(default_factory=list)  # after each storm round (the last is `after`)
     engine_restarts: int = 0
     phases_cut_by_time_limit: list[str] = field(default_factory=list)
     duration_s: float = 0.0
@@ -96,6 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds for the storm's phases "
                         "(default: the profile's); phases still running then are cancelled and reported")
+    parser.add_argument("--rounds", type=int, default=1, help="storms in a row (the well-formed requests and the "
+                        "503 probe run through all), with RSS and descriptors after each: a leak grows every round")
     parser.add_argument("--json-out", default=None, help="also write the report here")
 
 
@@ -104,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.time_limit is not None:
         profile = replace(profile, time_limit_s=args.time_limit)
     report = asyncio.run(run_storm(args.url, profile, max_waiting=args.max_waiting,
-                                   model=args.model, api_key=args.api_key, seed=args.seed))
+                                   model=args.model, api_key=args.api_key, seed=args.seed, rounds=args.rounds))
     print(format_report(report, args.profile))
     if args.json_out:
         with open(args.json_out, "w") as f:
@@ -113,18 +124,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def run_storm(url: str, profile: StormProfile, *, max_waiting: int, model: str | None = None,
-                    api_key: str | None = None, seed: int = 0) -> StormReport:
+                    api_key: str | None = None, seed: int = 0, rounds: int = 1) -> StormReport:
     parsed = urlparse(url)
     if parsed.hostname not in _LOOPBACK or parsed.port is None:
         raise SystemExit(f"the storm runs against a server on this host only (got {url!r})")
-    storm = _Storm(url.rstrip("/"), parsed.port, profile, max_waiting, api_key, seed)
+    if rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
+    storm = _Storm(url.rstrip("/"), parsed.port, profile, max_waiting, api_key, seed, rounds)
     return await storm.run(model)
 
 
 class _Storm:
     def __init__(self, url: str, port: int, profile: StormProfile, max_waiting: int, api_key: str | None,
-                 seed: int) -> None:
+                 seed: int, rounds: int = 1) -> None:
         self.url, self.port, self.profile, self.max_waiting = url, port, profile, max_waiting
+        self.rounds = rounds
         self.seed, self.rng = seed, random.Random(seed)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.statuses: dict[str, Counter[str]] = {}
@@ -159,24 +173,23 @@ class _Storm:
                     calm_latencies.append(elapsed)
             self.report.calm_latency_s = _percentiles(calm_latencies)
             storm_done = asyncio.Event()
+            probe = OverloadProbe(self.port, "/v1/completions", {"model": self.model, "prompt": "Probe",
+                                                                 "max_tokens": 1}, self.headers)
+            probe.start()
             steady = asyncio.ensure_future(self.steady(client, storm_done))
-            phases = {"generated": self.generated(openapi), "cut_streams": self.cut_streams(),
-                      "slowloris": self.slowloris(), "big_bodies": self.big_bodies(),
-                      "flood": self.flood(), "adversarial": self.adversarial()}
-            tasks = {name: asyncio.ensure_future(coro) for name, coro in phases.items()}
-            _, pending = await asyncio.wait(tasks.values(), timeout=self.profile.time_limit_s)
-            for name, task in tasks.items():
-                if task in pending:
-                    task.cancel()
-                    self.report.phases_cut_by_time_limit.append(name)
-                elif task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            await asyncio.gather(*pending, return_exceptions=True)
-            storm_done.set()
+            try:
+                for i in range(self.rounds):
+                    if i:  # (the well-formed lanes still run) the storm again: growth from here on is a leak
+                        self.report.after_rounds.append(await self.snapshot())
+                    await self.storm_round(openapi)
+            finally:
+                self.record_probe(await asyncio.get_running_loop().run_in_executor(None, probe.stop))
+                storm_done.set()
             storm_latencies = await steady
             self.report.storm_latency_s = _percentiles(storm_latencies)
             self.report.drain_s = await self.drain(client)
         self.report.after = await self.snapshot()
+        self.report.after_rounds.append(self.report.after)
         self.report.statuses = {k: dict(sorted(v.items())) for k, v in self.statuses.items()}
         self.report.answer_503_s = _percentiles(self.times_503)
         before, after = self.report.before, self.report.after
@@ -184,6 +197,30 @@ class _Storm:
             self.report.engine_restarts = 1
         self.report.duration_s = time.monotonic() - start
         return self.report
+
+    def record_probe(self, result: ProbeResult) -> None:
+        self.report.probe_statuses = dict(sorted(Counter(str(x.status) for x in result.samples).items()))
+        self.report.probe_samples = [(x.status, x.connect_s, x.first_byte_s, x.total_s) for x in result.samples]
+        self.report.probe_503_s = _percentiles(result.times(503))
+        self.report.probe_503_first_byte_s = _percentiles(result.times(503, "first_byte_s"))
+        self.report.probe_503_connect_s = _percentiles(result.times(503, "connect_s"))
+        self.report.unexpected_5xx += sum(1 for x in result.samples if isinstance(x.status, int)
+                                          and x.status >= 500 and x.status != 503)
+
+    async def storm_round(self, openapi: dict[str, Any]) -> None:
+        """Every phase at once; those still running past the profile's time limit are cancelled."""
+        phases = {"generated": self.generated(openapi), "cut_streams": self.cut_streams(),
+                  "slowloris": self.slowloris(), "big_bodies": self.big_bodies(),
+                  "flood": self.flood(), "adversarial": self.adversarial()}
+        tasks = {name: asyncio.ensure_future(coro) for name, coro in phases.items()}
+        _, pending = await asyncio.wait(tasks.values(), timeout=self.profile.time_limit_s)
+        for name, task in tasks.items():
+            if task in pending:
+                task.cancel()
+                self.report.phases_cut_by_time_limit.append(name)
+            elif task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # -- the well-formed requests -----------------------------------------------------
     async def well_formed(self, client: httpx.AsyncClient, prompt: str) -> tuple[str | None, float, int]:
@@ -195,10 +232,14 @@ class _Storm:
             sent = time.monotonic()
             try:
                 r = await client.post("/v1/completions", json=body)
-            except (httpx.RemoteProtocolError, httpx.ConnectError) as e:
-                # a kept-alive connection the server closed as we reused it: good clients send again
+            except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError, httpx.WriteError) as e:
+                # a kept-alive connection the server closed as we reused it (its keep-alive or header
+                # timeout ran out): good clients send again
                 self.count("well_formed", type(e).__name__)
                 continue
+            except httpx.TimeoutException as e:  # no answer within the client's timeout: a failure, reported
+                self.count("well_formed", type(e).__name__)
+                return None, time.monotonic() - start, retry
             self.count("well_formed", r.status_code, time.monotonic() - sent)
             if r.status_code == 503:
                 await asyncio.sleep(float(r.headers.get("retry-after", "1")))
@@ -419,7 +460,10 @@ def format_report(r: StormReport, profile: str) -> str:
     for phase, counts in r.statuses.items():
         lines.append(f"  {phase:<13} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     lines.append(f"unexpected 5xx (other than 503): {r.unexpected_5xx}")
-    lines.append(f"503 answer time: {_fmt(r.answer_503_s)}")
+    lines.append(f"503 answer time, probe process (one at a time): {_fmt(r.probe_503_s)}; first byte "
+                 f"{_fmt(r.probe_503_first_byte_s)}; connect {_fmt(r.probe_503_connect_s)}")
+    lines.append(f"  probe answers: {', '.join(f'{k}: {v}' for k, v in r.probe_statuses.items()) or 'none'}")
+    lines.append(f"503 answer time, as the storm's own clients timed them: {_fmt(r.answer_503_s)}")
     lines.append(f"well-formed latency calm:  {_fmt(r.calm_latency_s)}")
     lines.append(f"well-formed latency storm: {_fmt(r.storm_latency_s)} (retries after 503: {r.retries_after_503})")
     if r.calm_latency_s and r.storm_latency_s:
@@ -445,6 +489,13 @@ def format_report(r: StormReport, profile: str) -> str:
             rows.append((f"{role} RSS MiB", b.get("rss_bytes", 0) / 2**20, a.get("rss_bytes", 0) / 2**20))
         for name, before, after in rows:
             lines.append(f"  {name:<20}{before:>14.4g}{after:>14.4g}")
+        if len(r.after_rounds) > 1:
+            for role in ("api", "engine"):
+                series = [r.before, *r.after_rounds]
+                lines.append(f"  {role} RSS MiB by round: " + " -> ".join(
+                    f"{s.processes.get(role, {}).get('rss_bytes', 0) / 2**20:.1f}" for s in series))
+                lines.append(f"  {role} fds by round: " + " -> ".join(
+                    str(s.processes.get(role, {}).get("fds", -1)) for s in series))
     return "\n".join(lines)
 
 

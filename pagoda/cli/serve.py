@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="deepest nesting of a JSON schema")
     b.add_argument("--grammar-compile-timeout", type=float, default=ServerConfig.grammar_compile_timeout_s,
                    help="seconds a structured-output spec may take to compile (off the event loop); past it 400")
+    b.add_argument("--engine-nice", type=int, default=ServerConfig.engine_nice,
+                   help="added to the engine process's niceness (e.g. 10), so that the HTTP process (overload "
+                        "503s, streaming) runs first when both want a core; the engine then also yields to every "
+                        "other process on the machine")
     g.add_argument("--lora-modules", nargs="+", type=_lora_module, default=ServerConfig.lora_modules,
                    metavar="NAME=PATH", help="LoRA adapters (PEFT directories) served as models (needs --enable-lora)")
     g.add_argument("--allow-runtime-lora", action=argparse.BooleanOptionalAction,
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                           max_connections=args.max_connections, max_concurrent_requests=args.max_concurrent_requests,
                           max_n=args.max_n, max_logprobs=args.max_logprobs, max_stop_strings=args.max_stop_strings,
                           max_spec_chars=args.max_spec_chars, max_schema_depth=args.max_schema_depth,
-                          grammar_compile_timeout_s=args.grammar_compile_timeout,
+                          grammar_compile_timeout_s=args.grammar_compile_timeout, engine_nice=args.engine_nice,
                           lora_modules=tuple(args.lora_modules), allow_runtime_lora=args.allow_runtime_lora)
     if (config.lora_modules or config.allow_runtime_lora) and not args.enable_lora:
         raise SystemExit("--lora-modules and --allow-runtime-lora need --enable-lora")

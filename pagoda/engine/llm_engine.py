@@ -86,6 +86,9 @@ class LLMEngine:
         self._parallel_at = 0.0  # and when they were taken (time.monotonic)
         self._shut_down = False
         self.last_scheduled: SchedulerOutput | None = None  # the step the last step() completed, if any
+        # the last step() found nothing it could run (waiting requests not ready yet, e.g. a grammar
+        # still compiling): a caller looping on step() may wait a little instead of spinning
+        self.last_step_idle = False
 
     # -- requests -----------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams, *,
@@ -147,6 +150,7 @@ class LLMEngine:
         while the later stages still work on the previous ones, and a virtual engine's next step is
         always scheduled after its last one's tokens are known."""
         self.last_scheduled = None
+        self.last_step_idle = False
         scheduler = self.schedulers[self._turn]
         self._turn = (self._turn + 1) % len(self.schedulers)
         scheduled = scheduler.schedule()
@@ -158,6 +162,7 @@ class LLMEngine:
             if len(self._in_flight) < len(self.schedulers):
                 return []
         if not self._in_flight:
+            self.last_step_idle = True
             return scheduler.release([])
         scheduler, scheduled, handle = self._in_flight.popleft()
         try:

@@ -18,6 +18,7 @@ from pagoda.engine.scheduler_counters import SchedulerCounters
 from pagoda.engine.scheduler_interface import SchedulerInterface
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from pagoda.kv_cache.kv_cache_manager import KVCacheManager
+from pagoda.logits_processor import processors_ready
 from pagoda.spec.speculator import Proposal, Speculator
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ class Scheduler(SchedulerInterface):
         for request in self._waiting_in_order():
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 break
+            if not processors_ready(request.params.logits_processors):
+                continue  # its grammar still compiles: it waits, the others go ahead
             if not self._lora_slot_free(request):
                 continue  # its adapter would need a slot that running requests hold
             admitted = self._admit_one(request, budget, out)

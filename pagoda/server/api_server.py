@@ -32,7 +32,7 @@ def run_server(engine_args: EngineArgs, config: ServerConfig, *, access_log: boo
 
         client: EngineClient = DataParallelClient(engine_args, ray=ray)
     else:
-        client = EngineProcessClient(engine_args)
+        client = EngineProcessClient(engine_args, nice=config.engine_nice)
     info = client.start()
     logger.info("engine ready: %s (max_model_len %d, pid %d)", info.model_name, info.max_model_len, info.pid)
     try:

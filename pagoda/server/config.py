@@ -33,5 +33,8 @@ class ServerConfig:
     max_spec_chars: int = 256 * 1024  # a JSON schema / regex / grammar / choice list, serialized
     max_schema_depth: int = 64  # nesting of a JSON schema (objects and arrays)
     grammar_compile_timeout_s: float = 10.0  # structured-output compile (off the event loop); past it 400
+    # added to the engine process's niceness: on cores the server has to itself, 10 lets the HTTP process
+    # (503s, streaming) run first; off by default, as a niced engine also yields to every other process
+    engine_nice: int = 0
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, adapter directory) served as models (needs enable_lora)
     allow_runtime_lora: bool = False  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter

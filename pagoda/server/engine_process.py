@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 1.0  # how often an idle engine checks that its parent still lives
+_STALLED_POLL_S = 0.005  # how long a step that found nothing runnable waits for messages before the next
 
 
 def make_llm_engine(engine_args: EngineArgs) -> LLMEngine:
@@ -55,9 +56,15 @@ def make_llm_engine(engine_args: EngineArgs) -> LLMEngine:
 
 
 def run_engine_process(engine_args: EngineArgs, in_q: Any, out_q: Any,
-                       make_engine: Callable[[EngineArgs], LLMEngine] = make_llm_engine) -> None:
+                       make_engine: Callable[[EngineArgs], LLMEngine] = make_llm_engine, nice: int = 0) -> None:
     """Entry point of the spawned process: build the engine, announce it, serve until Shutdown,
-    then shut the engine down (its worker ranks, when parallel)."""
+    then shut the engine down (its worker ranks, when parallel).
+
+    ``nice`` is added to the process's niceness before any thread starts (threads inherit it): where
+    CPUs are shared, the HTTP process then runs first when both want a core, so overload answers (503s)
+    and streamed tokens are not queued behind the engine's matrix multiplies."""
+    if nice:
+        os.nice(nice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     try:
         engine = make_engine(engine_args)
@@ -102,7 +109,11 @@ class EngineLoop:
 
     def run_once(self) -> bool:
         """One iteration: handle pending messages, step if there is work. False after Shutdown."""
-        messages = self._drain(block=not self.engine.has_unfinished_requests())
+        if not self.engine.has_unfinished_requests():
+            wait_s: float | None = _IDLE_POLL_S
+        else:  # requests not ready to run (a grammar compiling): wait a little rather than spin
+            wait_s = _STALLED_POLL_S if getattr(self.engine, "last_step_idle", False) else None
+        messages = self._drain(wait_s)
         if messages is None:
             return False
         result = StepResult()
@@ -117,11 +128,13 @@ class EngineLoop:
             self.out_q.put(result)
         return True
 
-    def _drain(self, block: bool) -> list[Any] | None:
+    def _drain(self, wait_s: float | None) -> list[Any] | None:
+        """The pending messages, waiting up to ``wait_s`` for a first one (None: not at all);
+        None when the parent process is gone."""
         messages: list[Any] = []
-        if block:
+        if wait_s is not None:
             try:
-                messages.append(self.in_q.get(timeout=_IDLE_POLL_S))
+                messages.append(self.in_q.get(timeout=wait_s))
             except queue.Empty:
                 parent = multiprocessing.parent_process()
                 return None if parent is not None and not parent.is_alive() else []

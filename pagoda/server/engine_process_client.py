@@ -46,6 +46,7 @@ from pagoda.server.messages import (
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.1  # how often the reader checks that the engine process lives while it is quiet
+_MAX_BATCH = 64  # step results handed to the event loop in one call
 
 
 class EngineLost(Exception):
@@ -62,9 +63,10 @@ class EngineProcessClient:
     """An ``EngineClient`` over one engine process."""
 
     def __init__(self, engine_args: EngineArgs,
-                 make_engine: Callable[[EngineArgs], Any] = make_llm_engine) -> None:
+                 make_engine: Callable[[EngineArgs], Any] = make_llm_engine, nice: int = 0) -> None:
         self.engine_args = engine_args
         self._make_engine = make_engine
+        self._nice = nice  # added to the engine process's niceness (see run_engine_process)
         self.info: EngineReady | None = None
         self.latest_stats: EngineStats | None = None
         self.dead_reason: str | None = None
@@ -85,7 +87,7 @@ class EngineProcessClient:
         self._in_q = ctx.Queue()
         self._out_q = ctx.Queue()
         self._proc = ctx.Process(target=run_engine_process, name="pagoda-engine", daemon=True,
-                                 args=(self.engine_args, self._in_q, self._out_q, self._make_engine))
+                                 args=(self.engine_args, self._in_q, self._out_q, self._make_engine, self._nice))
         self._proc.start()
         deadline = time.monotonic() + timeout_s
         while True:
@@ -195,8 +197,10 @@ class EngineProcessClient:
             self._send(AddRequest(request_id, list(prompt_token_ids), params,
                                       arrival_time if arrival_time is not None else time.monotonic(), priority,
                                       cache_salt, lora_request))
+            pending: Any = None
             while True:
-                item = await stream.queue.get()
+                item = pending if pending is not None else await stream.queue.get()
+                pending = None
                 if isinstance(item, RequestRejected):
                     finished = True
                     if item.status == 400:
@@ -208,6 +212,13 @@ class EngineProcessClient:
                 if item.error is not None:
                     finished = True
                     raise EngineRequestError(item.error)
+                # deltas that queued up while this reader was busy go out as one (see RequestDelta.merged)
+                while not item.finished and not stream.queue.empty():
+                    later = stream.queue.get_nowait()
+                    if not isinstance(later, RequestDelta) or later.error is not None:
+                        pending = later  # handled on its own, next round
+                        break
+                    item = item.merged(later)
                 finished = item.finished
                 yield item
                 if finished:
@@ -265,15 +276,33 @@ class EngineProcessClient:
                 return
             if msg is None:
                 continue
+            # the results that have arrived meanwhile go to the event loop in one call (one wake-up)
+            batch: list[StepResult] = []
+            lost: EngineLost | None = None
+            while isinstance(msg, StepResult) and len(batch) < _MAX_BATCH:
+                batch.append(msg)
+                try:
+                    msg = self._receive(0)
+                except EngineLost as e:
+                    msg, lost = None, e
+            self._forward(batch)
+            if lost is not None:
+                self._on_dead(str(lost))
+                return
             if isinstance(msg, EngineFailed):
                 self._on_dead(msg.message)
                 return
-            if isinstance(msg, StepResult):
-                if msg.stats is not None:
-                    self.latest_stats = msg.stats
-                if (msg.deltas or msg.rejected or msg.stats_token is not None
-                        or msg.dashboard_token is not None):
-                    self._call_in_loop(self._dispatch, msg)
+            if isinstance(msg, StepResult):  # the batch was full
+                self._forward([msg])
+
+    def _forward(self, results: list[StepResult]) -> None:
+        for result in results:
+            if result.stats is not None:
+                self.latest_stats = result.stats
+        wanted = [r for r in results if r.deltas or r.rejected or r.stats_token is not None
+                  or r.dashboard_token is not None]
+        if wanted:
+            self._call_in_loop(self._dispatch_all, wanted)
 
     def _call_in_loop(self, fn: Callable, *args: Any) -> None:
         loop = self._loop
@@ -290,6 +319,10 @@ class EngineProcessClient:
         logger.error("%s", reason)
         self.dead_reason = reason
         self._call_in_loop(self._fail_all, EngineFailed(reason))
+
+    def _dispatch_all(self, results: list[StepResult]) -> None:
+        for result in results:
+            self._dispatch(result)
 
     def _dispatch(self, result: StepResult) -> None:
         for rejected in result.rejected:

@@ -112,6 +112,29 @@ class RequestDelta:
     error: str | None = None  # set when the engine failed this request (finish_reason 'error')
     embedding: list[float] | None = None  # a pooling request's result, with its last delta
 
+    def merged(self, later: RequestDelta) -> RequestDelta:
+        """This delta followed by ``later`` (of the same request) as one: texts, ids and logprobs
+        joined per sample, the end and its metrics from ``later``. A reader that fell behind takes
+        several steps' deltas at once, so its per-delta work does not grow with its lag."""
+        samples = {s.index: s for s in self.samples}
+        for s in later.samples:
+            first = samples.get(s.index)
+            if first is None:
+                samples[s.index] = s
+                continue
+            logprobs = None if first.logprobs is None and s.logprobs is None else \
+                [*(first.logprobs or ()), *(s.logprobs or ())]
+            samples[s.index] = SampleDelta(index=s.index, text=first.text + s.text,
+                                           token_ids=first.token_ids + s.token_ids, logprobs=logprobs,
+                                           cumulative_logprob=s.cumulative_logprob, finish_reason=s.finish_reason,
+                                           stop_reason=s.stop_reason)
+        return RequestDelta(
+            request_id=self.request_id, samples=sorted(samples.values(), key=lambda s: s.index),
+            finished=later.finished,
+            prompt_logprobs=self.prompt_logprobs if self.prompt_logprobs is not None else later.prompt_logprobs,
+            metrics=later.metrics, num_cached_tokens=later.num_cached_tokens, error=later.error,
+            embedding=later.embedding)
+
 
 @dataclass(frozen=True)
 class RequestRejected:

@@ -191,7 +191,8 @@ class OpenAIServing:
     def sampling_params(self, req: Any, max_tokens: int | None, logprobs: int | None,
                         prompt_logprobs: int | None = None) -> SamplingParams:
         """SamplingParams from the fields both endpoints share; raises InvalidRequestError (400).
-        Structured-output fields are compiled here (cached), so a bad spec never reaches the engine."""
+        Structured-output fields were compiled by ``check_bounds`` (off the event loop), so a bad spec
+        never reaches the engine."""
         check_request_bounds(req, self.config)
         if req.seed is not None and not _INT64_MIN <= req.seed <= _INT64_MAX - req.n:
             raise InvalidRequestError("seed must be a 64-bit signed integer", "seed")
@@ -223,7 +224,7 @@ class OpenAIServing:
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=req.skip_special_tokens,
-            logits_processors=guided_processors_for_request(req, self.tokenizer),
+            logits_processors=guided_processors_for_request(req),
         )
 
     # --- running engine requests ---

@@ -50,7 +50,7 @@ from pagoda.server.reasoning_parser import ReasoningParser, reasoning_parser_for
 from pagoda.server.request_fields import reject_unsupported_chat_fields
 from pagoda.server.tool_parsers import ToolParser, tool_parser_for
 from pagoda.structured.deferred_processor import DeferredGuidedProcessor
-from pagoda.structured.grammar_compiler import compiler_for
+from pagoda.structured.grammar_compiler import compile_off_loop, compiler_for
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 
 
@@ -73,13 +73,14 @@ class ChatServing(OpenAIServing):
     async def create(self, raw: Request) -> Response:
         req = await parse_body(raw, ChatCompletionRequest)
         await self.check_bounds(req)
-        ids, params, plan = self.prepare(req)
+        ids, params, plan = await self.prepare(req)
         rid = random_id("chatcmpl")
         return await respond(raw, req.stream, lambda: self._stream(rid, req, ids, params, plan),
                              lambda: self._full(rid, req, ids, params, plan))
 
-    def prepare(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams, OutputPlan]:
-        """Validates a chat request; returns its prompt ids, sampling parameters and output plan."""
+    async def prepare(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams, OutputPlan]:
+        """Validates a chat request; returns its prompt ids, sampling parameters and output plan.
+        A tool or reasoning grammar compiles off the event loop, within the compile timeout."""
         self.check_model(req.model)
         reject_unsupported_chat_fields(req)
         if req.top_logprobs is not None and not req.logprobs:
@@ -90,7 +91,7 @@ class ChatServing(OpenAIServing):
         params = self.sampling_params(req, max_tokens, logprobs)
         text = self.render_text(req.messages, req.add_generation_prompt, tools)
         starts_in_reasoning = self.reasoning_parser is not None and self.reasoning_parser.starts_inside(text)
-        params = self._constrain(params, tools, starts_in_reasoning)
+        params = await self._constrain(params, tools, starts_in_reasoning)
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         self.check_prompt_ids(ids, max_tokens, "messages")
         self.check_capacity(1)
@@ -116,9 +117,11 @@ class ChatServing(OpenAIServing):
         except Exception as e:  # noqa: BLE001 - a template may reject a conversation (role order, ...)
             raise APIError(400, f"the chat template rejected the messages: {e}", param="messages") from None
 
-    def _constrain(self, params: SamplingParams, tools: ToolRequest | None, starts_in_reasoning: bool) -> SamplingParams:
+    async def _constrain(self, params: SamplingParams, tools: ToolRequest | None,
+                         starts_in_reasoning: bool) -> SamplingParams:
         """The request's constraint: its own structured output, or its tool choice's grammar; placed
-        after the reasoning when a reasoning parser is on."""
+        after the reasoning when a reasoning parser is on. Compiled on a worker thread (a grammar
+        built from many tools can take seconds) within ``--grammar-compile-timeout``."""
         given = [p.spec for p in params.logits_processors if isinstance(p, DeferredGuidedProcessor)]
         spec: GuidedDecodingParams | None = given[0] if given else None
         param = "response_format"
@@ -136,7 +139,7 @@ class ChatServing(OpenAIServing):
             spec = dataclasses.replace(spec, reasoning=(self.reasoning_parser.start_tag, self.reasoning_parser.end_tag,
                                                         starts_in_reasoning))
         try:
-            compiler_for(self.tokenizer).compile(spec)
+            await compile_off_loop(compiler_for(self.tokenizer), spec, self.config.grammar_compile_timeout_s)
         except InvalidRequestError as exc:
             raise InvalidRequestError(exc.message, param) from None
         others = [p for p in params.logits_processors if not isinstance(p, DeferredGuidedProcessor)]

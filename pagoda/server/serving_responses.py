@@ -71,7 +71,7 @@ class ResponsesServing(ChatServing):
         req = await parse_body(raw, ResponsesRequest)
         chat = _chat_request(req)
         await self.check_bounds(chat)
-        ids, params, plan = self.prepare(chat)
+        ids, params, plan = await self.prepare(chat)
         rid = _id("resp")
         return await respond(raw, req.stream, lambda: self._events(rid, req, ids, params, plan),
                              lambda: self._whole(rid, req, ids, params, plan))

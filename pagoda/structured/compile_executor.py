@@ -9,7 +9,9 @@ memory is reserved, and only touched as deep as a compile goes).
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -22,10 +24,12 @@ _on_deep_stack = threading.local()  # .active on CompileExecutor threads
 
 
 class CompileExecutor(Executor):
-    """A fixed set of daemon threads with ``stack_bytes`` stacks, started on first use."""
+    """A fixed set of daemon threads with ``stack_bytes`` stacks, started on first use. ``nice`` is
+    added to each thread's own niceness (Linux schedules threads, so this leaves the rest of the
+    process as it was): a server's event loop then runs first when it and a compile want the same core."""
 
-    def __init__(self, num_threads: int, name: str, stack_bytes: int = COMPILE_STACK_BYTES) -> None:
-        self.num_threads, self.name, self.stack_bytes = num_threads, name, stack_bytes
+    def __init__(self, num_threads: int, name: str, stack_bytes: int = COMPILE_STACK_BYTES, nice: int = 0) -> None:
+        self.num_threads, self.name, self.stack_bytes, self.nice = num_threads, name, stack_bytes, nice
         self._work: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -63,6 +67,8 @@ class CompileExecutor(Executor):
 
     def _run(self) -> None:
         _on_deep_stack.active = True
+        if self.nice:
+            _lower_thread_priority(self.nice)
         while (item := self._work.get()) is not None:
             future, fn, args = item
             if not future.set_running_or_notify_cancel():
@@ -71,6 +77,17 @@ class CompileExecutor(Executor):
                 future.set_result(fn(*args))
             except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
                 future.set_exception(e)
+
+
+def _lower_thread_priority(nice: int) -> None:
+    """This thread's niceness raised by ``nice`` where threads have their own (Linux); else nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass
 
 
 _fallback = CompileExecutor(1, "pagoda-grammar-deep-stack")

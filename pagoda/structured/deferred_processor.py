@@ -2,8 +2,9 @@
 
 The server validates (compiles) a spec in its HTTP process, where a bad one is a 400, and sends
 the engine process only the picklable spec; the engine process binds it to its own tokenizer.
-Compiling there runs in a background thread, overlapping the request's prefill, so the engine
-loop does not wait for it (and a spec compiled before is a cache hit).
+Compiling there runs on a background thread; the scheduler leaves the request waiting until its
+grammar is ready (``GuidedLogitsProcessor.ready``) and steps the others meanwhile, so a slow compile
+delays its own request only (a spec compiled before is a cache hit).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pagoda.structured.guided_decoding_params import GuidedDecodingParams
 from pagoda.structured.guided_logits_processor import GuidedLogitsProcessor
 from pagoda.tokenizer import Tokenizer
 
-_compile_pool = CompileExecutor(1, "pagoda-grammar-compile")  # deep stacks: see compile_executor
+# deep stacks (see compile_executor); two threads, so one slow spec does not hold every other behind it
+_compile_pool = CompileExecutor(2, "pagoda-grammar-compile")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ _CACHE_SIZE = 256
 # of large distinct specs must not keep growing the process (the newest entry is always kept)
 _CACHE_CHARS = 1 << 20
 # compiles requested by the server's handlers: a costly spec occupies a thread, never the event loop;
-# two threads so one slow spec does not queue every other behind it
-_server_compile_pool = CompileExecutor(2, "pagoda-grammar-validate")
+# two threads so one slow spec does not queue every other behind it; niced, so that on shared cores the
+# event loop (overload 503s, streamed tokens) runs before a compile
+_server_compile_pool = CompileExecutor(2, "pagoda-grammar-validate", nice=10)
 
 
 class GrammarCompiler:

@@ -83,13 +83,17 @@ class GuidedLogitsProcessor:
     def __init__(self, compiled: CompiledGrammar | Future[CompiledGrammar], eos_token_id: int, *,
                  jump_forward: bool = True, stats: MaskStats | None = None, max_tokens: int | None = None,
                  closing_tokens: Sequence[int] = ()) -> None:
-        self._compiled = compiled  # a Future while it compiles in the background (first use waits)
+        self._compiled = compiled  # a Future while it compiles in the background (see ready())
         self.eos_token_id = eos_token_id
         self.jump_forward = jump_forward
         self.stats = stats or MaskStats()
         self.max_tokens = max_tokens
         self.closing_tokens = tuple(closing_tokens)
         self._sequences: dict[int, _Sequence] = {}
+
+    def ready(self) -> bool:
+        """False while the grammar still compiles (the engine schedules the request once it is ready)."""
+        return not isinstance(self._compiled, Future) or self._compiled.done()
 
     @property
     def compiled(self) -> CompiledGrammar:

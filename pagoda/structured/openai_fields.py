@@ -15,9 +15,7 @@ from pydantic import BaseModel
 from pagoda.errors import InvalidRequestError
 from pagoda.sampling_params import LogitsProcessor
 from pagoda.structured.deferred_processor import DeferredGuidedProcessor
-from pagoda.structured.grammar_compiler import compiler_for
 from pagoda.structured.guided_decoding_params import GuidedDecodingParams, Whitespace
-from pagoda.tokenizer import Tokenizer
 
 _EXTENSIONS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
@@ -87,16 +85,10 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
                               "response_format")
 
 
-def guided_processors_for_request(req: Any, tokenizer: Tokenizer) -> list[LogitsProcessor]:
-    """For a server endpoint: validates (compiles, cached) what ``req`` asks for against the served
-    tokenizer, so a bad spec is a 400 before anything reaches the engine, and returns the picklable
-    stand-in the engine process binds (``bind_deferred_processors``). Empty when nothing is asked."""
+def guided_processors_for_request(req: Any) -> list[LogitsProcessor]:
+    """For a server endpoint: the picklable stand-in the engine process binds
+    (``bind_deferred_processors``) for what ``req`` asks; empty when nothing is asked. The caller has
+    validated the spec (``pagoda.server.request_limits.check_guided_spec`` compiles it off the event
+    loop: compiling here could block the loop for as long as a spec evicted from the cache takes)."""
     spec = guided_spec_from_request(req)
-    if spec is None:
-        return []
-    param = "response_format" if request_field(req, "response_format") not in (None, {"type": "text"}) else spec.param
-    try:
-        compiler_for(tokenizer).compile(spec)
-    except InvalidRequestError as exc:
-        raise InvalidRequestError(exc.message, param) from None
-    return [DeferredGuidedProcessor(spec)]
+    return [] if spec is None else [DeferredGuidedProcessor(spec)]

@@ -169,6 +169,26 @@ def test_compile_timeout_names_the_field(live_server):
         strict.stop()
 
 
+def test_chat_tool_grammar_compiles_within_the_timeout(live_server):
+    """A tools grammar compiles on a worker thread under --grammar-compile-timeout too (it used to
+    compile on the event loop, with no time limit)."""
+    strict = LiveServer(live_server.client, {"main": ServerConfig(served_model_name=MODEL, api_key=API_KEY,
+                                                                   grammar_compile_timeout_s=0.001)})
+    try:
+        # never compiled before (a fresh name), and large enough to take well over a millisecond
+        properties = {f"p{i}": {"type": "string", "enum": [f"v{i}_{j}" for j in range(40)]} for i in range(40)}
+        tool = {"type": "function", "function": {"name": f"pick_{time.monotonic_ns()}", "parameters": {
+            "type": "object", "properties": properties, "required": list(properties)}}}
+        r = strict.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 3, "tools": [tool],
+                                                      "tool_choice": "required",
+                                                      "messages": [{"role": "user", "content": "hi"}]})
+        error = assert_error(r, 400, param="tools")
+        assert "--grammar-compile-timeout" in error["message"]
+        assert_next_succeeds(strict)
+    finally:
+        strict.stop()
+
+
 def test_concurrent_requests_past_the_limit_get_a_fast_503(limited):
     client = limited.openai()
     streams = [client.completions.create(model=MODEL, prompt="hi", max_tokens=200, stream=True, extra_body={

@@ -5,6 +5,9 @@ alternatives pass llguidance's row limit, and the server's compile has a time li
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -49,3 +52,15 @@ def test_compile_off_loop_times_out_naming_the_field(tokenizer):
         asyncio.run(compile_off_loop(compiler, spec, 0.0001))
     assert info.value.param == "guided_grammar" and "--grammar-compile-timeout" in info.value.message
     assert asyncio.run(compile_off_loop(compiler, spec, 60.0)).spec == spec  # and a patient caller gets it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own niceness on Linux only")
+def test_server_compiles_run_niced_below_the_event_loop():
+    """On shared cores the event loop (503s, streamed tokens) runs before a compile: the server's compile
+    threads are niced, the rest of the process is not."""
+    from pagoda.structured.grammar_compiler import _server_compile_pool
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    assert _server_compile_pool.submit(niceness).result() == min(19, niceness() + _server_compile_pool.nice)
