@@ -180,11 +180,16 @@ class RequestTimer:
 
     def on_delta(self, delta: RequestDelta) -> None:
         now = time.monotonic()
-        if any(s.token_ids for s in delta.samples):
+        num_tokens = max((len(s.token_ids) for s in delta.samples), default=0)
+        if num_tokens:
             if self._last is None:
                 self._m.ttft.observe(now - self.arrival_time)
             else:
                 self._m.itl.observe(now - self._last)
+            # tokens that reach the reader together (a speculated step, or deltas merged for a reader that fell
+            # behind) are 0 s apart: one observation per token whatever the delivery
+            for _ in range(num_tokens - 1):
+                self._m.itl.observe(0.0)
             self._last = now
         if delta.finished:
             self._m.e2e.observe(now - self.arrival_time)

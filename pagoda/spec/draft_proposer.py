@@ -25,8 +25,8 @@ import torch
 
 from pagoda.attention import quantized_kv
 from pagoda.config import CacheConfig, ModelConfig
-from pagoda.engine.model_runner import flat_inputs
 from pagoda.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagoda.engine.step_inputs import flat_inputs
 from pagoda.sample.sampler import Sampler, SamplingBatch
 
 
