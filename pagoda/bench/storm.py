@@ -4,10 +4,12 @@ exactly their calm outputs.
 
 Phases, run at once and bounded in count and time (loopback servers only): requests generated from
 the server's OpenAPI routes (``storm_requests``), streams cut at random points, slowloris connections
-(headers or bodies that never finish), 10 MB bodies, a burst of 10x ``--max-waiting`` requests, and
-adversarial structured-output specs; meanwhile a steady stream of well-formed greedy requests that
-retry a 503 after its Retry-After. Before and after: KV blocks and requests in use, open
-connections, file descriptors and RSS of the API server and engine processes, the engine's pid.
+(headers or bodies that never finish), 10 MB bodies, bursts of 10x ``--max-waiting`` requests (one wave
+after another while the other phases run), and adversarial structured-output specs; meanwhile a steady
+stream of well-formed greedy requests that retry a 503 after its Retry-After. Before and after: KV blocks and requests in use, open
+connections, file descriptors and RSS of the API server and engine processes, the engine's pid; the
+snapshots are taken after the server has been idle for a few seconds (``pagoda serve`` gives freed memory
+back then), and RSS is also read the moment the storm has drained.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import random
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import urlparse
@@ -32,6 +35,9 @@ from pagoda.bench.storm_requests import SchemaRequestGenerator, adversarial_spec
 HELP = "storm: fuzzed, hostile and overloaded traffic against a local server; reports what was lost or leaked"
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# before each snapshot: connections just closed reach their end on the server's side, and a server idle for
+# this long has given freed memory back (pagoda serve: after 2 s, --idle-memory-release)
+_SETTLE_S = 5.0
 _PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colors are",
             "In 1969, the first", "A recipe for bread:", "Dear diary, today", "The speed of light is"]
 
@@ -47,14 +53,16 @@ class StormProfile:
     well_formed_tokens: int
     concurrency: int  # generated requests and cut streams in flight at once
     time_limit_s: float  # the storm phases are cancelled past this
+    flood_waves: int = 1  # bursts of 10x --max-waiting, one after another while the other phases run
     slow_hold_s: float = 45.0  # a slowloris connection gives up after this if the server never closes it
 
 
 PROFILES = {
     "ci": StormProfile(generated=150, cut_streams=30, slowloris=16, big_bodies=2, adversarial=16,
-                       well_formed_prompts=4, well_formed_tokens=12, concurrency=8, time_limit_s=60.0),
+                       well_formed_prompts=4, well_formed_tokens=12, concurrency=8, time_limit_s=60.0, flood_waves=3),
     "full": StormProfile(generated=10_000, cut_streams=500, slowloris=200, big_bodies=10, adversarial=50,
-                         well_formed_prompts=8, well_formed_tokens=32, concurrency=32, time_limit_s=1800.0),
+                         well_formed_prompts=8, well_formed_tokens=32, concurrency=32, time_limit_s=1800.0,
+                         flood_waves=40),
 }
 
 
@@ -92,6 +100,9 @@ class StormReport:
     after: Snapshot | None = None
     after_rounds: list[Snapshot] = field(default_factory=list)  # after each storm round (the last is `after`)
     engine_restarts: int = 0
+    flood_waves: int = 0  # bursts of 10x --max-waiting sent during the storm
+    rss_at_drain: dict[str, int] = field(default_factory=dict)  # api / engine RSS bytes the moment the storm
+    # drained, before the settle wait of the `after` snapshot (in which the server may give memory back)
     phases_cut_by_time_limit: list[str] = field(default_factory=list)
     duration_s: float = 0.0
 
@@ -188,6 +199,7 @@ class _Storm:
             storm_latencies = await steady
             self.report.storm_latency_s = _percentiles(storm_latencies)
             self.report.drain_s = await self.drain(client)
+        self.report.rss_at_drain = {role: u["rss_bytes"] for role, u in self.processes().items()}
         self.report.after = await self.snapshot()
         self.report.after_rounds.append(self.report.after)
         self.report.statuses = {k: dict(sorted(v.items())) for k, v in self.statuses.items()}
@@ -210,9 +222,13 @@ class _Storm:
     async def storm_round(self, openapi: dict[str, Any]) -> None:
         """Every phase at once; those still running past the profile's time limit are cancelled."""
         phases = {"generated": self.generated(openapi), "cut_streams": self.cut_streams(),
-                  "slowloris": self.slowloris(), "big_bodies": self.big_bodies(),
-                  "flood": self.flood(), "adversarial": self.adversarial()}
+                  "slowloris": self.slowloris(), "big_bodies": self.big_bodies(), "adversarial": self.adversarial()}
         tasks = {name: asyncio.ensure_future(coro) for name, coro in phases.items()}
+        others = list(tasks.values())
+        # the queue is driven past its limit in waves for as long as the other phases run, so that the 503
+        # probe samples a full queue throughout the storm, not during one burst only
+        tasks["flood"] = asyncio.ensure_future(self.flood(self.profile.flood_waves,
+                                                          lambda: not all(t.done() for t in others)))
         _, pending = await asyncio.wait(tasks.values(), timeout=self.profile.time_limit_s)
         for name, task in tasks.items():
             if task in pending:
@@ -365,12 +381,17 @@ class _Storm:
             for _ in range(self.profile.big_bodies):
                 await self.send("big_bodies", client, "/v1/completions", payload)
 
-    async def flood(self) -> None:
+    async def flood(self, waves: int = 1, more: Callable[[], bool] = lambda: True) -> None:
+        """Bursts of 10x --max-waiting requests at once: the first always, then more while ``more()``."""
         n = 10 * self.max_waiting
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=300, limits=limits) as client:
             body = json.dumps({"model": self.model, "prompt": "Flood", "max_tokens": 8, "ignore_eos": True}).encode()
-            await asyncio.gather(*(self.send("flood", client, "/v1/completions", body) for _ in range(n)))
+            for wave in range(waves):
+                if wave and not more():
+                    break
+                await asyncio.gather(*(self.send("flood", client, "/v1/completions", body) for _ in range(n)))
+                self.report.flood_waves += 1
 
     async def adversarial(self) -> None:
         # the same specs in the warm-up and the storm: what stays cached after the warm-up is the baseline
@@ -420,13 +441,24 @@ class _Storm:
             self.times_503.clear()
             self.report.unexpected_5xx = 0
             self.report.slowloris_closed_by_server = 0
+            self.report.flood_waves = 0
 
     async def snapshot(self) -> Snapshot:
-        await asyncio.sleep(1.0)  # the server's side of connections just closed sees their end
+        await asyncio.sleep(_SETTLE_S)
         # a fresh connection, closed after: none of ours stays open to be counted
         async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=30,
                                      limits=httpx.Limits(max_keepalive_connections=0)) as client:
             m = await self.metrics(client)
+        processes = self.processes()
+        return Snapshot(kv_usage=m.get("pagoda:kv_cache_usage_perc", 0.0),
+                        running=m.get("pagoda:num_requests_running", 0.0),
+                        waiting=m.get("pagoda:num_requests_waiting", 0.0),
+                        preemptions=m.get("pagoda:num_preemptions_total", m.get("pagoda:num_preemptions", 0.0)),
+                        connections=process_probe.established_connections(self.port),
+                        processes=processes)
+
+    def processes(self) -> dict[str, dict[str, int]]:
+        """pid, descriptors and RSS of the API process (the one listening) and its engine (its largest child)."""
         processes: dict[str, dict[str, int]] = {}
         api_pid = process_probe.listening_pid(self.port)
         if api_pid is not None:
@@ -438,12 +470,7 @@ class _Storm:
                 u = process_probe.usage(pid)
                 if u is not None:
                     processes[role] = {"pid": u.pid, "fds": u.fds, "rss_bytes": u.rss_bytes}
-        return Snapshot(kv_usage=m.get("pagoda:kv_cache_usage_perc", 0.0),
-                        running=m.get("pagoda:num_requests_running", 0.0),
-                        waiting=m.get("pagoda:num_requests_waiting", 0.0),
-                        preemptions=m.get("pagoda:num_preemptions_total", m.get("pagoda:num_preemptions", 0.0)),
-                        connections=process_probe.established_connections(self.port),
-                        processes=processes)
+        return processes
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -473,7 +500,7 @@ def format_report(r: StormReport, profile: str) -> str:
                  f"/{r.well_formed_total} identical to calm ({r.well_formed_mismatched} differ, "
                  f"{r.well_formed_failed} failed)")
     lines.append(f"slowloris connections closed by the server: {r.slowloris_closed_by_server}")
-    lines.append(f"drained in {r.drain_s:.1f} s; engine restarts: {r.engine_restarts}")
+    lines.append(f"drained in {r.drain_s:.1f} s; engine restarts: {r.engine_restarts}; flood waves: {r.flood_waves}")
     if r.phases_cut_by_time_limit:
         lines.append(f"phases cut by the time limit: {', '.join(r.phases_cut_by_time_limit)}")
     if r.before and r.after:
@@ -489,6 +516,9 @@ def format_report(r: StormReport, profile: str) -> str:
             rows.append((f"{role} RSS MiB", b.get("rss_bytes", 0) / 2**20, a.get("rss_bytes", 0) / 2**20))
         for name, before, after in rows:
             lines.append(f"  {name:<20}{before:>14.4g}{after:>14.4g}")
+        if r.rss_at_drain:
+            lines.append("  RSS MiB the moment the storm drained (before the settle wait): " + ", ".join(
+                f"{role} {v / 2**20:.1f}" for role, v in r.rss_at_drain.items()))
         if len(r.after_rounds) > 1:
             for role in ("api", "engine"):
                 series = [r.before, *r.after_rounds]

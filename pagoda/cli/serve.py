@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="added to the engine process's niceness (e.g. 10), so that the HTTP process (overload "
                         "503s, streaming) runs first when both want a core; the engine then also yields to every "
                         "other process on the machine")
+    b.add_argument("--idle-memory-release", type=float, default=ServerConfig.idle_memory_release_s,
+                   help="seconds with no API request in flight after which the server gives freed memory back "
+                        "to the OS (garbage collection + glibc malloc_trim, off the event loop); 0: never")
     g.add_argument("--lora-modules", nargs="+", type=_lora_module, default=ServerConfig.lora_modules,
                    metavar="NAME=PATH", help="LoRA adapters (PEFT directories) served as models (needs --enable-lora)")
     g.add_argument("--allow-runtime-lora", action=argparse.BooleanOptionalAction,
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                           max_n=args.max_n, max_logprobs=args.max_logprobs, max_stop_strings=args.max_stop_strings,
                           max_spec_chars=args.max_spec_chars, max_schema_depth=args.max_schema_depth,
                           grammar_compile_timeout_s=args.grammar_compile_timeout, engine_nice=args.engine_nice,
+                          idle_memory_release_s=args.idle_memory_release,
                           lora_modules=tuple(args.lora_modules), allow_runtime_lora=args.allow_runtime_lora)
     if (config.lora_modules or config.allow_runtime_lora) and not args.enable_lora:
         raise SystemExit("--lora-modules and --allow-runtime-lora need --enable-lora")

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pagoda.server.config import ServerConfig
 from pagoda.server.engine_client import EngineClient
 from pagoda.server.errors import APIError, install_error_handlers
+from pagoda.server.idle_memory_release import IdleMemoryRelease
 from pagoda.server.lora_models import LoRAModels
 from pagoda.server.metrics import ServerMetrics
 from pagoda.server.openai_serving import ModelInfo, parse_body
@@ -59,6 +60,8 @@ def build_app(client: EngineClient, config: ServerConfig, tokenizer: Tokenizer |
     # body size and read time, requests at once, and a full queue answered before the body is read
     app.add_middleware(SlowClientGuard, config=config,
                        queue_full=lambda: client.num_waiting >= config.max_waiting)
+    if config.idle_memory_release_s > 0:  # outermost: every API request, a fast 503 included, is activity
+        app.add_middleware(IdleMemoryRelease, idle_s=config.idle_memory_release_s)
     bearer = HTTPBearer(auto_error=False)
 
     async def check_api_key(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:

@@ -30,6 +30,7 @@ from pagoda.server.errors import APIError
 from pagoda.server.lora_models import LoRAModels
 from pagoda.server.messages import RequestDelta
 from pagoda.server.metrics import ServerMetrics
+from pagoda.server.prompt_tokenizer import PromptTokenizer
 from pagoda.server.protocol import ErrorInfo, ErrorResponse, UsageInfo
 from pagoda.server.request_limits import check_guided_spec, check_request_bounds
 from pagoda.server.sse_response import SSEResponse
@@ -133,6 +134,7 @@ class OpenAIServing:
         self.model = model
         self.config = config
         self.metrics = metrics
+        self.prompt_tokenizer = PromptTokenizer(tokenizer)
 
     # --- admission ---
 
@@ -163,17 +165,22 @@ class OpenAIServing:
 
     # --- prompts ---
 
+    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """A prompt's token ids; a long prompt is tokenized off the event loop (see PromptTokenizer)."""
+        return await self.prompt_tokenizer.encode(text, add_special_tokens)
+
     def check_prompt_ids(self, ids: list[int], max_tokens: int | None, param: str) -> None:
         if not ids:
             raise APIError(400, "the prompt is empty", param=param)
-        bad = next((t for t in ids if not 0 <= t < self.model.vocab_size), None)
-        if bad is not None:
-            raise APIError(400, f"token id {bad} is out of range [0, {self.model.vocab_size})", param=param)
         limit = self.model.max_model_len
+        # the length first: an over-long prompt (up to a million ids) is refused without a pass over its ids
         if len(ids) >= limit:
             raise APIError(400, f"This model's maximum context length is {limit} tokens. However, your "
                                 f"prompt has {len(ids)} tokens; at most {limit - 1} leave room to generate.",
                            param=param, code="context_length_exceeded")
+        bad = next((t for t in ids if not 0 <= t < self.model.vocab_size), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is out of range [0, {self.model.vocab_size})", param=param)
         if max_tokens is not None and len(ids) + max_tokens > limit:
             raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you "
                                 f"requested {len(ids) + max_tokens} tokens ({len(ids)} in the prompt, "

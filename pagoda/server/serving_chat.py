@@ -92,14 +92,14 @@ class ChatServing(OpenAIServing):
         text = self.render_text(req.messages, req.add_generation_prompt, tools)
         starts_in_reasoning = self.reasoning_parser is not None and self.reasoning_parser.starts_inside(text)
         params = await self._constrain(params, tools, starts_in_reasoning)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        ids = await self.encode(text, add_special_tokens=False)
         self.check_prompt_ids(ids, max_tokens, "messages")
         self.check_capacity(1)
         return ids, params, OutputPlan(tools, starts_in_reasoning)
 
-    def render(self, messages: list[ChatMessage], add_generation_prompt: bool) -> list[int]:
+    async def render(self, messages: list[ChatMessage], add_generation_prompt: bool) -> list[int]:
         """The prompt ids of a conversation (the template adds the special tokens itself)."""
-        return self.tokenizer.encode(self.render_text(messages, add_generation_prompt, None), add_special_tokens=False)
+        return await self.encode(self.render_text(messages, add_generation_prompt, None), add_special_tokens=False)
 
     def render_text(self, messages: list[ChatMessage], add_generation_prompt: bool,
                     tools: ToolRequest | None) -> str:

@@ -56,7 +56,7 @@ class CompletionServing(OpenAIServing):
             raise APIError(400, "suffix is not supported", param="suffix")
         if req.best_of is not None and req.best_of != req.n:
             raise APIError(400, "best_of is not supported (only best_of == n)", param="best_of")
-        prompts = self._prompt_ids(req)
+        prompts = await self._prompt_ids(req)
         prompt_logprobs = req.logprobs if req.echo and req.logprobs is not None else None
         params = self.sampling_params(req, req.max_tokens, req.logprobs, prompt_logprobs)
         for ids in prompts:
@@ -66,16 +66,16 @@ class CompletionServing(OpenAIServing):
         return await respond(raw, req.stream, lambda: self._stream(rid, req, prompts, params),
                              lambda: self._full(rid, req, prompts, params))
 
-    def _prompt_ids(self, req: CompletionRequest) -> list[list[int]]:
+    async def _prompt_ids(self, req: CompletionRequest) -> list[list[int]]:
         p = req.prompt
         if isinstance(p, str):
-            return [self.tokenizer.encode(p, add_special_tokens=req.add_special_tokens)]
+            return [await self.encode(p, req.add_special_tokens)]
         if not p:
             raise APIError(400, "the prompt is empty", param="prompt")
         if isinstance(p[0], int):
             return [list(p)]
         if isinstance(p[0], str):
-            return [self.tokenizer.encode(s, add_special_tokens=req.add_special_tokens) for s in p]
+            return [await self.encode(s, req.add_special_tokens) for s in p]
         return [list(ids) for ids in p]
 
     def _logprobs(self, token_ids: list[int], lps: list[PositionLogprobs | None], top_n: int,

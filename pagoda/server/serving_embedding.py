@@ -36,7 +36,7 @@ class EmbeddingServing(OpenAIServing):
         self.check_model(req.model)
         if req.dimensions is not None:
             raise APIError(400, "dimensions: this model's embeddings cannot be shortened", param="dimensions")
-        prompts = self._prompt_ids(req)
+        prompts = await self._prompt_ids(req)
         for ids in prompts:
             self.check_prompt_ids(ids, 1, "input")
         self.check_capacity(len(prompts))
@@ -47,16 +47,16 @@ class EmbeddingServing(OpenAIServing):
             return Response(status_code=499)
         return JSONResponse(body)
 
-    def _prompt_ids(self, req: EmbeddingRequest) -> list[list[int]]:
+    async def _prompt_ids(self, req: EmbeddingRequest) -> list[list[int]]:
         x = req.input
         if isinstance(x, str):
-            return [self.tokenizer.encode(x)]
+            return [await self.encode(x)]
         if not x:
             raise APIError(400, "input is empty", param="input")
         if isinstance(x[0], int):
             return [list(x)]
         if isinstance(x[0], str):
-            return [self.tokenizer.encode(s) for s in x]
+            return [await self.encode(s) for s in x]
         return [list(ids) for ids in x]
 
     async def _embed(self, req: EmbeddingRequest, prompts: list[list[int]], params: SamplingParams) -> dict[str, Any]:

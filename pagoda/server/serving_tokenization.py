@@ -17,9 +17,9 @@ class TokenizationServing(ChatServing):
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "give exactly one of prompt and messages", param="prompt")
         if req.messages is not None:
-            ids = self.render(req.messages, req.add_generation_prompt)
+            ids = await self.render(req.messages, req.add_generation_prompt)
         else:
-            ids = self.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
+            ids = await self.encode(req.prompt or "", req.add_special_tokens)
         return TokenizeResponse(count=len(ids), max_model_len=self.model.max_model_len, tokens=ids)
 
     async def detokenize(self, raw: Request) -> DetokenizeResponse:
