@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "other process on the machine")
     b.add_argument("--idle-memory-release", type=float, default=ServerConfig.idle_memory_release_s,
                    help="seconds with no API request in flight after which the server gives freed memory back "
-                        "to the OS (garbage collection + glibc malloc_trim, off the event loop); 0: never")
+                        "to the OS (glibc malloc_trim, off the event loop); 0: never")
     g.add_argument("--lora-modules", nargs="+", type=_lora_module, default=ServerConfig.lora_modules,
                    metavar="NAME=PATH", help="LoRA adapters (PEFT directories) served as models (needs --enable-lora)")
     g.add_argument("--allow-runtime-lora", action=argparse.BooleanOptionalAction,

@@ -36,7 +36,7 @@ class ServerConfig:
     # added to the engine process's niceness: on cores the server has to itself, 10 lets the HTTP process
     # (503s, streaming) run first; off by default, as a niced engine also yields to every other process
     engine_nice: int = 0
-    # once no API request has been in flight for this long, free memory goes back to the OS (gc + glibc's
+    # once no API request has been in flight for this long, free memory goes back to the OS (glibc's
     # malloc_trim, on a thread; see idle_memory_release); 0 turns it off
     idle_memory_release_s: float = 2.0
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, adapter directory) served as models (needs enable_lora)

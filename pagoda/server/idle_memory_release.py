@@ -4,10 +4,14 @@ Under a storm the API process allocates and frees a lot (10 MB bodies, 4 MiB pro
 lists, parsed JSON, compiled grammars on worker threads that each have their own malloc arena). Python
 returns what it frees to glibc's malloc, which keeps most of it mapped for reuse: the process's RSS then
 stays at the storm's high-water mark although the live objects are back to their baseline. Once no API
-request has been in flight for ``idle_s``, ``IdleMemoryRelease`` runs one full garbage collection and
-glibc's ``malloc_trim(0)`` (which returns the free pages of every arena) on a worker thread, once per idle
+request has been in flight for ``idle_s``, ``IdleMemoryRelease`` runs glibc's ``malloc_trim(0)`` (which
+returns the free pages of every arena) on a worker thread, once per idle
 period; it never runs while a request is being served, and costs the per-request path two counter
 updates and a timer.
+
+No ``gc.collect()``: in the dumps of a storm it freed nothing measurable (what the storm frees is freed by
+reference counting), and a full collection started from a thread of its own runs other threads' finalizers
+there (in the tests' in-process servers it broke a browser test driving Playwright from the main thread).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -46,9 +49,7 @@ _malloc_trim = _load_malloc_trim()
 
 
 def release_free_memory() -> bool:
-    """Collects garbage, then hands the allocator's free pages back to the OS (glibc only). Returns
-    whether ``malloc_trim`` ran."""
-    gc.collect()
+    """Hands the allocator's free pages back to the OS (glibc only). Returns whether ``malloc_trim`` ran."""
     if _malloc_trim is None:
         return False
     _malloc_trim(0)
