@@ -101,7 +101,10 @@ class Scheduler(SchedulerInterface):
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            if not self._schedule_one(request, budget, out):
+            scheduled = self._schedule_one(request, budget, out)
+            while not scheduled and self._release_a_waiting_fork():
+                scheduled = self._schedule_one(request, budget, out)
+            if not scheduled:
                 # out of blocks: preempt from the back until this one fits (or is itself preempted)
                 while self.running[-1] is not request:
                     self._preempt(self.running.pop(), out)
@@ -194,6 +197,9 @@ class Scheduler(SchedulerInterface):
             return False
         num_new = min(remaining, budget)
         table = self.kv_cache.allocate(rid, start + num_new, start, prefix, request.cache_salt)
+        # with nothing running to free blocks, only the forks waiting behind it can
+        while table is None and not self.running and self._release_a_waiting_fork(keep=request):
+            table = self.kv_cache.allocate(rid, start + num_new, start, prefix, request.cache_salt)
         if table is None:
             return False
         if reuse:
@@ -213,6 +219,19 @@ class Scheduler(SchedulerInterface):
             return False
         whole = self.kv_cache.blocks_needed(request.request_id, request.num_prompt_tokens + request.max_tokens)
         return whole > self.kv_cache.num_free_blocks + self.kv_cache.pool.num_evictable
+
+    def _release_a_waiting_fork(self, keep: Request | None = None) -> bool:
+        """Frees the blocks of the last waiting request that holds any (a fork waiting for its first step
+        holds its parent's prompt blocks); whether there was one. The fork recomputes its prompt when
+        admitted (a prefix-cache hit while those blocks stay cached). Called before a running request is
+        preempted or, with nothing running, before the head of the queue is refused: otherwise forks waiting
+        behind a request that needs their blocks wait for each other for ever."""
+        for request in reversed(self.waiting):
+            if request is not keep and request.request_id in self.kv_cache.block_tables:
+                self.kv_cache.free(request.request_id)
+                request.num_computed_tokens = 0
+                return True
+        return False
 
     def _prefix_in_flight(self, request: Request, num_cached_blocks: int) -> bool:
         """Whether a running request shares this one's next uncached block and has not computed it
