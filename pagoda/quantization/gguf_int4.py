@@ -81,6 +81,23 @@ def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
 TILE = 16  # outputs per tile of the kernel's Q4 layout
 
 
+def run_by_role(x: torch.Tensor, out_features: int, prompt: Callable[[torch.Tensor], torch.Tensor],
+                generated: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """x [rows, in] -> [rows, out_features]: the step's prompt rows through ``prompt``, its generated rows
+    through ``generated`` (``pagoda.layers.row_roles``; without roles every row is a prompt row)."""
+    roles = row_roles.current()
+    rows = x.shape[0]
+    if roles is None or roles.num_rows != rows or roles.num_prompt == rows:
+        return prompt(x)
+    if roles.num_prompt == 0:
+        return generated(x)
+    prompt_rows, generated_rows = roles.split
+    y = x.new_empty(rows, out_features)
+    y.index_copy_(0, prompt_rows, prompt(x.index_select(0, prompt_rows)))
+    y.index_copy_(0, generated_rows, generated(x.index_select(0, generated_rows)))
+    return y
+
+
 def tile_q4(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Packed codes [N, K / 2] and scale / offset [N, K / 32] -> the kernel's layout, tiles of 16
@@ -192,17 +209,7 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def _by_role(self, x: torch.Tensor) -> torch.Tensor:
-        roles = row_roles.current()
-        rows = x.shape[0]
-        if roles is None or roles.num_rows != rows or roles.num_prompt == rows:
-            return self._dense(x)
-        if roles.num_prompt == 0:
-            return self._generated(x)
-        prompt, generated = roles.split
-        y = x.new_empty(rows, self.out_features)
-        y.index_copy_(0, prompt, self._dense(x.index_select(0, prompt)))
-        y.index_copy_(0, generated, self._generated(x.index_select(0, generated)))
-        return y
+        return run_by_role(x, self.out_features, self._dense, self._generated)
 
     def _generated(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > MAX_INT4_ROWS:

@@ -46,7 +46,8 @@ def swap_int4_linears(model: nn.Module, tensor_types: dict[str, GGMLQuantization
         elif vnni and module.in_features % 32 == 0 and all(t in Q8_TYPES for t in types):
             packed = Q8Linear(module)
         elif vnni and module.in_features % 32 == 0 and all(t in KQUANT_TYPES for t in types):
-            packed = KQuantLinear(module, min(sub_block(t) for t in types if t is not None))
+            packed = KQuantLinear(module, min(sub_block(t) for t in types if t is not None), dtype, deterministic,
+                                  packed_only)
         if packed is not None:
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name), attr, packed)

@@ -256,6 +256,29 @@ def test_weights_memory_packed_keeps_no_dequantized_copy(q4_k_gguf):
     assert alone.outputs[0].token_ids == packed.generate(prompts, params)[0].outputs[0].token_ids
 
 
+def test_kquant_layers_keep_a_bf16_copy_by_default_and_none_when_packed(kquant_gguf):
+    path, _ = kquant_gguf
+    options = dict(dtype="bfloat16", quantization="gguf", num_kv_blocks=64, show_progress=False)
+    default = LLM(path, **options)
+    packed = LLM(path, weights_memory="packed", **options)
+    by_default = [m for m in default.engine.runner.model.modules() if isinstance(m, KQuantLinear)]
+    assert len(by_default) == 3 * TINY["layers"]
+    for m in by_default:  # prompt rows and steps of > 16 generated rows: oneDNN on the copy
+        assert m.by_role and (m.dense_packed is not None or m.dense.numel())
+    for m in (m for m in packed.engine.runner.model.modules() if isinstance(m, (KQuantLinear, Int4Linear))):
+        per_weight = 0.75 if isinstance(m, Int4Linear) else 1 + 8 / m.block
+        assert m.dense_packed is None and not m.dense.numel()
+        assert _held(m) == m.out_features * m.in_features * per_weight
+    rng = random.Random(3)
+    prompts = [[rng.randrange(3, TINY["vocab"]) for _ in range(rng.randint(2, 30))] for _ in range(20)]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    outs = [[o.outputs[0].token_ids for o in llm.generate(prompts, params)] for llm in (default, packed)]
+    same = sum(x == y for x, y in zip(*outs, strict=True))
+    assert same >= 15, f"only {same} of 20 greedy runs agree between the bf16 copy and the packed kernels"
+    # packed: one kernel for every row, so a request alone gives the tokens it gave in the batch of 20
+    assert packed.generate(prompts[:1], params)[0].outputs[0].token_ids == outs[1][0]
+
+
 def test_weights_memory_option():
     import argparse
 
