@@ -31,6 +31,7 @@ from pagoda.kernels import cpu_kernels
 from pagoda.layers import row_roles
 from pagoda.layers.linear import LinearBase
 from pagoda.layers.prepacked import linear, prepack_weight
+from pagoda.quantization.kquant_blocks import unpack_kquant
 
 GROUP = 32
 # generated rows of a step up to which torch's int4 kernel beats oneDNN on a dequantized copy (measured)
@@ -51,8 +52,6 @@ def unpack_q4_affine(ggml_type: GGMLQuantizationType, data: np.ndarray, shape: t
     """Raw Q4 blocks of a [rows, cols] matrix -> (q uint8 [rows, cols] in 0..15, scale and offset
     float32 [rows, cols / 32]) with w = q * scale + offset."""
     if ggml_type == GGMLQuantizationType.Q4_K:  # 8 sub-blocks of 32 per super-block, each a Q4_1-style block
-        from pagoda.quantization.gguf_kquant import unpack_kquant
-
         return unpack_kquant(ggml_type, data, shape)
     rows, cols = shape
     blocks = np.ascontiguousarray(data).reshape(rows * cols // GROUP, -1)
