@@ -97,6 +97,18 @@ def run_by_role(x: torch.Tensor, out_features: int, prompt: Callable[[torch.Tens
     return y
 
 
+def dense_copy(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Unpacked codes [N, K] with a scale and offset per sub-block [N, K / block] -> the weight in ``dtype``
+    for the dense kernels: (weight, oneDNN-prepacked weight), the first emptied when the second exists."""
+    n, k = codes.shape
+    blocks = scale.shape[1]
+    dense = codes.view(n, blocks, k // blocks).float() * scale.unsqueeze(-1) + offset.unsqueeze(-1)
+    dense = dense.view(n, k).to(dtype)
+    packed = prepack_weight(dense)
+    return (dense.new_empty(0) if packed is not None else dense), packed
+
+
 def tile_q4(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Packed codes [N, K / 2] and scale / offset [N, K / 32] -> the kernel's layout, tiles of 16
@@ -181,13 +193,7 @@ class Int4Linear(nn.Module):
                 zero = self._offset + 8 * self._scale
                 # [groups, out, 2] as the kernel wants, in the activation dtype
                 self.scales_and_zeros = torch.stack([self._scale.t(), zero.t()], dim=-1).contiguous().to(self.dtype)
-            groups = self._scale.shape[1]
-            codes = self._codes.view(self.out_features, groups, GROUP).float()
-            dense = codes * self._scale.unsqueeze(-1) + self._offset.unsqueeze(-1)
-            self.dense = dense.view(self.out_features, self.in_features).to(self.dtype)
-            self.dense_packed = prepack_weight(self.dense)
-            if self.dense_packed is not None:
-                self.dense = self.dense.new_empty(0)
+            self.dense, self.dense_packed = dense_copy(self._codes, self._scale, self._offset, self.dtype)
         del self._codes, self._scale, self._offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

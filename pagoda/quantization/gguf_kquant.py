@@ -29,9 +29,9 @@ from gguf import GGMLQuantizationType
 from torch import nn
 
 from pagoda.layers.linear import LinearBase
-from pagoda.layers.prepacked import linear, prepack_weight
-from pagoda.quantization.gguf_int4 import MAX_INT4_ROWS, run_by_role, unpack_q4_affine
-from pagoda.quantization.gguf_q8 import unpack_q8_0
+from pagoda.layers.prepacked import linear
+from pagoda.quantization.gguf_int4 import MAX_INT4_ROWS, dense_copy, run_by_role, unpack_q4_affine
+from pagoda.quantization.gguf_q8 import quantize_blocks, unpack_q8_0
 from pagoda.quantization.kquant_blocks import sub_block, unpack_kquant
 
 Q = GGMLQuantizationType
@@ -71,22 +71,11 @@ def pack_for_kernel(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tens
     return packed, scale_v, offset_v
 
 
-def quantize_sub_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel's activation quantization in PyTorch (for tests): int8 codes [M, K] and scales [M, K / block]."""
-    xf = x.float().reshape(x.shape[0], -1, block)
-    amax = xf.abs().amax(-1, keepdim=True)
-    nonzero = amax > 0
-    scale = torch.where(nonzero, amax / 127, torch.ones_like(amax))
-    inv = torch.where(nonzero, torch.full_like(amax, 127).div(amax), torch.zeros_like(amax))
-    codes = torch.round(xf * inv).clamp_(-127, 127).to(torch.int8)
-    return codes.reshape(x.shape), scale.reshape(x.shape[0], -1)
-
-
 def reference_kquant_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
                             ) -> torch.Tensor:
     """float64 [M, N]: the kernel's sum with the activations quantized as it does them, in exact arithmetic."""
     block = codes.shape[1] // scale.shape[1]
-    xq, xs = quantize_sub_blocks(x, block)
+    xq, xs = quantize_blocks(x, block)
     nb = scale.shape[1]
     xb = xq.view(x.shape[0], nb, block).double()
     dots = torch.einsum("mbk,nbk->mnb", xb, codes.view(-1, nb, block).double())
@@ -151,12 +140,7 @@ class KQuantLinear(nn.Module):
             raise ValueError(f"packed linear got {len(self._shards)} of its {self._num_shards} parts from the checkpoint")
         self.codes, self.scale, self.offset = pack_for_kernel(self._codes, self._scale, self._offset)
         if self.by_role:
-            nb = self._scale.shape[1]
-            dense = self._codes.view(self.out_features, nb, self.block).float() * self._scale[..., None]
-            self.dense = (dense + self._offset[..., None]).view(self.out_features, self.in_features).to(self.dtype)
-            self.dense_packed = prepack_weight(self.dense)
-            if self.dense_packed is not None:
-                self.dense = self.dense.new_empty(0)
+            self.dense, self.dense_packed = dense_copy(self._codes, self._scale, self._offset, self.dtype)
         del self._codes, self._scale, self._offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
