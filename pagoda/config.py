@@ -49,6 +49,7 @@ class ModelConfig:
     eos_token_id: int | list[int] | None = None
     attention_backend: str = EngineArgs.attention_backend  # how to run it: resolved by the model loader
     deterministic: bool = EngineArgs.deterministic  # batch-invariant kernels for every row (gguf_int4.py)
+    weights_memory: str = EngineArgs.weights_memory  # "packed": no dequantized copy beside packed weights
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any], dtype: torch.dtype, max_model_len: int | None) -> ModelConfig:

@@ -65,17 +65,23 @@ def gguf_name(hf_name: str) -> str:
 _K_QUANT_SCALES = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
 
 
-def pack(value: np.ndarray, kind: Q, rng: np.random.Generator) -> np.ndarray:
-    """`value` stored as `kind`: float arrays for F32/F16, uint8 blocks (rows, bytes) otherwise."""
+def pack(value: np.ndarray, kind: Q, rng: np.random.Generator, k_scale: float | None = 0.01) -> np.ndarray:
+    """`value` stored as `kind`: float arrays for F32/F16, uint8 blocks (rows, bytes) otherwise (K-quants: random
+    blocks whose float16 super-block scales are below `k_scale`; with `k_scale=None` Q4_K / Q5_K / Q6_K quantize
+    `value` with Pagoda's round-to-nearest quantizer)."""
     if kind == Q.F32 or value.ndim == 1:
         return value.astype(np.float32)
     if kind == Q.F16:
         return value.astype(np.float16)
+    if k_scale is None and kind in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+        from pagoda.quantization.kquant_quantizer import QUANTIZERS
+
+        return QUANTIZERS[kind](value)
     if kind in _K_QUANT_SCALES:
         block, size = gguf.GGML_QUANT_SIZES[kind]
         blocks = rng.integers(0, 256, (value.size // block, size), dtype=np.uint8)
         for offset in _K_QUANT_SCALES[kind]:
-            scales = (rng.random(len(blocks)) * 0.01).astype(np.float16)
+            scales = (rng.random(len(blocks)) * k_scale).astype(np.float16)
             blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
         return blocks.reshape(value.shape[0], -1)
     return gguf.quants.quantize(value, kind)
@@ -90,7 +96,7 @@ def unpack(packed: np.ndarray, kind: Q, shape: tuple[int, ...]) -> np.ndarray:
 
 def write_llama(path: str, weights: dict[str, np.ndarray], types: dict[str, Q], *, default_type: Q = Q.F32,
                 rope_freqs: np.ndarray | None = None, tokenizer: bool = True, seed: int = 0,
-                arch: str = "llama") -> dict[str, tuple[Q, np.ndarray, np.ndarray]]:
+                arch: str = "llama", k_scale: float | None = 0.01) -> dict[str, tuple[Q, np.ndarray, np.ndarray]]:
     """Write `weights` (HF names, float32) as a llama (or qwen2) GGUF; `types` picks a GGML type per name suffix.
 
     Returns {HF name: (type, packed data in HF row order, float32 weights after the round trip)}.
@@ -120,7 +126,7 @@ def write_llama(path: str, weights: dict[str, np.ndarray], types: dict[str, Q], 
     for name, value in weights.items():
         kind = next((q for suffix, q in types.items() if name.endswith(suffix)), default_type)
         kind = Q.F32 if value.ndim == 1 else kind
-        packed = pack(value, kind, rng)
+        packed = pack(value, kind, rng, k_scale)
         stored[name] = (kind, packed, unpack(packed, kind, value.shape))
         # llama.cpp permutes Llama's Q/K rows (not Qwen2's); rows of blocks permute like rows of weights.
         if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias")):

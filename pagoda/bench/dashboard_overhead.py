@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,6 +23,7 @@ import time
 
 import httpx
 
+from pagoda.bench.serve_round import add_round_args, bench_round, start_server, wait_healthy
 from pagoda.server.dashboard_feed import WATCH_TIMEOUT_S
 
 
@@ -55,43 +55,18 @@ class StreamReader(threading.Thread):
         self.ended_at = time.monotonic()
 
 
-def bench_round(args: argparse.Namespace, url: str, out: str) -> dict:
-    cmd = [sys.executable, "-m", "pagoda.cli.main", "bench", "serve", "--url", url, "--workload", "random",
-           "--num-prompts", str(args.num_prompts), "--input-len", str(args.input_len), "--output-len",
-           str(args.output_len), "--max-concurrency", str(args.max_concurrency), "--num-warmups", "0",
-           "--result-json", out]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    with open(out) as f:
-        return json.load(f)["metrics"]
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds of each mode")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--model", default=None)
-    p.add_argument("--num-prompts", type=int, default=48)
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--max-concurrency", type=int, default=16)
+    add_round_args(p)
     args = p.parse_args()
 
     url = f"http://127.0.0.1:{args.port}"
-    serve = [sys.executable, "-m", "pagoda.cli.main", "serve", "--port", str(args.port), "--log-level", "warning"]
-    if args.model:
-        serve += ["--model", args.model]
-    server = subprocess.Popen(serve)
+    server = start_server(args.port, args.model)
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start")
-            time.sleep(1)
+        wait_healthy(server, url)
         rows: dict[str, list[dict]] = {"closed": [], "open": []}
         with tempfile.TemporaryDirectory() as tmp:
             bench_round(args, url, os.path.join(tmp, "warm.json"))  # warm-up, not counted

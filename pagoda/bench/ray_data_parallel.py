@@ -16,42 +16,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-import httpx
+from pagoda.bench.serve_round import add_round_args, bench_round, start_server, wait_healthy
 
 BACKENDS = ("mp", "ray")
-
-
-def bench_round(args: argparse.Namespace, url: str, out: str) -> dict:
-    cmd = [sys.executable, "-m", "pagoda.cli.main", "bench", "serve", "--url", url, "--workload", "random",
-           "--num-prompts", str(args.num_prompts), "--input-len", str(args.input_len), "--output-len",
-           str(args.output_len), "--max-concurrency", str(args.max_concurrency), "--num-warmups", "0",
-           "--result-json", out]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    with open(out) as f:
-        return json.load(f)["metrics"]
-
-
-def start_server(args: argparse.Namespace, backend: str, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pagoda.cli.main", "serve", "--port", str(port), "--log-level", "warning",
-           "--data-parallel-size", "2", "--data-parallel-backend", backend, "--no-web-ui"]
-    if args.model:
-        cmd += ["--model", args.model]
-    return subprocess.Popen(cmd)
-
-
-def wait_healthy(server: subprocess.Popen, url: str, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the server at {url} did not start")
-        time.sleep(1)
 
 
 def summary(values: list[float]) -> str:
@@ -63,17 +31,15 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds of each backend")
     p.add_argument("--port", type=int, default=8770, help="the mp server's port; the Ray one listens on the next")
     p.add_argument("--model", default=None)
-    p.add_argument("--num-prompts", type=int, default=48)
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--max-concurrency", type=int, default=16)
+    add_round_args(p)
     args = p.parse_args()
 
     urls = {b: f"http://127.0.0.1:{args.port + i}" for i, b in enumerate(BACKENDS)}
     servers: dict[str, subprocess.Popen] = {}
     try:
         for i, b in enumerate(BACKENDS):
-            servers[b] = start_server(args, b, args.port + i)
+            servers[b] = start_server(args.port + i, args.model, "--data-parallel-size", "2",
+                                      "--data-parallel-backend", b, "--no-web-ui")
         for b in BACKENDS:
             wait_healthy(servers[b], urls[b])
         rows: dict[str, list[dict]] = {b: [] for b in BACKENDS}

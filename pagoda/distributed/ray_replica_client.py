@@ -126,6 +126,8 @@ class RayReplicaClient(EngineProcessClient):
     def _receive(self, timeout_s: float) -> Any | None:
         if self._outbox:
             return self._outbox.pop(0)
+        if timeout_s <= 0:  # the last poll took everything the actor had: a call now would come back empty
+            return None
         ray = import_ray()
         try:
             self._outbox = ray.get(self._actor.poll.remote(timeout_s), timeout=timeout_s + _CALL_SLACK_S)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 DTYPES = ("auto", "float32", "bfloat16")
 QUANTIZATIONS = ("auto", "gguf", "fp8", "w8a8", None)
 KV_CACHE_DTYPES = ("auto", "int8", "fp8")
+WEIGHTS_MEMORY = ("auto", "packed")
 BATCHING = ("continuous", "static")
 SCHEDULING_POLICIES = ("fcfs", "priority", "lpm")
 DISTRIBUTED_BACKENDS = ("shm", "gloo")
@@ -54,6 +55,9 @@ class EngineArgs:
     kv_cache_memory_gb: float = 1.0  # KV pool budget
     num_kv_blocks: int | None = None  # overrides the budget (tests use tiny pools)
     kv_cache_dtype: str = "auto"  # "auto" (the model dtype) | "int8" | "fp8": per token and head scales
+    # "auto": a packed 4-bit GGUF linear also keeps a bf16 copy where that is faster (prompts, > 16 rows);
+    # "packed": only the packed weights, one kernel for every row
+    weights_memory: str = "auto"
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     batching: str = "continuous"  # "continuous" | "static"
@@ -103,6 +107,7 @@ class EngineArgs:
         _choice("dtype", self.dtype, DTYPES)
         _choice("quantization", self.quantization, QUANTIZATIONS)
         _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
+        _choice("weights_memory", self.weights_memory, WEIGHTS_MEMORY)
         _choice("attention_backend", self.attention_backend, _attention_backends())
         _choice("batching", self.batching, BATCHING)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # whether that GPU exists: at engine start
@@ -166,6 +171,9 @@ class EngineArgs:
                        help="KV cache blocks (overrides --kv-cache-memory-gb)")
         g.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, choices=KV_CACHE_DTYPES,
                        help="auto: the model dtype; int8 / fp8 (E4M3) with a scale per token and head: ~2x the tokens")
+        g.add_argument("--weights-memory", default=d.weights_memory, choices=WEIGHTS_MEMORY,
+                       help="auto: packed 4-bit GGUF linears also keep a bf16 copy where it is faster (prompts, "
+                            "steps of more than 16 rows); packed: only the packed weights (about 0.75 B/weight)")
         g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
         g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
         g.add_argument("--batching", default=d.batching, choices=BATCHING)

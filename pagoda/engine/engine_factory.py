@@ -49,7 +49,8 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     files = ModelFiles(_model_path(args))
     dtype = resolve_dtype(args.dtype, device)
     model_config = replace(ModelConfig.from_hf_config(files.hf_config(), dtype, args.max_model_len),
-                           attention_backend=args.attention_backend, deterministic=args.deterministic)
+                           attention_backend=args.attention_backend, deterministic=args.deterministic,
+                           weights_memory=args.weights_memory)
     tokenizer = files.tokenizer(args.tokenizer)
     cache_config = _cache_config(args, model_config)
     if model_config.max_model_len > cache_config.num_blocks * args.block_size:

@@ -44,6 +44,7 @@ class InFlight(NamedTuple):
     scheduler: SchedulerInterface
     scheduled: SchedulerOutput
     handle: Any
+    submitted: float  # time.perf_counter() before submission
 
 
 class LLMEngine:
@@ -156,7 +157,8 @@ class LLMEngine:
         scheduled = scheduler.schedule()
         if not scheduled.is_empty:
             try:
-                self._in_flight.append(InFlight(scheduler, scheduled, self.runner.submit(scheduled)))
+                submitted = time.perf_counter()
+                self._in_flight.append(InFlight(scheduler, scheduled, self.runner.submit(scheduled), submitted))
             except Exception as exc:  # noqa: BLE001  (one bad step must not take the engine down)
                 return self._step_failed(scheduled, exc)
             if len(self._in_flight) < len(self.schedulers):
@@ -164,11 +166,14 @@ class LLMEngine:
         if not self._in_flight:
             self.last_step_idle = True
             return scheduler.release([])
-        scheduler, scheduled, handle = self._in_flight.popleft()
+        scheduler, scheduled, handle, submitted = self._in_flight.popleft()
         try:
             result = self.runner.complete(handle)
         except Exception as exc:  # noqa: BLE001
             return self._step_failed(scheduled, exc)
+        speculator = getattr(scheduler, "speculator", None)
+        if speculator is not None and len(self.schedulers) == 1:  # a pipeline's steps overlap: no step time
+            speculator.record_step(scheduled, time.perf_counter() - submitted)
         return self._update(scheduler, scheduled, result)
 
     def _update(self, scheduler: SchedulerInterface, scheduled: SchedulerOutput, result: ModelRunnerOutput

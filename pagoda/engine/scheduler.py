@@ -98,10 +98,15 @@ class Scheduler(SchedulerInterface):
     def _schedule_running(self, budget: int, out: SchedulerOutput) -> int:
         """Schedules the running requests (preempting when blocks run out); returns the budget left."""
         self.running = self.policy.order_running(self.running)
+        if self.speculator is not None:
+            self._plan_proposals(budget)
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            if not self._schedule_one(request, budget, out):
+            scheduled = self._schedule_one(request, budget, out)
+            while not scheduled and self._release_a_waiting_fork():
+                scheduled = self._schedule_one(request, budget, out)
+            if not scheduled:
                 # out of blocks: preempt from the back until this one fits (or is itself preempted)
                 while self.running[-1] is not request:
                     self._preempt(self.running.pop(), out)
@@ -164,18 +169,32 @@ class Scheduler(SchedulerInterface):
                                               proposed.num_draft_tokens))
         return True
 
+    def _plan_proposals(self, budget: int) -> None:
+        """The speculator chooses the step's proposals for all its decoding requests at once."""
+        assert self.speculator is not None
+        decoding = [r for r in self.running if r.num_computed_tokens + 1 == r.num_tokens]
+        generated = sum(r.num_tokens - r.num_computed_tokens for r in self.running
+                        if r.num_computed_tokens >= r.num_prompt_tokens)
+        known = sum(r.num_tokens - r.num_computed_tokens for r in self.running)
+        self.speculator.plan(decoding, [self._proposal_cap(r) for r in decoding], generated, budget - known)
+
+    def _proposal_cap(self, request: Request) -> int:
+        """The most tokens a request may propose so that every token the step may yield fits its
+        max_tokens and the context length."""
+        return min(request.max_tokens - request.num_output_tokens - 1,
+                   self.config.max_model_len - request.num_tokens - 1)
+
     def _propose(self, request: Request, num_new: int, budget: int, out: SchedulerOutput) -> Proposal:
-        """A decoding request's proposal, capped so that every token the step may yield fits the
-        budget, the request's max_tokens and the context length, and the step keeps to the
+        """A decoding request's planned proposal, capped so that every token the step may yield fits
+        the budget, the request's max_tokens and the context length, and the step keeps to the
         speculator's room for generated rows."""
         if self.speculator is None or num_new != 1 or request.num_computed_tokens + 1 != request.num_tokens:
             return Proposal()
-        cap = min(budget - 1, request.max_tokens - request.num_output_tokens - 1,
-                  self.config.max_model_len - request.num_tokens - 1)
+        cap = min(budget - 1, self._proposal_cap(request))
         room = self.speculator.room(len(self.running), out.scheduled)
         if room is not None:
             cap = min(cap, room)
-        return self.speculator.propose(request, cap, len(self.running)) if cap > 0 else Proposal()
+        return self.speculator.propose(request, cap) if cap > 0 else Proposal()
 
     def _admit_one(self, request: Request, budget: int, out: SchedulerOutput) -> bool | None:
         """Admits a waiting request, reusing its longest cached prefix. Returns None (deferred)
@@ -194,6 +213,9 @@ class Scheduler(SchedulerInterface):
             return False
         num_new = min(remaining, budget)
         table = self.kv_cache.allocate(rid, start + num_new, start, prefix, request.cache_salt)
+        # with nothing running to free blocks, only the forks waiting behind it can
+        while table is None and not self.running and self._release_a_waiting_fork(keep=request):
+            table = self.kv_cache.allocate(rid, start + num_new, start, prefix, request.cache_salt)
         if table is None:
             return False
         if reuse:
@@ -213,6 +235,19 @@ class Scheduler(SchedulerInterface):
             return False
         whole = self.kv_cache.blocks_needed(request.request_id, request.num_prompt_tokens + request.max_tokens)
         return whole > self.kv_cache.num_free_blocks + self.kv_cache.pool.num_evictable
+
+    def _release_a_waiting_fork(self, keep: Request | None = None) -> bool:
+        """Frees the blocks of the last waiting request that holds any (a fork waiting for its first step
+        holds its parent's prompt blocks); whether there was one. The fork recomputes its prompt when
+        admitted (a prefix-cache hit while those blocks stay cached). Called before a running request is
+        preempted or, with nothing running, before the head of the queue is refused: otherwise forks waiting
+        behind a request that needs their blocks wait for each other for ever."""
+        for request in reversed(self.waiting):
+            if request is not keep and request.request_id in self.kv_cache.block_tables:
+                self.kv_cache.free(request.request_id)
+                request.num_computed_tokens = 0
+                return True
+        return False
 
     def _prefix_in_flight(self, request: Request, num_cached_blocks: int) -> bool:
         """Whether a running request shares this one's next uncached block and has not computed it

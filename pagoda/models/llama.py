@@ -93,12 +93,15 @@ class LlamaModel(nn.Module):
         self.norm = FinalRMSNorm(config.hidden_size, config.rms_norm_eps)  # float32 out, for the LM head
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
-                metadata: AttentionMetadata) -> torch.Tensor:
+                metadata: AttentionMetadata, num_layers: int | None = None) -> torch.Tensor:
+        """``num_layers``: run only the first that many decoder layers (an early-exit draft), then the
+        final norm; ``kv_caches`` holds one pair per layer run."""
+        layers = self.layers if num_layers is None else self.layers[:num_layers]
         with row_roles.active(metadata.row_roles):
             x = self.embed_tokens(input_ids)
             rope = self.rotary.step(positions, x.dtype)
             residual = None
-            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            for layer, kv_cache in zip(layers, kv_caches, strict=True):
                 x, residual = layer(rope, x, residual, kv_cache, metadata)
             x, _ = self.norm(x, residual)
         return x

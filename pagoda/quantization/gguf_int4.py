@@ -1,7 +1,8 @@
-"""GGUF Q4_0 / Q4_1 weights kept packed for CPU matmuls.
+"""GGUF Q4_0 / Q4_1 / Q4_K weights kept packed for CPU matmuls.
 
 Each group of 32 input weights is w = q * scale + offset (q in 0..15): Q4_0 (w = d (q - 8)) has
-scale d and offset -8 d, Q4_1 (w = d q + m) scale d and offset m. torch's
+scale d and offset -8 d, Q4_1 (w = d q + m) scale d and offset m, each Q4_K sub-block (w = d sc q -
+dmin m, see ``gguf_kquant``) scale d sc and offset -dmin m, exact in float32. torch's
 ``_weight_int4pack_mm_for_cpu`` convention, w = (q - 8) * scale + zero, is what ``unpack_q4``
 returns (zero = offset + 8 scale).
 
@@ -13,7 +14,8 @@ Two numerics, chosen at load (``ModelConfig.deterministic``):
   through oneDNN's bfloat16 GEMM on a dequantized copy (the same bits at every row count, so a
   prompt's KV does not depend on chunking or prefix hits), generated rows through torch's int4
   kernel while a step has at most 16 of them (faster for decode) and oneDNN above. Both copies are
-  held (about 4.5 bits + 16 bits per weight).
+  held (about 4.5 bits + 16 bits per weight). ``weights_memory="packed"`` keeps only the packed tiles
+  and runs every row through ``invariant_linear``, as deterministic does.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from pagoda.kernels import cpu_kernels
 from pagoda.layers import row_roles
 from pagoda.layers.linear import LinearBase
 from pagoda.layers.prepacked import linear, prepack_weight
+from pagoda.quantization.kquant_blocks import unpack_kquant
 
 GROUP = 32
 # generated rows of a step up to which torch's int4 kernel beats oneDNN on a dequantized copy (measured)
 MAX_INT4_ROWS = 16
-PACKABLE = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1}
+PACKABLE = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q4_K}
 
 
 def unpack_q4(ggml_type: GGMLQuantizationType, data: np.ndarray, shape: tuple[int, int]
@@ -48,6 +51,8 @@ def unpack_q4_affine(ggml_type: GGMLQuantizationType, data: np.ndarray, shape: t
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw Q4 blocks of a [rows, cols] matrix -> (q uint8 [rows, cols] in 0..15, scale and offset
     float32 [rows, cols / 32]) with w = q * scale + offset."""
+    if ggml_type == GGMLQuantizationType.Q4_K:  # 8 sub-blocks of 32 per super-block, each a Q4_1-style block
+        return unpack_kquant(ggml_type, data, shape)
     rows, cols = shape
     blocks = np.ascontiguousarray(data).reshape(rows * cols // GROUP, -1)
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
@@ -73,6 +78,35 @@ def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
 
 
 TILE = 16  # outputs per tile of the kernel's Q4 layout
+
+
+def run_by_role(x: torch.Tensor, out_features: int, prompt: Callable[[torch.Tensor], torch.Tensor],
+                generated: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """x [rows, in] -> [rows, out_features]: the step's prompt rows through ``prompt``, its generated rows
+    through ``generated`` (``pagoda.layers.row_roles``; without roles every row is a prompt row)."""
+    roles = row_roles.current()
+    rows = x.shape[0]
+    if roles is None or roles.num_rows != rows or roles.num_prompt == rows:
+        return prompt(x)
+    if roles.num_prompt == 0:
+        return generated(x)
+    prompt_rows, generated_rows = roles.split
+    y = x.new_empty(rows, out_features)
+    y.index_copy_(0, prompt_rows, prompt(x.index_select(0, prompt_rows)))
+    y.index_copy_(0, generated_rows, generated(x.index_select(0, generated_rows)))
+    return y
+
+
+def dense_copy(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Unpacked codes [N, K] with a scale and offset per sub-block [N, K / block] -> the weight in ``dtype``
+    for the dense kernels: (weight, oneDNN-prepacked weight), the first emptied when the second exists."""
+    n, k = codes.shape
+    blocks = scale.shape[1]
+    dense = codes.view(n, blocks, k // blocks).float() * scale.unsqueeze(-1) + offset.unsqueeze(-1)
+    dense = dense.view(n, k).to(dtype)
+    packed = prepack_weight(dense)
+    return (dense.new_empty(0) if packed is not None else dense), packed
 
 
 def tile_q4(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
@@ -106,9 +140,11 @@ class Int4Linear(nn.Module):
 
     lora: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # adds LoRA deltas (pagoda.lora)
 
-    def __init__(self, base: LinearBase, dtype: torch.dtype, deterministic: bool = True) -> None:
+    def __init__(self, base: LinearBase, dtype: torch.dtype, deterministic: bool = True,
+                 packed_only: bool = False) -> None:
         super().__init__()
         self.deterministic = deterministic
+        self.packed_only = packed_only  # weights_memory="packed": no dequantized copy, one kernel for every row
         if base.in_features % GROUP:
             raise ValueError(f"in_features {base.in_features} is not a multiple of {GROUP}")
         self.base_loader = base.weight_loader
@@ -143,23 +179,21 @@ class Int4Linear(nn.Module):
     def finalize(self) -> None:
         if len(self._shards) < self._num_shards:
             raise ValueError(f"packed linear got {len(self._shards)} of its {self._num_shards} parts from the checkpoint")
-        by_role = (not self.deterministic and self.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+        by_role = (not self.deterministic and not self.packed_only and self.dtype == torch.bfloat16
+                   and torch.backends.mkldnn.is_available()
                    and self.out_features % 16 == 0)  # torch's int4 packing takes whole tiles of 16 outputs
         if cpu_kernels.invariant_linear_available() and not by_role:
             self.codes, self.scale, self.offset = tile_q4(pack_nibbles(self._codes), self._scale, self._offset)
+        elif self.packed_only:
+            raise ValueError("weights_memory='packed' needs Pagoda's CPU kernel invariant_linear (AVX-512 BF16), "
+                             "which this machine or build lacks: use weights_memory='auto'")
         else:
             if by_role:
                 self.int4pack = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self._codes.to(torch.int32), 1)
                 zero = self._offset + 8 * self._scale
                 # [groups, out, 2] as the kernel wants, in the activation dtype
                 self.scales_and_zeros = torch.stack([self._scale.t(), zero.t()], dim=-1).contiguous().to(self.dtype)
-            groups = self._scale.shape[1]
-            codes = self._codes.view(self.out_features, groups, GROUP).float()
-            dense = codes * self._scale.unsqueeze(-1) + self._offset.unsqueeze(-1)
-            self.dense = dense.view(self.out_features, self.in_features).to(self.dtype)
-            self.dense_packed = prepack_weight(self.dense)
-            if self.dense_packed is not None:
-                self.dense = self.dense.new_empty(0)
+            self.dense, self.dense_packed = dense_copy(self._codes, self._scale, self._offset, self.dtype)
         del self._codes, self._scale, self._offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,17 +214,7 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def _by_role(self, x: torch.Tensor) -> torch.Tensor:
-        roles = row_roles.current()
-        rows = x.shape[0]
-        if roles is None or roles.num_rows != rows or roles.num_prompt == rows:
-            return self._dense(x)
-        if roles.num_prompt == 0:
-            return self._generated(x)
-        prompt, generated = roles.split
-        y = x.new_empty(rows, self.out_features)
-        y.index_copy_(0, prompt, self._dense(x.index_select(0, prompt)))
-        y.index_copy_(0, generated, self._generated(x.index_select(0, generated)))
-        return y
+        return run_by_role(x, self.out_features, self._dense, self._generated)
 
     def _generated(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > MAX_INT4_ROWS:

@@ -48,10 +48,10 @@ def pack_for_kernel(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Te
     return packed, scale_v, corr_v
 
 
-def quantize_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per block of 32 along the last dim (portable PyTorch, the kernel's arithmetic): (codes int8 [M, K],
-    scales float32 [M, K / 32])."""
-    xf = x.float().reshape(x.shape[0], -1, BLOCK)
+def quantize_blocks(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block of ``block`` along the last dim (portable PyTorch, the kernels' arithmetic): (codes int8
+    [M, K], scales float32 [M, K / block])."""
+    xf = x.float().reshape(x.shape[0], -1, block)
     amax = xf.abs().amax(-1, keepdim=True)
     nonzero = amax > 0
     scale = torch.where(nonzero, amax / 127, torch.ones_like(amax))

@@ -46,7 +46,7 @@ def calibration_token_ids(tokenizer: Tokenizer, max_tokens: int = CALIBRATION_TO
 def input_amax(model: LlamaForCausalLM, token_ids: list[int]) -> dict[str, torch.Tensor]:
     """Each linear layer's largest |input| per input channel (float32 [in_features]) over one prefill of
     ``token_ids`` (as many as the model's context holds) through ``model`` (a ``LlamaForCausalLM``), keyed by
-    the layer's module name."""
+    the layer's module name; the LM head's (the final norm's output) under ``"lm_head"``."""
     token_ids = token_ids[: model.config.max_model_len]
     amax: dict[str, torch.Tensor] = {}
 
@@ -59,7 +59,8 @@ def input_amax(model: LlamaForCausalLM, token_ids: list[int]) -> dict[str, torch
     hooks = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules()
              if isinstance(m, LinearBase)]
     try:
-        model(*_prefill_inputs(model, token_ids))
+        hidden = model(*_prefill_inputs(model, token_ids))
+        amax["lm_head"] = hidden.float().abs().amax(0)
     finally:
         for h in hooks:
             h.remove()

@@ -1,15 +1,9 @@
-"""How many tokens to propose for one request at one step: as many as pay for themselves.
+"""A request's acceptance rate, as the adaptive policy measures it, and its probes.
 
-A step costs about ``a + b * rows``. Proposing a j-th token for a request adds one row (cost ``b``)
-and yields a token only if the first j proposals are all accepted (probability ``alpha ** j`` when
-each is accepted with probability ``alpha``). At batch size B, a token is worth the step's time
-shared out, ``(a + b * B) / B``; so the j-th proposal pays when ``alpha ** j > B / (B + a / b)``.
-At B = 1 on a CPU (weights streamed once per step, whatever the rows) that is a low bar; at B = 64
-it asks for acceptance near 0.9, so speculation switches itself off where it would not pay.
-
-``alpha`` is measured per request: a decayed count of accepted and rejected proposals, starting
-from a prior of half a proposal each (a rate of 0.5). A request switched off still probes one token every ``PROBE_INTERVAL``
-decode steps, so it switches back on when its text turns repetitive.
+``alpha`` is a decayed count of accepted and rejected proposed tokens, starting from a prior of half
+a proposal each (a rate of 0.5). How many tokens each request proposes at a step is the batch's
+choice (``pagoda.spec.proposal_plan``); a request the plan leaves out still probes one token every
+``PROBE_INTERVAL`` of its decode steps, so it switches back on when its text turns repetitive.
 """
 
 from __future__ import annotations
@@ -40,21 +34,13 @@ class Acceptance:
         self.accepted = DECAY * self.accepted + num_accepted
         self.rejected = DECAY * self.rejected + (1 if num_accepted < num_proposed else 0)
 
-
-def num_tokens_to_propose(acceptance: Acceptance, max_tokens: int, batch_size: int,
-                          step_overhead_rows: float) -> int:
-    """The largest j <= max_tokens with ``alpha ** j`` above the cost bar (0: do not speculate;
-    every ``PROBE_INTERVAL``-th such step proposes one token anyway)."""
-    bar = batch_size / (batch_size + step_overhead_rows)
-    alpha, k, gain = acceptance.rate, 0, 1.0
-    while k < max_tokens:
-        gain *= alpha
-        if gain <= bar:
-            break
-        k += 1
-    if k == 0 and max_tokens > 0:
-        acceptance.steps_off += 1
-        if acceptance.steps_off >= PROBE_INTERVAL:
-            acceptance.steps_off = 0
+    def probe(self, planned: int) -> int:
+        """The tokens to propose when the plan gave ``planned``: a request left out
+        ``PROBE_INTERVAL`` steps in a row proposes one."""
+        if planned > 0:
+            return planned
+        self.steps_off += 1
+        if self.steps_off >= PROBE_INTERVAL:
+            self.steps_off = 0
             return 1
-    return k
+        return 0

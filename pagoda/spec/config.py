@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 METHODS = ("ngram", "draft_model")
+COST_MODELS = ("measured", "linear")
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,15 @@ class SpeculativeConfig:
     - ``draft_num_layers``: keep only the draft's first N decoder layers (then its final norm and
       LM head). With ``model`` omitted or the target's own path, the draft shares the target's
       weights: a "self-draft" that costs no weight memory, only its own KV cache (N layers' worth).
-    - ``adaptive``: off, every request proposes k tokens whenever a match is found.
-    - ``step_overhead_rows``: the cost model of the adaptive policy: a step costs about
-      ``a + b * rows``, and this is ``a / b`` (how many rows' work the per-step overhead is worth).
-      A proposal's j-th token pays when the request's acceptance rate ``alpha`` has
-      ``alpha ** j > B / (B + step_overhead_rows)`` at batch size B.
+    - ``adaptive``: off, every request proposes k tokens whenever a match is found. On, the step's
+      decoding requests get the proposals that maximise the step's expected tokens per second, from
+      each one's measured acceptance rate and the step's cost by its rows
+      (``pagoda.spec.proposal_plan``).
+    - ``cost_model``: "measured" learns a step's cost by its number of rows from the engine's own
+      decode steps (``pagoda.spec.step_cost``); "linear" keeps the prior below for good.
+    - ``step_overhead_rows``: the prior cost model, used for row counts not yet measured: a step
+      costs about ``a + b * rows``, and this is ``a / b`` (how many rows' work the per-step
+      overhead is worth).
     """
 
     method: str = "ngram"
@@ -41,6 +46,7 @@ class SpeculativeConfig:
     model: str | None = None
     draft_num_layers: int | None = None
     adaptive: bool = True
+    cost_model: str = "measured"
     step_overhead_rows: float = 8.0
 
     def __post_init__(self) -> None:
@@ -54,6 +60,9 @@ class SpeculativeConfig:
                              f"prompt_lookup_min ({self.prompt_lookup_min})")
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"speculative_config.adaptive must be true or false, got {self.adaptive!r}")
+        if self.cost_model not in COST_MODELS:
+            raise ValueError(f"speculative_config.cost_model must be one of {list(COST_MODELS)}, "
+                             f"got {self.cost_model!r}")
         if isinstance(self.step_overhead_rows, bool) or not isinstance(self.step_overhead_rows, int | float) \
                 or self.step_overhead_rows < 0:
             raise ValueError(f"speculative_config.step_overhead_rows must be a number >= 0, "

@@ -13,7 +13,6 @@ from torch import nn
 from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import ModelConfig
-from pagoda.layers import row_roles
 from pagoda.spec.config import SpeculativeConfig
 from pagoda.tokenizer import Tokenizer
 
@@ -28,27 +27,19 @@ class TruncatedDraft:
 
     def __init__(self, model: Any, num_layers: int) -> None:
         inner = getattr(model, "model", None)
-        if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "rotary", "layers", "norm")):
+        if inner is None or not hasattr(inner, "layers"):
             raise ValueError(f"speculative_config.draft_num_layers: cannot cut {type(model).__name__} into layers")
         if not 1 <= num_layers <= len(inner.layers):
             raise ValueError(f"speculative_config.draft_num_layers must be between 1 and the model's "
                              f"{len(inner.layers)} layers, got {num_layers}")
         self.model = model  # a StepModel
         self.inner: Any = inner
-        self.layers = list(inner.layers)[:num_layers]
+        self.num_layers = num_layers
         self.attention_backend: type[AttentionBackend] = self.model.attention_backend
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                  metadata: AttentionMetadata) -> torch.Tensor:
-        m = self.inner
-        with row_roles.active(metadata.row_roles):
-            x = m.embed_tokens(input_ids)
-            rope = m.rotary.step(positions, x.dtype)
-            residual = None
-            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-                x, residual = layer(rope, x, residual, kv_cache, metadata)
-            x, _ = m.norm(x, residual)
-        return x
+        return self.inner(input_ids, positions, kv_caches, metadata, num_layers=self.num_layers)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.compute_logits(hidden)

@@ -3,13 +3,19 @@ tokens the scheduler asked it for, before the target's forward pass of the same 
 
 The draft's KV cache mirrors the target's: tensors of its own (one pair per draft layer) indexed by
 the target's block tables, so every block the scheduler allocates, frees, truncates, shares (prefix
-hits, forks) or copies on write holds the draft's K/V of the same tokens as the target's. To keep
-them in step the draft runs over every token the target computes: each step it first runs the
-step's known tokens of every scheduled request (prefill chunks included), then one decode pass per
-proposed token for the requests that speculate. A proposal's last token is never run through the
-draft in its own step; when the target keeps it, the draft catches up on the next step: the first
-pass of a decoding request starts one position early (rewriting that position's K/V if the draft
-has it already, the price of keeping no per-request state here).
+hits, forks) or copies on write holds the draft's K/V of the same tokens as the target's. Each step
+the draft first runs the step's known tokens of the scheduled requests (prefill chunks included),
+then one decode pass per proposed token for the requests that speculate. A proposal's last token is
+never run through the draft in its own step; when the target keeps it, the draft catches up on the
+next step: the first pass of a decoding request starts one position early (rewriting that
+position's K/V if the draft has it already).
+
+A decoding request that proposes nothing this step is left out of the draft's passes: the draft
+falls behind it (remembered as the first position it lacks) and catches up in the first pass of the
+request's next proposing step, so a request the adaptive policy has switched off costs no draft
+work. Prompts always run through the draft, so that prompt blocks shared through the prefix cache
+hold the draft's K/V. Whatever the draft's cache holds, verification keeps the tokens exact: a
+stale position (a request that left the step while behind, then came back) only lowers acceptance.
 
 The proposal is the draft's argmax at each position (after the request's own logit processing:
 logit_bias, min_tokens, penalties, as the target's greedy choice sees them), a point mass, so the target's verification
@@ -49,17 +55,28 @@ class DraftProposer:
         self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=device),
                            torch.zeros(shape, dtype=dtype, device=device))
                           for _ in range(draft_config.num_hidden_layers)]
+        self._behind: dict[str, int] = {}  # request id -> the first position the draft has not run
 
     @torch.inference_mode()
     def propose(self, out: SchedulerOutput) -> None:
         if not out.scheduled:
             return
         self._copy_blocks(out.block_copies)
-        # pass 1: every request's known tokens (from one position early for a decoding request)
-        rows = [_catch_up_row(s) for s in out.scheduled]
+        # pass 1: the known tokens of every request that drafts or prefills, from where the draft is
+        rows, scheduled, behind = [], [], {}
+        for s in out.scheduled:
+            row = _catch_up_row(s, self._behind.get(s.request.request_id))
+            if s.num_draft_tokens == 0 and s.start >= s.request.num_prompt_tokens:
+                behind[s.request.request_id] = row.start  # decodes without the draft: it falls behind
+            else:
+                rows.append(row)
+                scheduled.append(s)
+        self._behind = behind  # requests not in this step are forgotten (at worst a stale position)
+        if not rows:
+            return
         order = sorted(range(len(rows)), key=lambda i: rows[i].num_new_tokens != 1)  # decodes first
         rows = [rows[i] for i in order]
-        scheduled = [out.scheduled[i] for i in order]
+        scheduled = [scheduled[i] for i in order]
         hidden, starts = self._forward(rows)
         drafting = [(s, i) for i, s in enumerate(scheduled) if s.num_draft_tokens > 0]
         if not drafting:
@@ -101,8 +118,11 @@ class DraftProposer:
         self.kv_caches = []
 
 
-def _catch_up_row(s: ScheduledRequest) -> ScheduledRequest:
+def _catch_up_row(s: ScheduledRequest, behind: int | None) -> ScheduledRequest:
     """The step's known tokens of ``s``, from one position earlier when it decodes (the position
-    of the last token of a proposal the target kept whole, which the draft has not run)."""
+    of the last token of a proposal the target kept whole, which the draft has not run), or from
+    ``behind`` (the first position the draft lacks) when that is earlier still."""
     first = s.start - 1 if s.start > 0 and s.start >= s.request.num_prompt_tokens else s.start
+    if behind is not None and behind < first:
+        first = behind
     return ScheduledRequest(s.request, first, s.start + s.num_known_tokens - first, s.block_table)

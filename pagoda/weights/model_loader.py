@@ -149,7 +149,8 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
                prune: Callable[[LlamaForCausalLM], None] | None = None) -> LlamaForCausalLM:
     """Builds the architecture's module in ``config.dtype`` and fills it from the checkpoint.
 
-    ``quantization="gguf"`` keeps Q4_0 / Q4_1 matrices packed (see ``pagoda.quantization``); "w8a8"
+    ``quantization="gguf"`` keeps Q4_0 / Q4_1 / Q8_0 and K-quant matrices packed (see
+    ``pagoda.quantization.gguf_swap``); "w8a8"
     quantizes the linear layers to int8 after loading, "compressed-tensors" loads int8 codes as stored.
     With ``tp`` the module holds only this rank's shard (each parameter's weight_loader slices);
     ``prune`` drops modules before loading (a pipeline stage's other layers; ``files`` must skip them).
@@ -165,7 +166,8 @@ def load_model(files: ModelFiles, config: ModelConfig, device: torch.device, qua
     if keep:
         from pagoda.quantization.gguf_swap import swap_int4_linears
 
-        swap_int4_linears(model, files.tensor_types(), config.dtype, config.deterministic)
+        swap_int4_linears(model, files.tensor_types(), config.dtype, config.deterministic,
+                          packed_only=config.weights_memory == "packed")
     if quantization == "compressed-tensors":
         from pagoda.quantization.compressed_tensors import CompressedTensorsConfig, swap_compressed_linears
 

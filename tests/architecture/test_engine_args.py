@@ -44,6 +44,7 @@ def test_configs_keep_the_option_names_and_defaults():
             if f.default is not MISSING:
                 assert f.default == options[f.name], f"{config.__name__}.{f.name}"
     assert ModelConfig.__dataclass_fields__["attention_backend"].default == EngineArgs.attention_backend
+    assert ModelConfig.__dataclass_fields__["weights_memory"].default == EngineArgs.weights_memory
     for _, name in RESOLVED:  # resolved from an option that is None ("work it out") or absent
         assert options.get(name) is None
 
@@ -51,7 +52,7 @@ def test_configs_keep_the_option_names_and_defaults():
 NON_DEFAULT = {
     "model": "m.gguf", "tokenizer": "tok", "dtype": "float32", "quantization": None, "attention_backend": "torch",
     "max_model_len": 512, "block_size": 8, "kv_cache_memory_gb": 0.5, "num_kv_blocks": 40, "max_num_seqs": 3,
-    "kv_cache_dtype": "int8", "max_num_batched_tokens": 99, "batching": "static", "enable_prefix_caching": False,
+    "kv_cache_dtype": "int8", "weights_memory": "packed", "max_num_batched_tokens": 99, "batching": "static", "enable_prefix_caching": False,
     "enable_chunked_prefill": False, "scheduling_policy": "lpm", "max_wait_s": 1.5, "max_preemptions": 5,
     "seed": 7, "device": "cpu", "enforce_eager": True, "deterministic": True, "num_threads": 2,
     "show_progress": False, "tensor_parallel_size": 2, "pipeline_parallel_size": 2, "data_parallel_size": 3,
@@ -100,7 +101,7 @@ def test_the_parallel_config_carries_the_options_under_their_names():
 @pytest.mark.parametrize("option, value", [
     ("batching", "dynamic"), ("scheduling_policy", "sjf"), ("dtype", "float16"), ("quantization", "awq"),
     ("attention_backend", "flash"), ("distributed_backend", "nccl"), ("router_policy", "random"),
-    ("distributed_executor_backend", "k8s"),
+    ("distributed_executor_backend", "k8s"), ("weights_memory", "small"),
     ("block_size", 0), ("max_num_seqs", -1), ("tensor_parallel_size", 0), ("pipeline_micro_batches", 0),
     ("max_wait_s", -1.0), ("kv_cache_memory_gb", 0.0), ("num_kv_blocks", 0), ("node_rank", 3),
     ("pipeline_stage_layers", (1, 2, 3)), ("nnodes", 3), ("device", "tpu"), ("device", "cuda:x"),

@@ -77,10 +77,11 @@ def test_codes_load_as_stored_with_no_dequantized_copy(checkpoints):
 def test_same_tokens_as_w8a8_on_the_dequantized_weights(checkpoints, monkeypatch):
     """Re-quantizing q * s per channel gives q back, so the checkpoint and ``quantization="w8a8"`` on its
     dequantized float32 copy (unsmoothed: no calibration text) run the same integer products; and both track
-    the dense float32 model."""
-    from pagoda.quantization import smoothing
+    the dense float32 model. The checkpoint's ``ignore`` keeps its LM head dense; so does w8a8 here."""
+    from pagoda.quantization import smoothing, w8a8
 
     monkeypatch.setattr(smoothing, "calibration_token_ids", lambda tokenizer: [])
+    monkeypatch.setattr(w8a8, "Int8LMHead", lambda head, input_amax=None: head)
     int8_dir, deq_dir = checkpoints
     prompt = "The quick brown fox jumps over the lazy dog. Paged attention stores keys and values."
     params = SamplingParams(temperature=0, max_tokens=12, prompt_logprobs=0, ignore_eos=True)

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from pagoda import LLM, SamplingParams
 from pagoda.kernels import cpu_kernels
+from pagoda.layers.embedding import ParallelLMHead
 from pagoda.layers.linear import ColumnParallelLinear, RowParallelLinear
 from pagoda.quantization import w8a8
-from pagoda.quantization.w8a8 import Int8Linear, quantize_rows
+from pagoda.quantization.w8a8 import Int8Linear, Int8LMHead, quantize_rows
 
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 BATCH = st.sampled_from([1, 2, 3, 5, 15, 16, 17, 31, 63, 64, 65, 100, 130])
@@ -85,18 +86,58 @@ def test_int8_linear_is_batch_invariant(m, seed):
             assert torch.equal(layer(x[:k].clone()), full[:k]), f"the first {k} rows differ"
 
 
+def _lm_head(vocab: int, hidden: int, seed: int = 0) -> ParallelLMHead:
+    head = ParallelLMHead(vocab, hidden)
+    g = torch.Generator().manual_seed(seed)
+    head.weight.data = (torch.randn(vocab, hidden, generator=g) * 0.05).to(torch.bfloat16)
+    return head
+
+
+def test_int8_lm_head_is_two_digit_integer_products():
+    """Weight rows int8 per row; each hidden row as its codes plus its rounding error's codes: float32 logits
+    equal to the exact integer products, and closer to the dense head than one row of codes."""
+    head = _lm_head(100, 96)
+    x = torch.randn(9, 96, generator=torch.Generator().manual_seed(1))
+    x[:, 3] *= 30  # an outlier channel, as after a final norm
+    x = x.to(torch.bfloat16)
+    int8 = Int8LMHead(head, x.float().abs().amax(0))
+    logits = int8.compute_logits(x)
+    assert logits.shape == (9, 100) and logits.dtype == torch.float32 and int8.inv_smooth is not None
+    xs = x.float() * int8.inv_smooth  # smoothed
+    q1, s1 = quantize_rows(xs)
+    q2, s2 = quantize_rows(xs - q1.float() * s1)
+    w = int8.weight.long().t()  # exact, in int64
+    ws = int8.weight_scale
+    assert torch.equal(logits, (q1.long() @ w).float() * (s1 * ws) + (q2.long() @ w).float() * (s2 * ws))
+    dense = head.compute_logits(x)
+    one_digit = (q1.long() @ w).float() * (s1 * ws)
+    err = (logits - dense).norm() / dense.norm()
+    assert err < 0.01 and err < (one_digit - dense).norm() / dense.norm()
+
+
+@given(m=BATCH, seed=st.integers(0, 2**16))
+@SETTINGS
+def test_int8_lm_head_is_batch_invariant(m, seed):
+    int8 = Int8LMHead(_lm_head(1000, 192, seed % 5))
+    x = torch.randn(m, 192, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+    full = int8.compute_logits(x)
+    for r in {0, m // 2, m - 1}:
+        assert torch.equal(int8.compute_logits(x[r:r + 1].clone())[0], full[r]), f"row {r} of {m} differs"
+
+
 def test_without_vnni_the_model_stays_dense_with_a_warning(tiny_model_factory, monkeypatch):
     monkeypatch.setattr(w8a8, "cpu_has_vnni", lambda: False)
     with pytest.warns(UserWarning, match="no int8 dot-product instructions.*keeping the dense weights"):
         llm = LLM(tiny_model_factory(), dtype="float32", quantization="w8a8", num_kv_blocks=16, show_progress=False)
     model = llm.engine.runner.model
-    assert not any(isinstance(m, Int8Linear) for m in model.modules())
+    assert not any(isinstance(m, (Int8Linear, Int8LMHead)) for m in model.modules())
     assert llm.generate("Hello", SamplingParams(temperature=0, max_tokens=3))[0].outputs[0].token_ids
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_tiny_model_w8a8_tracks_dense(tiny_model_factory, dtype):
-    """Every layer matrix becomes int8 (a quarter of the float32 bytes); prompt logprobs stay close."""
+    """Every layer matrix and the LM head become int8 (a quarter of the float32 bytes); the tied embedding
+    stays dense; prompt logprobs stay close."""
     path = tiny_model_factory()
     prompt = "The quick brown fox jumps over the lazy dog. Paged attention stores keys and values."
     params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0)
@@ -106,6 +147,8 @@ def test_tiny_model_w8a8_tracks_dense(tiny_model_factory, dtype):
     assert len(layers) == 2 * 4  # qkv, o, gate_up, down in each of 2 layers
     assert all(m.weight.dtype == torch.int8 for m in layers)
     assert all(m.inv_smooth is not None for m in layers)  # smoothed by the calibration forward
+    assert isinstance(model.lm_head, Int8LMHead) and model.lm_head.inv_smooth is not None
+    assert model.model.embed_tokens.weight.dtype == runs[None].engine.runner.model.model.embed_tokens.weight.dtype
     dense_lp = torch.tensor(_prompt_logprobs(runs[None], prompt, params))
     int8_lp = torch.tensor(_prompt_logprobs(runs["w8a8"], prompt, params))
     diff = (int8_lp - dense_lp).abs()

@@ -36,6 +36,7 @@ def test_vllm_shaped_dict_and_json():
     ({"method": "draft_model", "model": 3}, "model"),
     ({"method": "ngram", "adaptive": "yes"}, "adaptive"),
     ({"method": "ngram", "step_overhead_rows": -1}, "step_overhead_rows"),
+    ({"method": "ngram", "cost_model": "guess"}, "cost_model"),
     ("{not json", "JSON"),
     ([1, 2], "JSON object"),
 ])

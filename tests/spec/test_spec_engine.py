@@ -10,6 +10,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spec_workload import run_random_workload
 
 from pagoda import LLM, SamplingParams
 
@@ -154,28 +155,44 @@ def test_kv_integrity_every_step(tiny_llama_dir, seed, num_blocks, chunk):
     llm = LLM(tiny_llama_dir, dtype="float32", num_kv_blocks=num_blocks, block_size=4, max_num_batched_tokens=chunk,
               show_progress=False, speculative_config=EAGER)
     engine = llm.engine
-    rng = random.Random(seed)
-    prompts = [p[:20] for p in _prompts(10, seed)]
-    live: list[str] = []
-    for step in range(60):
-        if prompts and rng.random() < 0.4:
-            rid = f"r{step}"
-            engine.add_request(rid, prompts.pop(), SamplingParams(
-                temperature=rng.choice([0, 0.9]), max_tokens=rng.randint(1, 24), ignore_eos=True,
-                n=rng.choice([1, 1, 2])))
-            live.append(rid)
-        if live and rng.random() < 0.05:
-            engine.abort_request(live.pop(rng.randrange(len(live))))
-        engine.step()
-        engine.check_integrity()
-        for s in engine.scheduler.running:  # no request holds blocks past what its next step needs + proposal
+
+    def bounded_tables(engine) -> None:  # no request holds blocks past its next step's needs + proposal
+        for s in engine.scheduler.running:
             table = engine.kv_cache.get_block_table(s.request_id)
             assert len(table) <= -(-(s.num_tokens + EAGER["num_speculative_tokens"]) // 4)
-    for _ in range(2000):  # bounded: a livelock fails the test instead of hanging it
-        if not engine.has_unfinished_requests():
-            break
-        engine.step()
-        engine.check_integrity()
-    assert not engine.has_unfinished_requests()
+
+    run_random_workload(engine, [p[:20] for p in _prompts(10, seed)], seed, bounded_tables)
     assert engine.kv_cache.pool.num_free_blocks + (engine.kv_cache.cache.evictable() if engine.kv_cache.cache
                                                    else 0) == num_blocks
+
+
+ADAPTIVE = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+
+
+def test_adaptive_learns_decode_step_costs(plain, tiny_llama_dir):
+    """The default policy times the engine's decode steps by their rows (never a prefill step) and
+    keeps greedy outputs equal."""
+    spec = LLM(tiny_llama_dir, dtype="float32", num_kv_blocks=256, show_progress=False, speculative_config=ADAPTIVE)
+    prompts = _prompts(8, seed=21)
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    assert _run(spec, prompts, params) == _run(plain, prompts, params)
+    cost = spec.engine.scheduler.speculator.step_cost
+    measured = [r for r in range(1, 8 * 5 + 1) if cost.measured(r) is not None]
+    assert 8 in measured or 7 in measured  # plain decode steps of the batch (one may have finished)
+    assert all(cost.measured(r) is None for r in range(8 * 5 + 1, 400))  # the prefill (>= 48 rows) is not
+    spec.engine.check_integrity()
+
+
+def test_plan_stops_where_a_known_step_cost_jumps(plain, tiny_llama_dir):
+    """With a cost table that doubles at 5 rows (as the int4 kernel's does), a lone request proposes
+    at most 3 tokens, whatever its acceptance; the tokens are those of plain decoding."""
+    spec = LLM(tiny_llama_dir, dtype="float32", num_kv_blocks=256, show_progress=False, speculative_config=ADAPTIVE)
+    cost = spec.engine.scheduler.speculator.step_cost
+    for rows in range(1, 9):
+        cost.record(rows, 0.010 if rows <= 4 else 0.020)
+    cost.learn = False  # the real steps' times must not overwrite the synthetic table
+    prompt = [7, 8, 9, 10] * 8
+    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    assert _run(spec, [prompt], params) == _run(plain, [prompt], params)
+    stats = spec.engine.get_stats().spec
+    assert stats.num_accepted_tokens > 0 and len(stats.accepted_per_position) == 3

@@ -1352,6 +1352,192 @@ at::Tensor int8_block_linear(const at::Tensor& x, const at::Tensor& packed, cons
 #endif
 }
 
+// ---- GGUF K-quant linear: unsigned codes per sub-block of 16 or 32 with a float scale and offset ----
+//
+// Every GGUF block format Pagoda keeps packed on this path is w = code * scale + offset per sub-block (Q4_K,
+// Q5_K: 32 weights, codes 0..15 / 0..31, scale d * sc and offset -dmin * m; Q6_K: 16 weights, codes 0..63,
+// scale d * sc and offset -32 d * sc; Q4_0, Q4_1 and Q8_0 parts of a mixed fused layer likewise), all exact in
+// float32. The activations are quantized per sub-block too (int8 codes, a scale, and the codes' sum), so one
+// sub-block's contribution is xs * (scale * dot + offset * xsum) with dot and xsum exact int32 sums (VNNI
+// vpdpbusd: unsigned weight codes times signed activation codes), and the sub-blocks add up in float in k
+// order. Every (row, output) takes exactly these operations whatever tile it falls in: batch invariant.
+//
+// Codes are packed as for Q8_0, [N / 16][K / 4][16][4]; scales and offsets [N / 16][K / block][16].
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// x [M, K] -> signed codes rne(x * 127 / amax) [M, K], scales amax / 127 and code sums [M, K / block].
+template <typename T>
+void quantize_subblocks_s8(const T* x, int64_t ldx, int64_t block, int8_t* xq, float* xs, int32_t* xsum, int64_t m,
+                           int64_t k) {
+  const int64_t nb = k / block, halves = block / 16;
+  at::parallel_for(0, m, grain_rows(k), [&](int64_t begin, int64_t end) {
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const T* src = x + r * ldx + b * block;
+        __m512 v[2];
+        __m512 amax = _mm512_setzero_ps();
+        for (int64_t h = 0; h < halves; ++h) {
+          if constexpr (std::is_same_v<T, float>) {
+            v[h] = _mm512_loadu_ps(src + 16 * h);
+          } else {
+            const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 16 * h));
+            v[h] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+          }
+          amax = _mm512_max_ps(amax, _mm512_abs_ps(v[h]));
+        }
+        const float a = _mm512_reduce_max_ps(amax);
+        xs[r * nb + b] = a > 0.f ? a / 127.f : 1.f;
+        const __m512 inv = _mm512_set1_ps(a > 0.f ? 127.f / a : 0.f);
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t h = 0; h < halves; ++h) {
+          __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(v[h], inv));
+          c = _mm512_min_epi32(_mm512_max_epi32(c, lo), hi);
+          sum = _mm512_add_epi32(sum, c);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + r * k + b * block + 16 * h), _mm512_cvtepi32_epi8(c));
+        }
+        xsum[r * nb + b] = _mm512_reduce_add_epi32(sum);
+      }
+    }
+  });
+}
+
+// R rows x C vectors of 16 outputs; wp/ws/wo point at the first vector's data, vectors `k * 16` bytes (codes)
+// and `nb * 16` floats (scales, offsets) apart.
+template <typename Y, int R, int C, int BLOCK>
+void kq_tile(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t k, const uint8_t* wp, const float* ws,
+             const float* wo, Y* y, int64_t ldy, int64_t cols) {
+  const int64_t nb = k / BLOCK;
+  __m512 facc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) facc[r][c] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
+    for (int64_t kk = 0; kk < BLOCK / 4; ++kk) {
+      const int64_t k4 = b * (BLOCK / 4) + kk;
+      __m512i w[C];
+      for (int c = 0; c < C; ++c) w[c] = _mm512_loadu_si512(wp + c * k * 16 + k4 * 64);
+      for (int r = 0; r < R; ++r) {
+        int32_t four;
+        std::memcpy(&four, xq + r * k + k4 * 4, 4);
+        const __m512i xb = _mm512_set1_epi32(four);
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], w[c], xb);
+      }
+    }
+    for (int c = 0; c < C; ++c) {
+      const __m512 sv = _mm512_loadu_ps(ws + c * nb * 16 + b * 16);
+      const __m512 ov = _mm512_loadu_ps(wo + c * nb * 16 + b * 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512 off = _mm512_mul_ps(ov, _mm512_set1_ps(static_cast<float>(xsum[r * nb + b])));
+        const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][c]), sv, off);
+        facc[r][c] = _mm512_fmadd_ps(f, _mm512_set1_ps(xs[r * nb + b]), facc[r][c]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      const int64_t valid = std::min<int64_t>(16, cols - 16 * c);
+      if (valid <= 0) continue;
+      alignas(64) float tmp[16];
+      _mm512_store_ps(tmp, facc[r][c]);
+      for (int64_t j = 0; j < valid; ++j) y[r * ldy + 16 * c + j] = from_float<Y>(tmp[j]);
+    }
+}
+
+template <typename Y, int BLOCK>
+void kq_linear_impl(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t m, int64_t k, const uint8_t* wp,
+                    const float* ws, const float* wo, int64_t n, Y* y) {
+  const int64_t nb = k / BLOCK, vecs = (n + 15) / 16;
+  constexpr int64_t VECS_PER_TASK = 4, ROWS_PER_TASK = 64;
+  const int64_t groups = (vecs + VECS_PER_TASK - 1) / VECS_PER_TASK, row_blocks = (m + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+  at::parallel_for(0, groups * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t rb = task / groups, g = task % groups;
+      const int64_t r_end = std::min(m, (rb + 1) * ROWS_PER_TASK);
+      const int64_t v_end = std::min(vecs, (g + 1) * VECS_PER_TASK);
+      for (int64_t r0 = rb * ROWS_PER_TASK; r0 < r_end; r0 += 4) {
+        const int64_t rows = std::min<int64_t>(4, r_end - r0);
+        const int64_t step = rows == 1 ? 4 : 2;  // vectors per tile
+        for (int64_t v0 = g * VECS_PER_TASK; v0 < v_end; v0 += step) {
+          const int64_t nv = std::min(step, v_end - v0);
+          const int8_t* xr = xq + r0 * k;
+          const float* sr = xs + r0 * nb;
+          const int32_t* qr = xsum + r0 * nb;
+          const uint8_t* w = wp + v0 * k * 16;
+          const float* s = ws + v0 * nb * 16;
+          const float* o = wo + v0 * nb * 16;
+          Y* yr = y + r0 * n + v0 * 16;
+          const int64_t cols = std::min(n - v0 * 16, nv * 16);
+#define PAGODA_KQ_TILE(RR, CC) kq_tile<Y, RR, CC, BLOCK>(xr, sr, qr, k, w, s, o, yr, n, cols)
+          if (rows == 1) {
+            if (nv == 4) PAGODA_KQ_TILE(1, 4);
+            else if (nv == 3) PAGODA_KQ_TILE(1, 3);
+            else if (nv == 2) PAGODA_KQ_TILE(1, 2);
+            else PAGODA_KQ_TILE(1, 1);
+          } else if (nv == 2) {
+            if (rows == 4) PAGODA_KQ_TILE(4, 2);
+            else if (rows == 3) PAGODA_KQ_TILE(3, 2);
+            else PAGODA_KQ_TILE(2, 2);
+          } else {
+            if (rows == 4) PAGODA_KQ_TILE(4, 1);
+            else if (rows == 3) PAGODA_KQ_TILE(3, 1);
+            else PAGODA_KQ_TILE(2, 1);
+          }
+#undef PAGODA_KQ_TILE
+        }
+      }
+    }
+  });
+}
+#endif
+
+// x [M, K] (float32 or bfloat16) times packed K-quant codes with `block` (16 or 32) weights per scale and
+// offset -> [M, N] in out_dtype.
+at::Tensor kquant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
+                         const at::Tensor& w_offset, int64_t block, int64_t out_features, at::ScalarType out_dtype) {
+  check_cpu(x, "x");
+  TORCH_CHECK(int8_block_linear_available(), "kquant_linear needs AVX-512 VNNI (built without it)");
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  TORCH_CHECK(block == 16 || block == 32, "kquant_linear: block must be 16 or 32, got ", block);
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [M, K] with contiguous rows");
+  const int64_t m = x.size(0), k = x.size(1), n = out_features, vecs = (n + 15) / 16, nb = k / block;
+  TORCH_CHECK(k % 32 == 0, "kquant_linear: K must be a multiple of 32, got ", k);
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.numel() == vecs * 16 * k,
+              "packed codes must be contiguous uint8 [ceil(N / 16), K / 4, 16, 4]");
+  for (const at::Tensor* t : {&w_scale, &w_offset})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == vecs * 16 * nb,
+                "w_scale and w_offset must be contiguous float32 [ceil(N / 16), K / block, 16]");
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype must be float32 or bfloat16");
+  at::Tensor y = at::empty({m, n}, x.options().dtype(out_dtype));
+  if (m == 0) return y;
+  at::Tensor xq = at::empty({m, k}, x.options().dtype(at::kChar));
+  at::Tensor xs = at::empty({m, nb}, x.options().dtype(at::kFloat));
+  at::Tensor xsum = at::empty({m, nb}, x.options().dtype(at::kInt));
+  PAGODA_DISPATCH(x.scalar_type(), "kquant_linear", [&] {
+    quantize_subblocks_s8<typename Raw<scalar_t>::type>(raw<scalar_t>(x), x.stride(0), block, xq.data_ptr<int8_t>(),
+                                                        xs.data_ptr<float>(), xsum.data_ptr<int32_t>(), m, k);
+  });
+  auto run = [&](auto* out, auto block_tag) {
+    using Y = std::remove_pointer_t<decltype(out)>;
+    kq_linear_impl<Y, decltype(block_tag)::value>(xq.data_ptr<int8_t>(), xs.data_ptr<float>(),
+                                                  xsum.data_ptr<int32_t>(), m, k, packed.data_ptr<uint8_t>(),
+                                                  w_scale.data_ptr<float>(), w_offset.data_ptr<float>(), n, out);
+  };
+  using B16 = std::integral_constant<int, 16>;
+  using B32 = std::integral_constant<int, 32>;
+  if (out_dtype == at::kFloat) {
+    if (block == 16) run(y.data_ptr<float>(), B16{}); else run(y.data_ptr<float>(), B32{});
+  } else {
+    if (block == 16) run(raw<at::BFloat16>(y), B16{}); else run(raw<at::BFloat16>(y), B32{});
+  }
+  return y;
+#else
+  return x;
+#endif
+}
+
 // ---- Paged attention over a quantized KV cache (kv_cache_dtype "int8" / "fp8") ----
 //
 // Each cached (token, head) row is head_dim codes (int8, or float8 E4M3 bits) then a float16 scale: the
@@ -1609,6 +1795,8 @@ TORCH_LIBRARY(pagoda, m) {
         "Tensor block_tables, Tensor seq_lens, Tensor? table_of, float scale) -> ()");
   m.def("int8_block_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor correction, int out_features, "
         "ScalarType out_dtype) -> Tensor");
+  m.def("kquant_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor w_offset, int block, int out_features, "
+        "ScalarType out_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
@@ -1625,6 +1813,7 @@ TORCH_LIBRARY_IMPL(pagoda, CPU, m) {
   m.impl("quantize_rows_int8", &quantize_rows_int8);
   m.impl("int8_scaled_epilogue", &int8_scaled_epilogue);
   m.impl("int8_block_linear", &int8_block_linear);
+  m.impl("kquant_linear", &kquant_linear);
   m.impl("paged_attention_rows_quantized", &paged_attention_rows_quantized);
   m.impl("write_kv_cache_quantized_", &write_kv_cache_quantized_);
 }
