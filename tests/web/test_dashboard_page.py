@@ -7,6 +7,7 @@ import time
 
 import httpx
 from live_server import API_KEY, MODEL
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 _BLOCKS = ".blockmap-wrap"
 _TIMELINE = ".timeline-wrap"
@@ -109,14 +110,20 @@ def test_prefix_hits_are_shown(server, page) -> None:
     client = server.openai()
     client.completions.create(model=MODEL, prompt=prompt, max_tokens=2)
     page.wait_for_function(f"Number(document.querySelector('{_BLOCKS}').dataset.cached) > 0", timeout=30_000)
-    done: list[object] = []
-    load = threading.Thread(target=lambda: done.append(client.completions.create(
-        model=MODEL, prompt=prompt + " again", max_tokens=200, extra_body={"ignore_eos": True})))
-    load.start()
-    page.wait_for_function(f"Number(document.querySelector('{_BLOCKS}').dataset.hits) > {before}",
-                           timeout=60_000)
-    load.join(600)
-    assert done, "the request failed"
+    # the page counts a hit when one frame shows a cached block that the next shows in use; a request's blocks
+    # are in use only while it runs, which a frame can miss on a busy host: so ask again, a bounded number of times
+    for attempt in range(10):
+        client.completions.create(model=MODEL, prompt=prompt + f" again {attempt}", max_tokens=200,
+                                  extra_body={"ignore_eos": True})
+        if _attr(page, _BLOCKS, "hits") > before:
+            break
+        try:
+            page.wait_for_function(f"Number(document.querySelector('{_BLOCKS}').dataset.hits) > {before}",
+                                   timeout=3_000)
+            break
+        except PlaywrightTimeout:
+            continue
+    assert _attr(page, _BLOCKS, "hits") > before, "the page never showed a prefix hit"
     assert page.text_content("#hit-rate") not in ("–", "0.0%")
 
 
